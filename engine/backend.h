@@ -1,0 +1,134 @@
+// What a layer needs from a device. kernels/cpu implements it (the oracle for every test);
+// kernels/cuda implements it with cuBLAS, cuDNN and our own kernels. All pointers passed to a
+// Backend live in that backend's memory (host memory for the CPU backend). Layers never know
+// which backend runs them.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "engine/tensor.h"
+
+namespace tandem {
+
+// NHWC input, HWIO filter, NHWC output. Padding is the amount added before the first row/column.
+struct ConvGeometry {
+  int n = 0, h = 0, w = 0, c = 0;  // input
+  int kh = 0, kw = 0, k = 0;       // filter size and output channels
+  int sh = 1, sw = 1;              // strides
+  int pad_top = 0, pad_left = 0;
+  int oh = 0, ow = 0;  // output
+};
+
+struct PoolGeometry {
+  int n = 0, h = 0, w = 0, c = 0;
+  int ph = 0, pw = 0;  // window
+  int sh = 1, sw = 1;
+  int pad_top = 0, pad_left = 0;
+  int oh = 0, ow = 0;
+};
+
+// Dropout over a batch of `rows` samples of `cols` elements; sample r has global index first_sample + r.
+struct DropoutParams {
+  float rate = 0.f;
+  uint64_t seed = 0;
+  uint64_t step = 0;
+  uint64_t first_sample = 0;
+  int64_t rows = 0, cols = 0;
+  uint64_t layer = 0;  // distinguishes masks of different Dropout layers
+};
+
+// BatchNormalization over `rows` positions (N*H*W) of `channels` channels (channels last).
+struct BatchNormParams {
+  int64_t rows = 0;
+  int channels = 0;
+  float epsilon = 1e-3f;
+  float momentum = 0.99f;  // moving = moving * momentum + batch * (1 - momentum), as Keras
+};
+
+struct SgdParams {
+  float lr = 0.01f, momentum = 0.f;
+  bool nesterov = false;
+};
+
+struct AdamParams {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, epsilon = 1e-7f;
+  int64_t step = 1;  // 1-based update count, for bias correction
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual Device device() const = 0;
+
+  // --- memory --------------------------------------------------------------------------
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void deallocate(void* p) = 0;
+  virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;
+  virtual void fill(float* x, size_t n, float value) = 0;
+  virtual void synchronize() {}
+
+  // --- dense algebra (row-major) -------------------------------------------------------
+  // C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C
+  virtual void gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda,
+                    const float* b, int ldb, float beta, float* c, int ldc) = 0;
+  virtual void bias_add(float* y, const float* bias, int64_t rows, int cols) = 0;  // y[r,c] += bias[c]
+  virtual void bias_grad(const float* dy, float* db, int64_t rows, int cols) = 0;   // db[c] = sum_r dy[r,c]
+  virtual void relu_forward(const float* x, float* y, size_t n) = 0;
+  virtual void relu_backward(const float* y, const float* dy, float* dx, size_t n) = 0;  // dx = y > 0 ? dy : 0
+  virtual void add(float* y, const float* x, size_t n) = 0;                               // y += x
+  virtual void scale(float* x, size_t n, float s) = 0;                                   // x *= s
+
+  // --- convolution and pooling (NHWC / HWIO) ------------------------------------------
+  virtual void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y) = 0;
+  virtual void conv2d_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) = 0;
+  virtual void conv2d_backward_filter(const ConvGeometry& g, const float* x, const float* dy, float* dw) = 0;
+  // argmax[i] = index within the sample's input of the maximum for output element i
+  virtual void maxpool_forward(const PoolGeometry& g, const float* x, float* y, int32_t* argmax) = 0;
+  virtual void maxpool_backward(const PoolGeometry& g, const float* dy, const int32_t* argmax, float* dx) = 0;
+
+  // --- regularisation and normalisation ------------------------------------------------
+  // mask[i] = keep ? 1/(1-rate) : 0 ; y = x * mask
+  virtual void dropout_forward(const DropoutParams& p, const float* x, float* y, float* mask) = 0;
+  virtual void multiply(const float* a, const float* b, float* y, size_t n) = 0;  // y = a * b
+  // Training mode: batch statistics; updates moving_mean/moving_var; saves mean and inv_std.
+  virtual void batchnorm_forward_train(const BatchNormParams& p, const float* x, const float* gamma,
+                                       const float* beta, float* moving_mean, float* moving_var, float* y,
+                                       float* save_mean, float* save_inv_std) = 0;
+  virtual void batchnorm_forward_infer(const BatchNormParams& p, const float* x, const float* gamma,
+                                       const float* beta, const float* moving_mean, const float* moving_var,
+                                       float* y) = 0;
+  virtual void batchnorm_backward(const BatchNormParams& p, const float* x, const float* dy, const float* gamma,
+                                  const float* save_mean, const float* save_inv_std, float* dx, float* dgamma,
+                                  float* dbeta) = 0;
+
+  // --- output, loss and metrics ---------------------------------------------------------
+  virtual void softmax(const float* logits, float* probs, int64_t rows, int cols) = 0;
+  // Softmax cross-entropy from logits. Targets are sparse labels (int32) or, when onehot != nullptr,
+  // one-hot rows. Writes dlogits = (softmax - target) * grad_scale (if dlogits != nullptr) and adds
+  // the summed loss and the number of correct argmax predictions to metrics[0] and metrics[1].
+  virtual void softmax_cross_entropy(const float* logits, const int32_t* labels, const float* onehot,
+                                     int64_t rows, int cols, float grad_scale, float* dlogits,
+                                     double* metrics) = 0;
+
+  // --- data -------------------------------------------------------------------------------
+  // x[r,:] = images[index[r],:] / 255 ; labels_out[r] = labels[index[r]] ; onehot (optional)
+  virtual void gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* index, int64_t rows,
+                            int64_t sample_elems, int num_classes, float* x, int32_t* labels_out,
+                            float* onehot) = 0;
+
+  // --- optimizers over whole arenas ------------------------------------------------------
+  virtual void sgd_update(const SgdParams& p, float* w, const float* g, float* velocity, size_t n) = 0;
+  virtual void adam_update(const AdamParams& p, float* w, const float* g, float* m, float* v, size_t n) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend(int threads);
+// Throws Error(Device) when CUDA support is absent or no such GPU exists.
+std::unique_ptr<Backend> make_backend(const Device& device, int threads);
+bool cuda_available();  // compiled in and at least one GPU usable
+
+}  // namespace tandem

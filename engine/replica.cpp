@@ -1,0 +1,123 @@
+#include "engine/replica.h"
+
+#include <algorithm>
+
+#include "engine/errors.h"
+
+namespace tandem {
+
+float* Replica::alloc_floats(size_t n) {
+  void* p = backend_.allocate(sizeof(float) * std::max<size_t>(n, 1));
+  owned_.push_back(p);
+  return static_cast<float*>(p);
+}
+
+Replica::Replica(const Model& model, Backend& backend, int64_t max_batch)
+    : model_(model), backend_(backend), max_batch_(max_batch) {
+  TANDEM_ASSERT(max_batch > 0);
+  layers_ = model.instantiate();
+  params_ = alloc_floats(model.arena_floats());
+  grads_ = alloc_floats(model.trainable_floats());
+  backend_.fill(params_, model.arena_floats(), 0.f);
+  backend_.fill(grads_, model.trainable_floats(), 0.f);
+  const size_t in_elems = static_cast<size_t>(model.input_shape().numel());
+  input_ = alloc_floats(max_batch * in_elems);
+  size_t widest = in_elems;
+  for (auto& l : layers_) {
+    size_t out = static_cast<size_t>(l->output_shape().numel());
+    widest = std::max(widest, out);
+    acts_.push_back(alloc_floats(max_batch * out));
+  }
+  grad_a_ = alloc_floats(max_batch * widest);
+  grad_b_ = alloc_floats(max_batch * widest);
+  const int classes = model.num_classes();
+  index_ = static_cast<int32_t*>(static_cast<void*>(alloc_floats(max_batch)));
+  labels_ = static_cast<int32_t*>(static_cast<void*>(alloc_floats(max_batch)));
+  onehot_ = alloc_floats(max_batch * classes);
+  metrics_ = static_cast<double*>(static_cast<void*>(alloc_floats(4)));
+  reset_metrics();
+
+  // Bind each layer's parameter and gradient views into the arenas.
+  std::vector<std::vector<float*>> p(layers_.size()), g(layers_.size());
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    size_t count = layers_[li]->param_specs().size();
+    p[li].resize(count);
+    g[li].resize(count);
+  }
+  for (const auto& slot : model.params()) {
+    p[slot.layer][slot.index] = params_ + slot.offset;
+    g[slot.layer][slot.index] = slot.spec.trainable ? grads_ + slot.offset : nullptr;
+  }
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    size_t s = layers_[li]->scratch_floats(max_batch);
+    layers_[li]->bind(p[li], g[li], s ? alloc_floats(s) : nullptr);
+  }
+}
+
+Replica::~Replica() {
+  for (void* p : owned_) backend_.deallocate(p);
+}
+
+void Replica::set_weights(const std::vector<float>& arena) {
+  TANDEM_ASSERT(arena.size() == model_.arena_floats());
+  backend_.upload(params_, arena.data(), sizeof(float) * arena.size());
+}
+
+std::vector<float> Replica::weights() {
+  std::vector<float> arena(model_.arena_floats());
+  backend_.download(arena.data(), params_, sizeof(float) * arena.size());
+  return arena;
+}
+
+void Replica::load_batch(const ResidentData& data, const int32_t* host_index, int64_t rows, bool one_hot) {
+  TANDEM_ASSERT(rows <= max_batch_);
+  if (rows == 0) return;
+  backend_.upload(index_, host_index, sizeof(int32_t) * rows);
+  backend_.gather_batch(data.images, data.labels, index_, rows, data.sample_elems, data.num_classes, input_, labels_,
+                        one_hot ? onehot_ : nullptr);
+}
+
+const float* Replica::forward(const StepContext& ctx) {
+  TANDEM_ASSERT(ctx.batch <= max_batch_);
+  const float* x = input_;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (ctx.batch > 0) layers_[i]->forward(ctx, x, acts_[i]);
+    x = acts_[i];
+  }
+  return x;
+}
+
+void Replica::loss(int64_t rows, float grad_scale, bool one_hot, bool backward) {
+  if (rows == 0) return;
+  backend_.softmax_cross_entropy(acts_.back(), labels_, one_hot ? onehot_ : nullptr, rows, model_.num_classes(),
+                                 grad_scale, backward ? grad_a_ : nullptr, metrics_);
+}
+
+void Replica::backward(const StepContext& ctx) {
+  if (ctx.batch == 0) {
+    // An empty slice of a short last batch: this replica contributes zero gradients.
+    backend_.fill(grads_, model_.trainable_floats(), 0.f);
+    return;
+  }
+  float* dy = grad_a_;
+  float* dx = grad_b_;
+  for (size_t i = layers_.size(); i-- > 0;) {
+    const float* x = i == 0 ? input_ : acts_[i - 1];
+    layers_[i]->backward(ctx, x, acts_[i], dy, i == 0 ? nullptr : dx);
+    std::swap(dy, dx);
+  }
+}
+
+void Replica::reset_metrics() {
+  double zero[4] = {0, 0, 0, 0};
+  backend_.upload(metrics_, zero, sizeof(zero));
+}
+
+void Replica::read_metrics(double* loss_sum, double* correct) {
+  double m[4];
+  backend_.download(m, metrics_, sizeof(m));
+  *loss_sum = m[0];
+  *correct = m[1];
+}
+
+}  // namespace tandem

@@ -1,0 +1,66 @@
+// One replica: a model's layers bound to one Backend, with its parameter and gradient arenas,
+// activations and scratch planned once for the largest batch (no allocation inside a step).
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "engine/model.h"
+
+namespace tandem {
+
+// A dataset made resident in a backend's memory (uploaded once; aliased on the CPU backend).
+struct ResidentData {
+  const uint8_t* images = nullptr;
+  const uint8_t* labels = nullptr;
+  int64_t count = 0, sample_elems = 0;
+  int num_classes = 0;
+};
+
+class Replica {
+ public:
+  Replica(const Model& model, Backend& backend, int64_t max_batch);
+  ~Replica();
+  Replica(const Replica&) = delete;
+  Replica& operator=(const Replica&) = delete;
+
+  Backend& backend() { return backend_; }
+  const Model& model() const { return model_; }
+  int64_t max_batch() const { return max_batch_; }
+  float* params() { return params_; }
+  float* grads() { return grads_; }
+  void set_weights(const std::vector<float>& arena);
+  std::vector<float> weights();
+
+  // Gathers samples index[0..rows) of `data` into the input (normalised) and the targets.
+  void load_batch(const ResidentData& data, const int32_t* host_index, int64_t rows, bool one_hot);
+  // Forward over the loaded batch; returns the output (logits, or probabilities if want_probs).
+  const float* forward(const StepContext& ctx);
+  // Loss and metrics of the last forward; when `backward`, also d(loss)/d(logits) * grad_scale.
+  void loss(int64_t rows, float grad_scale, bool one_hot, bool backward);
+  // Backward pass from the stored d(loss)/d(logits); writes every trainable gradient.
+  void backward(const StepContext& ctx);
+
+  // metrics[0] = summed loss, metrics[1] = correct predictions since the last reset.
+  void reset_metrics();
+  void read_metrics(double* loss_sum, double* correct);
+
+ private:
+  float* alloc_floats(size_t n);
+  const Model& model_;
+  Backend& backend_;
+  int64_t max_batch_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<void*> owned_;
+  float* params_ = nullptr;
+  float* grads_ = nullptr;
+  float* input_ = nullptr;
+  std::vector<float*> acts_;
+  float* grad_a_ = nullptr;
+  float* grad_b_ = nullptr;
+  int32_t* index_ = nullptr;
+  int32_t* labels_ = nullptr;
+  float* onehot_ = nullptr;
+  double* metrics_ = nullptr;
+};
+
+}  // namespace tandem

@@ -1,0 +1,258 @@
+#include "engine/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "engine/errors.h"
+
+namespace tandem {
+
+void TrainOptions::validate(int replicas) const {
+  if (epochs < 0) throw_invalid("--epochs must be at least 0, got " + std::to_string(epochs));
+  if (batch_size <= 0) throw_invalid("--batch-size must be positive, got " + std::to_string(batch_size), "e.g. --batch-size 32");
+  if (batch_size > (1 << 20)) throw_invalid("--batch-size " + std::to_string(batch_size) + " is too large");
+  if (batch_size % replicas != 0)
+    throw_invalid("global batch size " + std::to_string(batch_size) + " does not split evenly over " +
+                      std::to_string(replicas) + " replicas",
+                  "choose a --batch-size that is a multiple of " + std::to_string(replicas));
+}
+
+// A dataset made resident in one backend's memory: aliased on the CPU, uploaded once elsewhere.
+struct Trainer::Resident {
+  Resident(Backend& b, const Dataset& d) : backend(b) {
+    data.images = d.images.data();
+    data.labels = d.labels.data();
+    data.count = d.count;
+    data.sample_elems = d.sample_elems();
+    data.num_classes = d.num_classes;
+    if (b.device().kind == DeviceKind::Cpu) return;
+    images = b.allocate(d.images.size());
+    labels = b.allocate(d.labels.size());
+    b.upload(images, d.images.data(), d.images.size());
+    b.upload(labels, d.labels.data(), d.labels.size());
+    data.images = static_cast<const uint8_t*>(images);
+    data.labels = static_cast<const uint8_t*>(labels);
+  }
+  ~Resident() {
+    if (images) backend.deallocate(images);
+    if (labels) backend.deallocate(labels);
+  }
+  Resident(const Resident&) = delete;
+  Resident& operator=(const Resident&) = delete;
+  Backend& backend;
+  ResidentData data;
+  void* images = nullptr;
+  void* labels = nullptr;
+};
+
+Trainer::Trainer(const Model& model, std::vector<Backend*> backends, const TrainOptions& options,
+                 const OptimizerConfig& optimizer, GradientSync* sync)
+    : model_(model), backends_(std::move(backends)), options_(options), opt_config_(optimizer), sync_(sync) {
+  TANDEM_ASSERT(!backends_.empty());
+  options_.validate(replicas_total());
+  opt_config_.validate();
+  const int64_t per_replica = options_.batch_size / replicas_total();
+  const std::vector<float> init = model.initial_weights(options_.seed);
+  for (Backend* b : backends_) {
+    replicas_.push_back(std::make_unique<Replica>(model, *b, per_replica));
+    replicas_.back()->set_weights(init);
+    optimizers_.push_back(std::make_unique<Optimizer>(opt_config_, *b, model.trainable_floats()));
+  }
+}
+
+Trainer::~Trainer() = default;
+
+int Trainer::replicas_total() const {
+  return static_cast<int>(backends_.size()) * (sync_ ? sync_->world_size() : 1);
+}
+
+namespace {
+struct Span {
+  int64_t begin, rows;
+};
+// Replica g's contiguous slice of a global batch of b samples over n replicas.
+Span replica_slice(int64_t b, int n, int g) {
+  int64_t lo = b * g / n, hi = b * (g + 1) / n;
+  return {lo, hi - lo};
+}
+}  // namespace
+
+std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validation, const TrainCallbacks& cb) {
+  if (train.sample_shape != model_.input_shape())
+    throw_invalid("the data's samples have shape " + train.sample_shape.str() + " but model '" + model_.name() +
+                  "' expects " + model_.input_shape().str());
+  if (train.num_classes != model_.num_classes())
+    throw_invalid("the data has " + std::to_string(train.num_classes) + " classes but model '" + model_.name() +
+                  "' outputs " + std::to_string(model_.num_classes()));
+  if (train.count == 0) throw_invalid("the training set is empty");
+  std::vector<std::unique_ptr<Resident>> data;
+  for (Backend* b : backends_) data.push_back(std::make_unique<Resident>(*b, train));
+
+  const int64_t B = options_.batch_size;
+  const int64_t steps = (train.count + B - 1) / B;
+  const int n = replicas_total();
+  const int rank = sync_ ? sync_->rank() : 0;
+  const int local = static_cast<int>(replicas_.size());
+  const size_t grad_n = model_.trainable_floats();
+  using clock = std::chrono::steady_clock;
+  std::vector<EpochLog> logs;
+
+  for (; epoch_ < options_.epochs; ++epoch_) {
+    auto t0 = clock::now();
+    if (cb.on_epoch_begin && rank == 0) cb.on_epoch_begin(epoch_ + 1, options_.epochs, steps);
+    const std::vector<int32_t> order = epoch_permutation(train.count, options_.seed, static_cast<uint64_t>(epoch_));
+    for (auto& r : replicas_) r->reset_metrics();
+    EpochLog log;
+    log.epoch = epoch_ + 1;
+    log.learning_rate = opt_config_.learning_rate(step_);
+    auto last_report = clock::now();
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t begin = s * B, b = std::min(B, train.count - begin);
+      for (int l = 0; l < local; ++l) {
+        Replica& rep = *replicas_[l];
+        Span sl = replica_slice(b, n, rank * local + l);
+        rep.load_batch(data[l]->data, order.data() + begin + sl.begin, sl.rows, options_.one_hot);
+        StepContext ctx;
+        ctx.backend = &rep.backend();
+        ctx.batch = sl.rows;
+        ctx.training = true;
+        ctx.seed = options_.seed;
+        ctx.step = static_cast<uint64_t>(step_);
+        ctx.first_sample = static_cast<uint64_t>(sl.begin);
+        rep.forward(ctx);
+        rep.loss(sl.rows, 1.0f / static_cast<float>(b), options_.one_hot, true);
+        rep.backward(ctx);
+      }
+      // Sum the local replicas' gradients into replica 0 in a fixed order, then across processes.
+      Replica& r0 = *replicas_[0];
+      for (int l = 1; l < local; ++l) {
+        TANDEM_ASSERT(replicas_[l]->backend().device().kind == DeviceKind::Cpu);
+        r0.backend().add(r0.grads(), replicas_[l]->grads(), grad_n);
+      }
+      if (sync_) sync_->all_reduce_gradients(r0.backend(), r0.grads(), grad_n);
+      for (int l = 0; l < local; ++l) {
+        Replica& rep = *replicas_[l];
+        if (l > 0) rep.backend().copy(rep.grads(), r0.grads(), sizeof(float) * grad_n);
+        optimizers_[l]->apply(rep.params(), rep.grads(), step_);
+      }
+      ++step_;
+      if (cb.on_step && rank == 0) {
+        auto now = clock::now();
+        if (s + 1 == steps || now - last_report > std::chrono::milliseconds(100)) {
+          last_report = now;
+          double loss_sum = 0, correct = 0;
+          for (auto& r : replicas_) {
+            double a, c;
+            r->read_metrics(&a, &c);
+            loss_sum += a;
+            correct += c;
+          }
+          int64_t seen = std::min(train.count, (s + 1) * B);
+          int64_t local_seen = seen * local / n;  // samples this process has seen
+          cb.on_step(s + 1, steps, loss_sum / double(std::max<int64_t>(1, local_seen)),
+                     correct / double(std::max<int64_t>(1, local_seen)));
+        }
+      }
+    }
+    double sums[2] = {0, 0};
+    for (auto& r : replicas_) {
+      double a, c;
+      r->read_metrics(&a, &c);
+      sums[0] += a;
+      sums[1] += c;
+    }
+    if (sync_) sync_->all_reduce_metrics(sums, 2);
+    log.loss = sums[0] / double(train.count);
+    log.accuracy = sums[1] / double(train.count);
+    log.steps = steps;
+    log.samples = train.count;
+    log.seconds = std::chrono::duration<double>(clock::now() - t0).count();
+    if (validation && validation->count > 0) {
+      EvalResult v = evaluate(*validation);
+      log.val_loss = v.loss;
+      log.val_accuracy = v.accuracy;
+      log.has_val = true;
+    }
+    history_.push_back(log);
+    logs.push_back(log);
+    if (cb.on_epoch_end) cb.on_epoch_end(log);
+    if (cb.should_stop && cb.should_stop()) {
+      ++epoch_;
+      break;
+    }
+  }
+  return logs;
+}
+
+EvalResult Trainer::evaluate(const Dataset& data) {
+  if (data.sample_shape != model_.input_shape())
+    throw_invalid("the data's samples have shape " + data.sample_shape.str() + " but the model expects " +
+                  model_.input_shape().str());
+  Replica& rep = *replicas_[0];
+  Backend& be = rep.backend();
+  Resident rd(be, data);
+  // Evaluation batches are dealt round-robin over processes; the sums are combined.
+  const int64_t B = rep.max_batch();
+  const int world = sync_ ? sync_->world_size() : 1, rank = sync_ ? sync_->rank() : 0;
+  std::vector<int32_t> index(static_cast<size_t>(B));
+  rep.reset_metrics();
+  int64_t batch_no = 0;
+  for (int64_t begin = 0; begin < data.count; begin += B, ++batch_no) {
+    if (batch_no % world != rank) continue;
+    int64_t rows = std::min(B, data.count - begin);
+    for (int64_t i = 0; i < rows; ++i) index[i] = static_cast<int32_t>(begin + i);
+    rep.load_batch(rd.data, index.data(), rows, options_.one_hot);
+    StepContext ctx;
+    ctx.backend = &be;
+    ctx.batch = rows;
+    rep.forward(ctx);
+    rep.loss(rows, 1.f, options_.one_hot, false);
+  }
+  double sums[2];
+  rep.read_metrics(&sums[0], &sums[1]);
+  if (sync_) sync_->all_reduce_metrics(sums, 2);
+  EvalResult r;
+  r.samples = data.count;
+  r.loss = data.count ? sums[0] / double(data.count) : 0;
+  r.accuracy = data.count ? sums[1] / double(data.count) : 0;
+  return r;
+}
+
+std::vector<float> Trainer::predict(const Dataset& data, int64_t count) {
+  count = std::min(count, data.count);
+  Replica& rep = *replicas_[0];
+  Backend& be = rep.backend();
+  const int classes = model_.num_classes();
+  std::vector<float> out(static_cast<size_t>(count) * classes);
+  Dataset part = data.slice(0, count);
+  Resident rd(be, part);
+  const int64_t B = rep.max_batch();
+  std::vector<int32_t> index(static_cast<size_t>(B));
+  for (int64_t begin = 0; begin < count; begin += B) {
+    int64_t rows = std::min(B, count - begin);
+    for (int64_t i = 0; i < rows; ++i) index[i] = static_cast<int32_t>(begin + i);
+    rep.load_batch(rd.data, index.data(), rows, false);
+    StepContext ctx;
+    ctx.backend = &be;
+    ctx.batch = rows;
+    ctx.want_probs = true;
+    const float* probs = rep.forward(ctx);
+    be.download(out.data() + begin * classes, probs, sizeof(float) * rows * classes);
+  }
+  return out;
+}
+
+std::vector<float> Trainer::weights() { return replicas_[0]->weights(); }
+
+void Trainer::set_weights(const std::vector<float>& arena) {
+  for (auto& r : replicas_) r->set_weights(arena);
+}
+
+std::vector<std::string> Trainer::replica_digests() {
+  std::vector<std::string> out;
+  for (auto& r : replicas_) out.push_back(weights_digest(model_.to_tensors(r->weights())));
+  return out;
+}
+
+}  // namespace tandem

@@ -1,0 +1,98 @@
+// Trainer: fit / evaluate / predict over one or more replicas with global-batch semantics
+// (DESIGN.md §4): the global batch is split into contiguous slices, the loss is divided by the
+// global batch size, gradients are summed over replicas, and every replica applies one identical
+// update.
+#pragma once
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+#include "engine/optimizer.h"
+#include "engine/replica.h"
+
+namespace tandem {
+
+// Sums the gradient arena of the local replica-0 across processes (dist/ implements it). After
+// the call every process holds the same sum.
+class GradientSync {
+ public:
+  virtual ~GradientSync() = default;
+  virtual int world_size() const = 0;  // processes
+  virtual int rank() const = 0;
+  virtual void all_reduce_gradients(Backend& backend, float* grads, size_t n) = 0;
+  virtual void all_reduce_metrics(double* values, int count) = 0;  // host doubles, summed
+};
+
+struct TrainOptions {
+  int epochs = 10;
+  int64_t batch_size = 32;  // global
+  uint64_t seed = 42;
+  bool one_hot = false;
+  void validate(int replicas) const;  // throws InvalidArgument
+};
+
+struct EpochLog {
+  int epoch = 0;  // 1-based
+  double loss = 0, accuracy = 0;
+  double val_loss = 0, val_accuracy = 0;
+  bool has_val = false;
+  double seconds = 0;
+  int64_t steps = 0, samples = 0;
+  double learning_rate = 0;
+};
+
+struct EvalResult {
+  double loss = 0, accuracy = 0;
+  int64_t samples = 0;
+};
+
+// Progress hooks: called on process rank 0 only.
+struct TrainCallbacks {
+  std::function<void(int epoch, int epochs, int64_t steps)> on_epoch_begin;
+  std::function<void(int64_t step, int64_t steps, double loss, double accuracy)> on_step;
+  std::function<void(const EpochLog&)> on_epoch_end;  // may throw to stop training
+  std::function<bool()> should_stop;                  // checked after each epoch
+};
+
+class Trainer {
+ public:
+  // `backends`: one per local replica. `sync` may be null (one process).
+  Trainer(const Model& model, std::vector<Backend*> backends, const TrainOptions& options,
+          const OptimizerConfig& optimizer, GradientSync* sync = nullptr);
+  ~Trainer();
+
+  int replicas_total() const;
+  // Trains from the current position until `options.epochs` epochs are done.
+  std::vector<EpochLog> fit(const Dataset& train, const Dataset* validation, const TrainCallbacks& cb);
+  EvalResult evaluate(const Dataset& data);
+  // Class probabilities for the first `count` samples, row-major [count, classes].
+  std::vector<float> predict(const Dataset& data, int64_t count);
+
+  std::vector<float> weights();  // replica 0's arena, on the host
+  void set_weights(const std::vector<float>& arena);
+  // Digests of every local replica's weights (bit-identity check).
+  std::vector<std::string> replica_digests();
+
+  int64_t global_step() const { return step_; }
+  int epoch() const { return epoch_; }
+  const std::vector<EpochLog>& history() const { return history_; }
+
+ private:
+  struct Resident;
+
+  const Model& model_;
+  std::vector<Backend*> backends_;
+  TrainOptions options_;
+  OptimizerConfig opt_config_;
+  GradientSync* sync_;
+  std::vector<std::unique_ptr<Replica>> replicas_;
+  std::vector<std::unique_ptr<Optimizer>> optimizers_;
+  int64_t step_ = 0;
+  int epoch_ = 0;
+  std::vector<EpochLog> history_;
+};
+
+}  // namespace tandem

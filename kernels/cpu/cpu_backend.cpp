@@ -1,0 +1,546 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include "engine/errors.h"
+#include "engine/rng.h"
+
+extern "C" void openblas_set_num_threads(int num_threads);
+
+namespace tandem {
+
+namespace {
+constexpr int64_t kElementwiseChunk = 1 << 15;
+constexpr size_t kIm2colBudgetFloats = size_t(4) << 20;  // 16 MiB of columns per chunk
+}  // namespace
+
+CpuBackend::CpuBackend(int threads) : pool_(threads) { openblas_set_num_threads(pool_.size()); }
+
+void* CpuBackend::allocate(size_t bytes) {
+  if (bytes == 0) bytes = 64;
+  void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  if (!p) throw_error(ErrorKind::Internal, "out of host memory allocating " + std::to_string(bytes) + " bytes");
+  return p;
+}
+void CpuBackend::deallocate(void* p) { std::free(p); }
+void CpuBackend::upload(void* dst, const void* src, size_t bytes) {
+  if (bytes) std::memcpy(dst, src, bytes);
+}
+void CpuBackend::download(void* dst, const void* src, size_t bytes) {
+  if (bytes) std::memcpy(dst, src, bytes);
+}
+void CpuBackend::copy(void* dst, const void* src, size_t bytes) {
+  if (bytes && dst != src) std::memmove(dst, src, bytes);
+}
+void CpuBackend::fill(float* x, size_t n, float value) {
+  pool_.parallel_for(
+      static_cast<int64_t>(n), [&](int64_t b, int64_t e, int) { std::fill(x + b, x + e, value); },
+      kElementwiseChunk);
+}
+
+float* CpuBackend::scratch(size_t floats) {
+  if (scratch_.size() < floats) scratch_.resize(floats);
+  return scratch_.data();
+}
+
+void CpuBackend::gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+                      int ldb, float beta, float* c, int ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) c[int64_t(i) * ldc + j] *= beta;
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda,
+              b, ldb, beta, c, ldc);
+}
+
+void CpuBackend::bias_add(float* y, const float* bias, int64_t rows, int cols) {
+  pool_.parallel_for(
+      rows,
+      [&](int64_t b, int64_t e, int) {
+        for (int64_t r = b; r < e; ++r) {
+          float* row = y + r * cols;
+          for (int c = 0; c < cols; ++c) row[c] += bias[c];
+        }
+      },
+      std::max<int64_t>(1, kElementwiseChunk / std::max(1, cols)));
+}
+
+void CpuBackend::bias_grad(const float* dy, float* db, int64_t rows, int cols) {
+  // Per-thread partial sums combined in a fixed order: deterministic for a given thread count.
+  int parts = pool_.size();
+  std::vector<double> partial(static_cast<size_t>(parts) * cols, 0.0);
+  pool_.parallel_for(
+      rows,
+      [&](int64_t b, int64_t e, int t) {
+        double* acc = partial.data() + static_cast<size_t>(t) * cols;
+        for (int64_t r = b; r < e; ++r) {
+          const float* row = dy + r * cols;
+          for (int c = 0; c < cols; ++c) acc[c] += row[c];
+        }
+      },
+      64);
+  for (int c = 0; c < cols; ++c) {
+    double s = 0;
+    for (int t = 0; t < parts; ++t) s += partial[static_cast<size_t>(t) * cols + c];
+    db[c] = static_cast<float>(s);
+  }
+}
+
+void CpuBackend::relu_forward(const float* x, float* y, size_t n) {
+  pool_.parallel_for(
+      static_cast<int64_t>(n),
+      [&](int64_t b, int64_t e, int) {
+        for (int64_t i = b; i < e; ++i) y[i] = x[i] > 0.f ? x[i] : 0.f;
+      },
+      kElementwiseChunk);
+}
+
+void CpuBackend::relu_backward(const float* y, const float* dy, float* dx, size_t n) {
+  pool_.parallel_for(
+      static_cast<int64_t>(n),
+      [&](int64_t b, int64_t e, int) {
+        for (int64_t i = b; i < e; ++i) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
+      },
+      kElementwiseChunk);
+}
+
+void CpuBackend::add(float* y, const float* x, size_t n) {
+  pool_.parallel_for(
+      static_cast<int64_t>(n),
+      [&](int64_t b, int64_t e, int) {
+        for (int64_t i = b; i < e; ++i) y[i] += x[i];
+      },
+      kElementwiseChunk);
+}
+
+void CpuBackend::scale(float* x, size_t n, float s) {
+  pool_.parallel_for(
+      static_cast<int64_t>(n),
+      [&](int64_t b, int64_t e, int) {
+        for (int64_t i = b; i < e; ++i) x[i] *= s;
+      },
+      kElementwiseChunk);
+}
+
+// ---- convolution ------------------------------------------------------------------------
+
+int CpuBackend::conv_chunk(const ConvGeometry& g) const {
+  size_t per_sample = static_cast<size_t>(g.oh) * g.ow * g.kh * g.kw * g.c;
+  size_t chunk = std::max<size_t>(1, kIm2colBudgetFloats / std::max<size_t>(1, per_sample));
+  return static_cast<int>(std::min<size_t>(chunk, static_cast<size_t>(g.n)));
+}
+
+static bool conv_is_pointwise(const ConvGeometry& g) {
+  return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pad_top == 0 && g.pad_left == 0;
+}
+
+void CpuBackend::im2col(const ConvGeometry& g, const float* x, int samples, float* col) {
+  const int64_t rows = int64_t(samples) * g.oh * g.ow;
+  const int64_t kk = int64_t(g.kh) * g.kw * g.c;
+  pool_.parallel_for(
+      rows,
+      [&](int64_t b, int64_t e, int) {
+        for (int64_t r = b; r < e; ++r) {
+          int64_t s = r / (int64_t(g.oh) * g.ow);
+          int rem = static_cast<int>(r % (int64_t(g.oh) * g.ow));
+          int oy = rem / g.ow, ox = rem % g.ow;
+          const float* xs = x + s * int64_t(g.h) * g.w * g.c;
+          float* dst = col + r * kk;
+          for (int ky = 0; ky < g.kh; ++ky) {
+            int iy = oy * g.sh - g.pad_top + ky;
+            for (int kx = 0; kx < g.kw; ++kx) {
+              int ix = ox * g.sw - g.pad_left + kx;
+              if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
+                std::memset(dst, 0, sizeof(float) * g.c);
+              } else {
+                std::memcpy(dst, xs + (int64_t(iy) * g.w + ix) * g.c, sizeof(float) * g.c);
+              }
+              dst += g.c;
+            }
+          }
+        }
+      },
+      16);
+}
+
+void CpuBackend::col2im(const ConvGeometry& g, const float* col, int samples, float* dx) {
+  const int64_t kk = int64_t(g.kh) * g.kw * g.c;
+  const int64_t sample_in = int64_t(g.h) * g.w * g.c;
+  // One sample per task: samples never share input elements, so no races and a fixed order.
+  pool_.parallel_for(samples, [&](int64_t b, int64_t e, int) {
+    for (int64_t s = b; s < e; ++s) {
+      float* xs = dx + s * sample_in;
+      std::memset(xs, 0, sizeof(float) * sample_in);
+      for (int oy = 0; oy < g.oh; ++oy)
+        for (int ox = 0; ox < g.ow; ++ox) {
+          const float* src = col + ((s * g.oh + oy) * g.ow + ox) * kk;
+          for (int ky = 0; ky < g.kh; ++ky) {
+            int iy = oy * g.sh - g.pad_top + ky;
+            for (int kx = 0; kx < g.kw; ++kx, src += g.c) {
+              int ix = ox * g.sw - g.pad_left + kx;
+              if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
+              float* d = xs + (int64_t(iy) * g.w + ix) * g.c;
+              for (int c = 0; c < g.c; ++c) d[c] += src[c];
+            }
+          }
+        }
+    }
+  });
+}
+
+void CpuBackend::conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y) {
+  const int kk = g.kh * g.kw * g.c;
+  if (conv_is_pointwise(g)) {
+    gemm(false, false, g.n * g.h * g.w, g.k, g.c, 1.f, x, g.c, w, g.k, 0.f, y, g.k);
+    return;
+  }
+  const int chunk = conv_chunk(g);
+  float* col = scratch(size_t(chunk) * g.oh * g.ow * kk);
+  for (int s0 = 0; s0 < g.n; s0 += chunk) {
+    int ns = std::min(chunk, g.n - s0);
+    im2col(g, x + int64_t(s0) * g.h * g.w * g.c, ns, col);
+    gemm(false, false, ns * g.oh * g.ow, g.k, kk, 1.f, col, kk, w, g.k, 0.f, y + int64_t(s0) * g.oh * g.ow * g.k,
+         g.k);
+  }
+}
+
+void CpuBackend::conv2d_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  const int kk = g.kh * g.kw * g.c;
+  if (conv_is_pointwise(g)) {
+    gemm(false, true, g.n * g.h * g.w, g.c, g.k, 1.f, dy, g.k, w, g.k, 0.f, dx, g.c);
+    return;
+  }
+  const int chunk = conv_chunk(g);
+  float* col = scratch(size_t(chunk) * g.oh * g.ow * kk);
+  for (int s0 = 0; s0 < g.n; s0 += chunk) {
+    int ns = std::min(chunk, g.n - s0);
+    gemm(false, true, ns * g.oh * g.ow, kk, g.k, 1.f, dy + int64_t(s0) * g.oh * g.ow * g.k, g.k, w, g.k, 0.f, col,
+         kk);
+    col2im(g, col, ns, dx + int64_t(s0) * g.h * g.w * g.c);
+  }
+}
+
+void CpuBackend::conv2d_backward_filter(const ConvGeometry& g, const float* x, const float* dy, float* dw) {
+  const int kk = g.kh * g.kw * g.c;
+  if (conv_is_pointwise(g)) {
+    gemm(true, false, g.c, g.k, g.n * g.h * g.w, 1.f, x, g.c, dy, g.k, 0.f, dw, g.k);
+    return;
+  }
+  const int chunk = conv_chunk(g);
+  float* col = scratch(size_t(chunk) * g.oh * g.ow * kk);
+  for (int s0 = 0; s0 < g.n; s0 += chunk) {
+    int ns = std::min(chunk, g.n - s0);
+    im2col(g, x + int64_t(s0) * g.h * g.w * g.c, ns, col);
+    gemm(true, false, kk, g.k, ns * g.oh * g.ow, 1.f, col, kk, dy + int64_t(s0) * g.oh * g.ow * g.k, g.k,
+         s0 == 0 ? 0.f : 1.f, dw, g.k);
+  }
+  if (g.n == 0) fill(dw, size_t(kk) * g.k, 0.f);
+}
+
+void CpuBackend::maxpool_forward(const PoolGeometry& g, const float* x, float* y, int32_t* argmax) {
+  const int64_t in_s = int64_t(g.h) * g.w * g.c, out_s = int64_t(g.oh) * g.ow * g.c;
+  pool_.parallel_for(int64_t(g.n) * g.oh, [&](int64_t b, int64_t e, int) {
+    for (int64_t r = b; r < e; ++r) {
+      int64_t s = r / g.oh;
+      int oy = static_cast<int>(r % g.oh);
+      const float* xs = x + s * in_s;
+      for (int ox = 0; ox < g.ow; ++ox) {
+        float* yo = y + s * out_s + (int64_t(oy) * g.ow + ox) * g.c;
+        int32_t* ao = argmax + s * out_s + (int64_t(oy) * g.ow + ox) * g.c;
+        for (int c = 0; c < g.c; ++c) {
+          yo[c] = -std::numeric_limits<float>::infinity();
+          ao[c] = -1;
+        }
+        for (int ky = 0; ky < g.ph; ++ky) {
+          int iy = oy * g.sh - g.pad_top + ky;
+          if (iy < 0 || iy >= g.h) continue;
+          for (int kx = 0; kx < g.pw; ++kx) {
+            int ix = ox * g.sw - g.pad_left + kx;
+            if (ix < 0 || ix >= g.w) continue;
+            int32_t base = (iy * g.w + ix) * g.c;
+            for (int c = 0; c < g.c; ++c) {
+              float v = xs[base + c];
+              if (v > yo[c] || ao[c] < 0) {
+                yo[c] = v;
+                ao[c] = base + c;
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+void CpuBackend::maxpool_backward(const PoolGeometry& g, const float* dy, const int32_t* argmax, float* dx) {
+  const int64_t in_s = int64_t(g.h) * g.w * g.c, out_s = int64_t(g.oh) * g.ow * g.c;
+  pool_.parallel_for(g.n, [&](int64_t b, int64_t e, int) {
+    for (int64_t s = b; s < e; ++s) {
+      float* d = dx + s * in_s;
+      std::memset(d, 0, sizeof(float) * in_s);
+      const float* go = dy + s * out_s;
+      const int32_t* ao = argmax + s * out_s;
+      for (int64_t i = 0; i < out_s; ++i)
+        if (ao[i] >= 0) d[ao[i]] += go[i];
+    }
+  });
+}
+
+// ---- dropout and batch normalisation ------------------------------------------------------
+
+void CpuBackend::dropout_forward(const DropoutParams& p, const float* x, float* y, float* mask) {
+  const float keep_scale = p.rate < 1.f ? 1.f / (1.f - p.rate) : 0.f;
+  const uint64_t seed = p.seed ^ (p.layer * 0x9E3779B97F4A7C15ull);
+  pool_.parallel_for(p.rows, [&](int64_t b, int64_t e, int) {
+    for (int64_t r = b; r < e; ++r)
+      for (int64_t c = 0; c < p.cols; ++c) {
+        int64_t i = r * p.cols + c;
+        float m = dropout_keep(seed, p.step, p.first_sample + r, c, p.rate) ? keep_scale : 0.f;
+        mask[i] = m;
+        y[i] = x[i] * m;
+      }
+  });
+}
+
+void CpuBackend::multiply(const float* a, const float* b, float* y, size_t n) {
+  pool_.parallel_for(
+      static_cast<int64_t>(n),
+      [&](int64_t lo, int64_t hi, int) {
+        for (int64_t i = lo; i < hi; ++i) y[i] = a[i] * b[i];
+      },
+      kElementwiseChunk);
+}
+
+void CpuBackend::batchnorm_forward_train(const BatchNormParams& p, const float* x, const float* gamma,
+                                         const float* beta, float* moving_mean, float* moving_var, float* y,
+                                         float* save_mean, float* save_inv_std) {
+  const int C = p.channels;
+  const int parts = pool_.size();
+  std::vector<double> sum(size_t(parts) * C, 0.0), sq(size_t(parts) * C, 0.0);
+  pool_.parallel_for(
+      p.rows,
+      [&](int64_t b, int64_t e, int t) {
+        double* s = sum.data() + size_t(t) * C;
+        for (int64_t r = b; r < e; ++r)
+          for (int c = 0; c < C; ++c) s[c] += x[r * C + c];
+      },
+      64);
+  std::vector<float> mean(C);
+  for (int c = 0; c < C; ++c) {
+    double s = 0;
+    for (int t = 0; t < parts; ++t) s += sum[size_t(t) * C + c];
+    mean[c] = p.rows ? static_cast<float>(s / double(p.rows)) : 0.f;
+  }
+  pool_.parallel_for(
+      p.rows,
+      [&](int64_t b, int64_t e, int t) {
+        double* q = sq.data() + size_t(t) * C;
+        for (int64_t r = b; r < e; ++r)
+          for (int c = 0; c < C; ++c) {
+            double d = double(x[r * C + c]) - mean[c];
+            q[c] += d * d;
+          }
+      },
+      64);
+  for (int c = 0; c < C; ++c) {
+    double s = 0;
+    for (int t = 0; t < parts; ++t) s += sq[size_t(t) * C + c];
+    float var = p.rows ? static_cast<float>(s / double(p.rows)) : 0.f;
+    save_mean[c] = mean[c];
+    save_inv_std[c] = 1.f / std::sqrt(var + p.epsilon);
+    moving_mean[c] = moving_mean[c] * p.momentum + mean[c] * (1.f - p.momentum);
+    moving_var[c] = moving_var[c] * p.momentum + var * (1.f - p.momentum);
+  }
+  pool_.parallel_for(
+      p.rows,
+      [&](int64_t b, int64_t e, int) {
+        for (int64_t r = b; r < e; ++r)
+          for (int c = 0; c < C; ++c)
+            y[r * C + c] = (x[r * C + c] - save_mean[c]) * save_inv_std[c] * gamma[c] + beta[c];
+      },
+      64);
+}
+
+void CpuBackend::batchnorm_forward_infer(const BatchNormParams& p, const float* x, const float* gamma,
+                                         const float* beta, const float* moving_mean, const float* moving_var,
+                                         float* y) {
+  const int C = p.channels;
+  std::vector<float> a(C), b0(C);
+  for (int c = 0; c < C; ++c) {
+    a[c] = gamma[c] / std::sqrt(moving_var[c] + p.epsilon);
+    b0[c] = beta[c] - moving_mean[c] * a[c];
+  }
+  pool_.parallel_for(
+      p.rows,
+      [&](int64_t b, int64_t e, int) {
+        for (int64_t r = b; r < e; ++r)
+          for (int c = 0; c < C; ++c) y[r * C + c] = x[r * C + c] * a[c] + b0[c];
+      },
+      64);
+}
+
+void CpuBackend::batchnorm_backward(const BatchNormParams& p, const float* x, const float* dy, const float* gamma,
+                                    const float* save_mean, const float* save_inv_std, float* dx, float* dgamma,
+                                    float* dbeta) {
+  // xhat is centred once more on its own mean: with a float batch mean, sum(xhat) is not exactly
+  // zero, and without this the gradient of a bias feeding the normalisation (exactly zero in
+  // theory) picks up a systematic error that grows with the number of rows.
+  const int C = p.channels;
+  const int parts = pool_.size();
+  std::vector<double> acc(size_t(parts) * C * 3, 0.0);  // per thread: sum dy, sum dy*xhat, sum xhat
+  pool_.parallel_for(
+      p.rows,
+      [&](int64_t b, int64_t e, int t) {
+        double* a = acc.data() + size_t(t) * C * 3;
+        for (int64_t r = b; r < e; ++r)
+          for (int c = 0; c < C; ++c) {
+            double g = dy[r * C + c];
+            double xhat = (double(x[r * C + c]) - save_mean[c]) * save_inv_std[c];
+            a[c] += g;
+            a[C + c] += g * xhat;
+            a[2 * C + c] += xhat;
+          }
+      },
+      64);
+  std::vector<float> mdy(C), mdyx(C), mx(C);
+  const double n = double(std::max<int64_t>(p.rows, 1));
+  for (int c = 0; c < C; ++c) {
+    double sdy = 0, sdyx = 0, sx = 0;
+    for (int t = 0; t < parts; ++t) {
+      sdy += acc[size_t(t) * C * 3 + c];
+      sdyx += acc[size_t(t) * C * 3 + C + c];
+      sx += acc[size_t(t) * C * 3 + 2 * C + c];
+    }
+    dbeta[c] = static_cast<float>(sdy);
+    dgamma[c] = static_cast<float>(sdyx);
+    mdy[c] = static_cast<float>(sdy / n);
+    mx[c] = static_cast<float>(sx / n);
+    mdyx[c] = static_cast<float>((sdyx - sx / n * sdy) / n);
+  }
+  pool_.parallel_for(
+      p.rows,
+      [&](int64_t b, int64_t e, int) {
+        for (int64_t r = b; r < e; ++r)
+          for (int c = 0; c < C; ++c) {
+            float xhat = (x[r * C + c] - save_mean[c]) * save_inv_std[c] - mx[c];
+            dx[r * C + c] = gamma[c] * save_inv_std[c] * (dy[r * C + c] - mdy[c] - xhat * mdyx[c]);
+          }
+      },
+      64);
+}
+
+// ---- output, loss, data, optimizers ----------------------------------------------------------
+
+void CpuBackend::softmax(const float* logits, float* probs, int64_t rows, int cols) {
+  pool_.parallel_for(rows, [&](int64_t b, int64_t e, int) {
+    for (int64_t r = b; r < e; ++r) {
+      const float* z = logits + r * cols;
+      float* p = probs + r * cols;
+      float mx = *std::max_element(z, z + cols);
+      double s = 0;
+      for (int c = 0; c < cols; ++c) s += std::exp(double(z[c]) - mx);
+      for (int c = 0; c < cols; ++c) p[c] = static_cast<float>(std::exp(double(z[c]) - mx) / s);
+    }
+  });
+}
+
+void CpuBackend::softmax_cross_entropy(const float* logits, const int32_t* labels, const float* onehot, int64_t rows,
+                                       int cols, float grad_scale, float* dlogits, double* metrics) {
+  // Sequential over rows: the loss sum must not depend on the thread count.
+  double loss = 0, correct = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* z = logits + r * cols;
+    int best = 0;
+    for (int c = 1; c < cols; ++c)
+      if (z[c] > z[best]) best = c;
+    double mx = z[best], s = 0;
+    for (int c = 0; c < cols; ++c) s += std::exp(double(z[c]) - mx);
+    double lse = mx + std::log(s);
+    int target;
+    if (onehot) {
+      const float* t = onehot + r * cols;
+      double l = 0;
+      target = 0;
+      for (int c = 0; c < cols; ++c) {
+        l += double(t[c]) * (lse - z[c]);
+        if (t[c] > t[target]) target = c;
+      }
+      loss += l;
+    } else {
+      target = labels[r];
+      loss += lse - z[target];
+    }
+    if (best == target) correct += 1;
+    if (dlogits) {
+      float* d = dlogits + r * cols;
+      for (int c = 0; c < cols; ++c) {
+        double p = std::exp(double(z[c]) - lse);
+        double t = onehot ? onehot[r * cols + c] : (c == target ? 1.0 : 0.0);
+        d[c] = static_cast<float>((p - t) * grad_scale);
+      }
+    }
+  }
+  metrics[0] += loss;
+  metrics[1] += correct;
+}
+
+void CpuBackend::gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* index, int64_t rows,
+                              int64_t sample_elems, int num_classes, float* x, int32_t* labels_out, float* onehot) {
+  pool_.parallel_for(rows, [&](int64_t b, int64_t e, int) {
+    for (int64_t r = b; r < e; ++r) {
+      const uint8_t* src = images + int64_t(index[r]) * sample_elems;
+      float* dst = x + r * sample_elems;
+      for (int64_t i = 0; i < sample_elems; ++i) dst[i] = src[i] / 255.0f;
+      int32_t label = labels[index[r]];
+      if (labels_out) labels_out[r] = label;
+      if (onehot)
+        for (int c = 0; c < num_classes; ++c) onehot[r * num_classes + c] = c == label ? 1.f : 0.f;
+    }
+  });
+}
+
+void CpuBackend::sgd_update(const SgdParams& p, float* w, const float* g, float* velocity, size_t n) {
+  pool_.parallel_for(
+      static_cast<int64_t>(n),
+      [&](int64_t b, int64_t e, int) {
+        if (p.momentum == 0.f) {
+          for (int64_t i = b; i < e; ++i) w[i] -= p.lr * g[i];
+          return;
+        }
+        for (int64_t i = b; i < e; ++i) {
+          float v = p.momentum * velocity[i] - p.lr * g[i];
+          velocity[i] = v;
+          w[i] += p.nesterov ? p.momentum * v - p.lr * g[i] : v;
+        }
+      },
+      kElementwiseChunk);
+}
+
+void CpuBackend::adam_update(const AdamParams& p, float* w, const float* g, float* m, float* v, size_t n) {
+  const double b1t = 1.0 - std::pow(double(p.beta1), double(p.step));
+  const double b2t = 1.0 - std::pow(double(p.beta2), double(p.step));
+  const float alpha = static_cast<float>(p.lr * std::sqrt(b2t) / b1t);
+  pool_.parallel_for(
+      static_cast<int64_t>(n),
+      [&](int64_t b, int64_t e, int) {
+        for (int64_t i = b; i < e; ++i) {
+          float gi = g[i];
+          m[i] += (gi - m[i]) * (1.f - p.beta1);
+          v[i] += (gi * gi - v[i]) * (1.f - p.beta2);
+          w[i] -= alpha * m[i] / (std::sqrt(v[i]) + p.epsilon);
+        }
+      },
+      kElementwiseChunk);
+}
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+
+}  // namespace tandem

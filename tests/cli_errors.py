@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Bad input to the `tandem` CLI: each case must exit with the documented status (2 = bad input,
+1 = other failure), print one clear error with a hint on stderr, never die from a signal, and never
+lose what an earlier run saved. Also checks that a tiny end-to-end run writes what it promises."""
+import gzip
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+TANDEM = sys.argv[1]
+failures = []
+
+
+def idx_bytes(dims, payload, magic_type=0x08):
+    return bytes([0, 0, magic_type, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + payload
+
+
+def write(path, data, gz=True):
+    if gz:
+        with gzip.open(path + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        with open(path, "wb") as f:
+            f.write(data)
+
+
+def make_data(root, n_train=64, n_test=32, label_max=9, mutate=None):
+    os.makedirs(root, exist_ok=True)
+    rng = random.Random(1)
+    files = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = bytes(rng.randint(0, label_max) for _ in range(n))
+        images = bytes(rng.randint(0, 255) for _ in range(n * 28 * 28))
+        files[f"{split}-images-idx3-ubyte"] = idx_bytes([n, 28, 28], images)
+        files[f"{split}-labels-idx1-ubyte"] = idx_bytes([n], labels)
+    if mutate:
+        mutate(files)
+    for name, data in files.items():
+        write(os.path.join(root, name), data)
+    return root
+
+
+def run(args, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([TANDEM] + args, capture_output=True, text=True, env=e, timeout=300)
+
+
+def expect(name, args, status, needle, env=None):
+    r = run(args, env)
+    problems = []
+    if r.returncode < 0:
+        problems.append(f"killed by signal {-r.returncode}")
+    elif r.returncode != status:
+        problems.append(f"exit status {r.returncode}, expected {status}")
+    err = r.stderr.strip()
+    if needle.lower() not in err.lower():
+        problems.append(f"stderr lacks {needle!r}")
+    if status != 0 and "hint" not in err and not err.startswith("--") and "Run with --help" not in err:
+        problems.append("no hint")
+    if "terminate called" in err or "Aborted" in err:
+        problems.append("crashed")
+    if problems:
+        failures.append(f"{name}: {'; '.join(problems)}\n    stderr: {err[:500]}")
+    print(("ok   " if not problems else "FAIL ") + name)
+    return r
+
+
+tmp = tempfile.mkdtemp(prefix="tandem-cli-")
+try:
+    good = make_data(os.path.join(tmp, "good"))
+    quick = ["--data", good, "--epochs", "1", "--batch-size", "16", "--validation-size", "16", "--threads", "1"]
+
+    # Flags.
+    expect("batch size 0", ["train", "--batch-size", "0"] + quick[:2], 2, "batch-size")
+    expect("negative epochs", ["train", "--epochs", "-1", "--data", good], 2, "epochs")
+    expect("unknown optimizer", ["train", "--optimizer", "rmsprop2"] + quick, 2, "unknown optimizer")
+    expect("non-numeric flag", ["train", "--epochs", "ten"], 2, "epochs")
+    expect("unknown flag", ["train", "--epoch", "3"], 2, "--epoch")
+    expect("validation larger than the data", ["train", "--data", good, "--validation-size", "64"], 2,
+           "validation")
+    expect("unknown preset", ["train", "--model", "resnet"] + quick, 2, "unknown model")
+    expect("tpu device", ["train", "--device", "tpu:0"] + quick, 2, "TPU")
+    expect("gpu without a GPU", ["train", "--device", "gpu:0"] + quick, 1, "--device cpu")
+    expect("lr schedule", ["train", "--lr-schedule", "cosine"] + quick, 2, "schedule")
+
+    # Model specs.
+    def spec(name, obj):
+        p = os.path.join(tmp, name + ".json")
+        with open(p, "w") as f:
+            f.write(obj if isinstance(obj, str) else json.dumps(obj))
+        return p
+    base = {"input_shape": [28, 28, 1], "layers": [{"type": "Flatten"},
+                                                   {"type": "Dense", "units": 10, "activation": "softmax"}]}
+    bad_layer = json.loads(json.dumps(base)); bad_layer["layers"][0]["type"] = "Flattenn"
+    missing = json.loads(json.dumps(base)); del missing["layers"][1]["units"]
+    shapes = {"input_shape": [28, 28, 1], "layers": [{"type": "Conv2D", "filters": 4, "kernel_size": 29},
+                                                     {"type": "Flatten"},
+                                                     {"type": "Dense", "units": 10, "activation": "softmax"}]}
+    wrong_classes = json.loads(json.dumps(base)); wrong_classes["layers"][1]["units"] = 7
+    expect("unknown layer", ["train", "--model", spec("bad_layer", bad_layer)] + quick, 2, "unknown layer type")
+    expect("missing field", ["train", "--model", spec("missing", missing)] + quick, 2, "missing field \"units\"")
+    expect("impossible shapes", ["train", "--model", spec("shapes", shapes)] + quick, 2, "does not fit")
+    expect("not JSON", ["train", "--model", spec("garbage", "{\"layers\": [")] + quick, 2, "not valid JSON")
+    expect("classes mismatch", ["train", "--model", spec("classes", wrong_classes)] + quick, 2, "classes")
+    expect("missing spec file", ["train", "--model", os.path.join(tmp, "nope.json")] + quick, 2, "cannot open")
+
+    # Data files.
+    def trunc(files):
+        files["train-images-idx3-ubyte"] = files["train-images-idx3-ubyte"][:-100]
+    def count(files):
+        files["train-labels-idx1-ubyte"] = idx_bytes([63], files["train-labels-idx1-ubyte"][8:-1])
+    def magic(files):
+        files["t10k-images-idx3-ubyte"] = b"\x00\x00\x0f" + files["t10k-images-idx3-ubyte"][3:]
+    expect("truncated IDX", ["train"] + quick[:0] + ["--data", make_data(os.path.join(tmp, "t"), mutate=trunc)] +
+           quick[2:], 2, "truncated")
+    expect("count mismatch", ["train", "--data", make_data(os.path.join(tmp, "c"), mutate=count)] + quick[2:], 2,
+           "count")
+    expect("labels out of range", ["train", "--data", make_data(os.path.join(tmp, "l"), label_max=12)] + quick[2:],
+           2, "label")
+    expect("bad type byte", ["train", "--data", make_data(os.path.join(tmp, "m"), mutate=magic)] + quick[2:], 2,
+           "type")
+    expect("missing data dir", ["train", "--data", os.path.join(tmp, "absent")] + quick[2:], 2,
+           "dataset-fashion-mnist")
+
+    # A real run, then corrupted weights; earlier versions survive later runs.
+    out = os.path.join(tmp, "out")
+    r = run(["train"] + quick + ["--output", out])
+    if r.returncode != 0:
+        failures.append("tiny training run failed: " + r.stderr)
+    else:
+        metrics = json.load(open(os.path.join(out, "metrics.json")))
+        history = json.load(open(os.path.join(out, "history.json")))
+        for key in ("test_loss", "test_accuracy", "epochs", "samples_per_second"):
+            if key not in metrics:
+                failures.append("metrics.json lacks " + key)
+        if len(history.get("val_accuracy", [])) != 1:
+            failures.append("history.json lacks one val_accuracy entry")
+        r2 = run(["train"] + quick + ["--output", out, "--seed", "5"])
+        if r2.returncode != 0 or not os.path.isdir(os.path.join(out, "model", "2")):
+            failures.append("second run did not write model/2")
+        v1 = os.path.join(out, "model", "1")
+        ok = run(["inspect", v1])
+        if ok.returncode != 0 or "digest" not in ok.stdout:
+            failures.append("inspect failed on a good model: " + ok.stderr)
+        # A bad run afterwards must not touch the saved versions.
+        run(["train", "--batch-size", "0", "--output", out] + quick[:2])
+        if not os.path.isdir(v1) or run(["inspect", v1]).returncode != 0:
+            failures.append("a failing run damaged a saved version")
+        bad = os.path.join(tmp, "bad", "1")
+        shutil.copytree(v1, bad)
+        wpath = os.path.join(bad, "weights.tdw")
+        data = bytearray(open(wpath, "rb").read())
+        data[-5] ^= 0x10
+        open(wpath, "wb").write(bytes(data))
+        expect("bit flip in weights", ["evaluate", bad, "--data", good], 2, "checksum")
+        open(wpath, "wb").write(bytes(data[: len(data) // 2]))
+        expect("truncated weights", ["inspect", bad], 2, "weights.tdw")
+        os.remove(wpath)
+        expect("missing weights", ["predict", bad, "--data", good], 2, "weights.tdw")
+        expect("not a model dir", ["evaluate", os.path.join(tmp, "nowhere"), "--data", good], 2, "nowhere")
+finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+if failures:
+    print("\n".join(failures))
+    sys.exit(1)
+print("all CLI error cases behave")

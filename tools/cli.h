@@ -1,0 +1,39 @@
+// Shared pieces of the `tandem` subcommands.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+#include "engine/backend.h"
+#include "engine/model.h"
+#include "export/model_dir.h"
+
+namespace tandem::cli {
+
+// Registers a subcommand; `run` is called after a successful parse and returns the exit status.
+struct Command {
+  CLI::App* app = nullptr;
+  std::function<int()> run;
+};
+
+Command add_train(CLI::App& root);
+Command add_evaluate(CLI::App& root);
+Command add_predict(CLI::App& root);
+Command add_summary(CLI::App& root);
+Command add_inspect(CLI::App& root);
+
+int default_threads();
+// A trained model reloaded from a version directory.
+struct LoadedModel {
+  ModelVersion version;
+  Model model;
+  std::vector<float> arena;
+};
+LoadedModel load_model_version(const std::string& dir);
+nlohmann::json model_json(const Model& model, const std::vector<std::string>& class_names,
+                          const nlohmann::json& metadata);
+
+}  // namespace tandem::cli

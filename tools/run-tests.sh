@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs Tandem's test suite: every ctest label of the release build (cpu, interop, mpi; gpu tests
+# report "skipped" without a GPU), then the cpu tests again under AddressSanitizer and
+# UndefinedBehaviorSanitizer. Expects tools/setup.sh to have built build/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+
+echo "== tests (release build)"
+ctest --test-dir build --output-on-failure -j"$jobs"
+
+echo "== cpu tests under ASan + UBSan"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_SANITIZE=ON -DTANDEM_CUDA=OFF -DTANDEM_WERROR=ON \
+  >build-asan.configure.log 2>&1 || { cat build-asan.configure.log; exit 1; }
+cmake --build build-asan -j"$jobs"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan --output-on-failure -j"$jobs" -L cpu

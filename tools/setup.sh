@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what Tandem needs on a fresh Debian 12 machine, then configures and builds it in build/.
+# Idempotent: a second run only rebuilds what changed. CUDA code is compiled when nvcc exists
+# (/usr/local/cuda), whether or not a GPU is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(cmake g++ make pkg-config nlohmann-json3-dev catch2 libcli11-dev zlib1g-dev libopenblas-dev
+              openmpi-bin libopenmpi-dev dataset-fashion-mnist python3)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Python packages for the interop tests and peer benchmarks (TensorFlow, ONNX Runtime).
+if [ "${TANDEM_SKIP_PIP:-0}" != 1 ]; then
+  python3 -m pip install -q --disable-pip-version-check -r tools/requirements.txt 2>&1 | grep -v "Running pip as the 'root'" || true
+fi
+
+mkdir -p build
+# shellcheck disable=SC2086
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTANDEM_WERROR=ON ${TANDEM_CMAKE_ARGS:-} >build/configure.log 2>&1 ||
+  { cat build/configure.log; exit 1; }
+sed -n '/feature summary/,/Sanitizers/p' build/configure.log
+cmake --build build -j"$(nproc)"
