@@ -1,6 +1,7 @@
 #include "engine/replica.h"
 
 #include <algorithm>
+#include <cstdint>
 
 #include "engine/errors.h"
 
@@ -44,7 +45,9 @@ Replica::Replica(const Model& model, Backend& backend, int64_t max_batch)
     p[li].resize(count);
     g[li].resize(count);
   }
+  grad_start_.assign(layers_.size(), SIZE_MAX);
   for (const auto& slot : model.params()) {
+    if (slot.spec.trainable) grad_start_[slot.layer] = std::min(grad_start_[slot.layer], slot.offset);
     p[slot.layer][slot.index] = params_ + slot.offset;
     g[slot.layer][slot.index] = slot.spec.trainable ? grads_ + slot.offset : nullptr;
   }
@@ -93,7 +96,7 @@ void Replica::loss(int64_t rows, float grad_scale, bool one_hot, bool backward) 
                                  grad_scale, backward ? grad_a_ : nullptr, metrics_);
 }
 
-void Replica::backward(const StepContext& ctx) {
+void Replica::backward(const StepContext& ctx, const std::function<void(size_t)>& on_layer_done) {
   if (ctx.batch == 0) {
     // An empty slice of a short last batch: this replica contributes zero gradients.
     backend_.fill(grads_, model_.trainable_floats(), 0.f);
@@ -104,6 +107,7 @@ void Replica::backward(const StepContext& ctx) {
   for (size_t i = layers_.size(); i-- > 0;) {
     const float* x = i == 0 ? input_ : acts_[i - 1];
     layers_[i]->backward(ctx, x, acts_[i], dy, i == 0 ? nullptr : dx);
+    if (on_layer_done && grad_start_[i] != SIZE_MAX) on_layer_done(grad_start_[i]);
     std::swap(dy, dx);
   }
 }

@@ -1,6 +1,7 @@
 // One replica: a model's layers bound to one Backend, with its parameter and gradient arenas,
 // activations and scratch planned once for the largest batch (no allocation inside a step).
 #pragma once
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -37,8 +38,9 @@ class Replica {
   const float* forward(const StepContext& ctx);
   // Loss and metrics of the last forward; when `backward`, also d(loss)/d(logits) * grad_scale.
   void loss(int64_t rows, float grad_scale, bool one_hot, bool backward);
-  // Backward pass from the stored d(loss)/d(logits); writes every trainable gradient.
-  void backward(const StepContext& ctx);
+  // Backward pass from the stored d(loss)/d(logits); writes every trainable gradient. After each
+  // layer, `on_layer_done(offset)` says that gradients at arena offsets >= offset are final.
+  void backward(const StepContext& ctx, const std::function<void(size_t)>& on_layer_done = nullptr);
 
   // metrics[0] = summed loss, metrics[1] = correct predictions since the last reset.
   void reset_metrics();
@@ -55,6 +57,7 @@ class Replica {
   float* grads_ = nullptr;
   float* input_ = nullptr;
   std::vector<float*> acts_;
+  std::vector<size_t> grad_start_;  // per layer: lowest arena offset of its trainable params
   float* grad_a_ = nullptr;
   float* grad_b_ = nullptr;
   int32_t* index_ = nullptr;

@@ -54,11 +54,76 @@ Trainer::Trainer(const Model& model, std::vector<Backend*> backends, const Train
   opt_config_.validate();
   const int64_t per_replica = options_.batch_size / replicas_total();
   const std::vector<float> init = model.initial_weights(options_.seed);
+  if (options_.central_storage && sync_)
+    throw_invalid("central-storage runs in one process", "use --strategy multi-worker under mpirun");
   for (Backend* b : backends_) {
     replicas_.push_back(std::make_unique<Replica>(model, *b, per_replica));
     replicas_.back()->set_weights(init);
-    optimizers_.push_back(std::make_unique<Optimizer>(opt_config_, *b, model.trainable_floats()));
+    if (!options_.central_storage)
+      optimizers_.push_back(std::make_unique<Optimizer>(opt_config_, *b, model.trainable_floats()));
   }
+  if (options_.central_storage) {
+    host_ = make_cpu_backend(1);
+    host_params_ = init;
+    host_grads_.assign(model.trainable_floats(), 0.f);
+    host_optimizer_ = std::make_unique<Optimizer>(opt_config_, *host_, model.trainable_floats());
+  }
+}
+
+// Sums the replicas' gradients (in replica order, so the result does not depend on timing),
+// then applies one identical update everywhere.
+void Trainer::reduce_and_update() {
+  const size_t n = model_.trainable_floats();
+  const int local = static_cast<int>(replicas_.size());
+  if (options_.central_storage) {
+    staging_.resize(n);
+    for (int l = 0; l < local; ++l) {
+      Replica& rep = *replicas_[l];
+      rep.backend().download(l == 0 ? host_grads_.data() : staging_.data(), rep.grads(), n * sizeof(float));
+      if (l > 0) host_->add(host_grads_.data(), staging_.data(), n);
+    }
+    host_optimizer_->apply(host_params_.data(), host_grads_.data(), step_);
+    for (auto& rep : replicas_) rep->backend().upload(rep->params(), host_params_.data(), n * sizeof(float));
+    return;
+  }
+  Replica& r0 = *replicas_[0];
+  bool all_host = true;
+  for (auto& rep : replicas_) all_host = all_host && rep->backend().device().kind == DeviceKind::Cpu;
+  if (local > 1 && all_host) {
+    for (int l = 1; l < local; ++l) r0.backend().add(r0.grads(), replicas_[l]->grads(), n);
+  } else if (local > 1) {
+    // Replicas on several devices without a device-to-device path: stage through the host.
+    host_grads_.resize(n);
+    staging_.resize(n);
+    r0.backend().download(host_grads_.data(), r0.grads(), n * sizeof(float));
+    for (int l = 1; l < local; ++l) {
+      replicas_[l]->backend().download(staging_.data(), replicas_[l]->grads(), n * sizeof(float));
+      for (size_t i = 0; i < n; ++i) host_grads_[i] += staging_[i];
+    }
+    r0.backend().upload(r0.grads(), host_grads_.data(), n * sizeof(float));
+  }
+  if (sync_) sync_->all_reduce_gradients(r0.backend(), r0.grads(), n);
+  for (int l = 0; l < local; ++l) {
+    Replica& rep = *replicas_[l];
+    if (l > 0) {
+      if (all_host)
+        rep.backend().copy(rep.grads(), r0.grads(), sizeof(float) * n);
+      else
+        rep.backend().upload(rep.grads(), host_grads_.data(), sizeof(float) * n);
+    }
+    optimizers_[l]->apply(rep.params(), rep.grads(), step_);
+  }
+}
+
+void Trainer::check_replicas() {
+  auto digests = replica_digests();
+  for (size_t l = 1; l < digests.size(); ++l)
+    if (digests[l] != digests[0])
+      throw Error(ErrorKind::Internal,
+                  "replica " + std::to_string(l) + " has different weights from replica 0 at step " +
+                      std::to_string(step_),
+                  "the replicas diverged; please report this as a bug");
+  if (sync_) sync_->require_agreement("the weights at step " + std::to_string(step_), digests[0]);
 }
 
 Trainer::~Trainer() = default;
@@ -109,6 +174,8 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
     auto last_report = clock::now();
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t begin = s * B, b = std::min(B, train.count - begin);
+      if (sync_)
+        sync_->begin_step(replicas_[0]->backend(), replicas_[0]->grads(), grad_n, static_cast<uint64_t>(step_));
       for (int l = 0; l < local; ++l) {
         Replica& rep = *replicas_[l];
         Span sl = replica_slice(b, n, rank * local + l);
@@ -122,21 +189,14 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
         ctx.first_sample = static_cast<uint64_t>(sl.begin);
         rep.forward(ctx);
         rep.loss(sl.rows, 1.0f / static_cast<float>(b), options_.one_hot, true);
-        rep.backward(ctx);
+        if (sync_ && local == 1)  // one replica per process: buckets leave while backward continues
+          rep.backward(ctx, [this](size_t offset) { sync_->layer_done(offset); });
+        else
+          rep.backward(ctx);
       }
-      // Sum the local replicas' gradients into replica 0 in a fixed order, then across processes.
-      Replica& r0 = *replicas_[0];
-      for (int l = 1; l < local; ++l) {
-        TANDEM_ASSERT(replicas_[l]->backend().device().kind == DeviceKind::Cpu);
-        r0.backend().add(r0.grads(), replicas_[l]->grads(), grad_n);
-      }
-      if (sync_) sync_->all_reduce_gradients(r0.backend(), r0.grads(), grad_n);
-      for (int l = 0; l < local; ++l) {
-        Replica& rep = *replicas_[l];
-        if (l > 0) rep.backend().copy(rep.grads(), r0.grads(), sizeof(float) * grad_n);
-        optimizers_[l]->apply(rep.params(), rep.grads(), step_);
-      }
+      reduce_and_update();
       ++step_;
+      if (options_.check_replicas_every > 0 && step_ % options_.check_replicas_every == 0) check_replicas();
       if (cb.on_step && rank == 0) {
         auto now = clock::now();
         if (s + 1 == steps || now - last_report > std::chrono::milliseconds(100)) {
@@ -174,6 +234,7 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
       log.val_accuracy = v.accuracy;
       log.has_val = true;
     }
+    if (options_.check_replicas) check_replicas();
     history_.push_back(log);
     logs.push_back(log);
     if (cb.on_epoch_end) cb.on_epoch_end(log);

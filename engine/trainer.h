@@ -15,15 +15,22 @@
 
 namespace tandem {
 
-// Sums the gradient arena of the local replica-0 across processes (dist/ implements it). After
-// the call every process holds the same sum.
+// Sums the gradient arena of the local replica 0 across processes (dist/ implements it). After
+// all_reduce_gradients every process holds the same sum. Between begin_step and
+// all_reduce_gradients, layer_done reports backward's progress so buckets can be sent early.
 class GradientSync {
  public:
   virtual ~GradientSync() = default;
   virtual int world_size() const = 0;  // processes
   virtual int rank() const = 0;
+  virtual void begin_step(Backend& backend, float* grads, size_t n, uint64_t step) {}
+  // Gradients at offsets >= first_final_offset are final for this step.
+  virtual void layer_done(size_t first_final_offset) {}
   virtual void all_reduce_gradients(Backend& backend, float* grads, size_t n) = 0;
   virtual void all_reduce_metrics(double* values, int count) = 0;  // host doubles, summed
+  // Throws Error(Communication) naming the ranks whose `value` differs from rank 0's (e.g. a
+  // digest of the weights, or of the run's configuration).
+  virtual void require_agreement(const std::string& what, const std::string& value) = 0;
 };
 
 struct TrainOptions {
@@ -31,6 +38,11 @@ struct TrainOptions {
   int64_t batch_size = 32;  // global
   uint64_t seed = 42;
   bool one_hot = false;
+  // Central storage: the weights and optimizer live on the host; replica gradients are summed
+  // there, the update is applied there and the weights are copied back to every replica.
+  bool central_storage = false;
+  int64_t check_replicas_every = 0;  // steps; 0 = only at the end of fit (when > 0 was asked)
+  bool check_replicas = false;
   void validate(int replicas) const;  // throws InvalidArgument
 };
 
@@ -90,6 +102,12 @@ class Trainer {
   GradientSync* sync_;
   std::vector<std::unique_ptr<Replica>> replicas_;
   std::vector<std::unique_ptr<Optimizer>> optimizers_;
+  // Central storage (and staging for device replicas): host arenas and the host optimizer.
+  std::unique_ptr<Backend> host_;
+  std::vector<float> host_params_, host_grads_, staging_;
+  std::unique_ptr<Optimizer> host_optimizer_;
+  void reduce_and_update();
+  void check_replicas();
   int64_t step_ = 0;
   int epoch_ = 0;
   std::vector<EpochLog> history_;

@@ -207,8 +207,8 @@ void check_weights_match(const std::vector<DeclaredTensor>& declared, const std:
                   hint);
   }
   if (declared.size() > common)
-    throw_error(kind, "tensor '" + declared[common].name + "' listed in " + json_where + " is missing from " +
-                          weights_where,
+    throw_error(kind,
+                "tensor '" + declared[common].name + "' listed in " + json_where + " is missing from " + weights_where,
                 hint);
   if (tensors.size() > common)
     throw_error(kind, "tensor '" + tensors[common].name + "' in " + weights_where + " is not listed in " + json_where,
@@ -224,8 +224,7 @@ bool path_exists(const fs::path& p) {
 bool rename_no_replace(const fs::path& from, const fs::path& to) {
 #ifdef RENAME_NOREPLACE
   if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return true;
-  if (errno != EINVAL && errno != ENOSYS) return false;
-  // The file system cannot do an exclusive rename: fall back to check-then-rename.
+  if (errno != EINVAL && errno != ENOSYS) return false;  // else no exclusive rename here: check, then rename
 #endif
   if (path_exists(to)) {
     errno = EEXIST;
@@ -337,8 +336,8 @@ ModelVersion read_model_version(const std::string& version_dir) {
     throw_data("cannot parse " + json_path + ": " + e.what(),
                "model.json must be the JSON written by Tandem's export; re-export the model");
   }
-  const std::vector<DeclaredTensor> declared = check_model_json(mv.model_json, json_path, ErrorKind::Data,
-                                                                "model.json must be the file written by Tandem's export");
+  const std::vector<DeclaredTensor> declared = check_model_json(
+      mv.model_json, json_path, ErrorKind::Data, "model.json must be the file written by Tandem's export");
   mv.tensors = read_weights_file(weights_path);
   check_weights_match(declared, mv.tensors, json_path, weights_path, ErrorKind::Data, kInconsistentHint);
   return mv;

@@ -8,7 +8,7 @@
 //         16   u64      table_bytes: size of the tensor table that follows
 //         24   table    tensor_count entries, packed back to back:
 //                         u16   name_len (1..1024)
-//                         bytes name (UTF-8, no NUL; unique within the file)
+//                         bytes name (UTF-8 without control characters; unique within the file)
 //                         u8    dtype (1 = float32, DType::F32; the only dtype of version 1)
 //                         u8    rank (0..8)
 //                         u64   dims[rank] (each <= INT64_MAX)
@@ -74,7 +74,8 @@ constexpr Crc32cTables make_crc32c_tables() {
     tables.t[0][i] = c;
   }
   for (int s = 1; s < 8; ++s)
-    for (uint32_t i = 0; i < 256; ++i) tables.t[s][i] = (tables.t[s - 1][i] >> 8) ^ tables.t[0][tables.t[s - 1][i] & 0xff];
+    for (uint32_t i = 0; i < 256; ++i)
+      tables.t[s][i] = (tables.t[s - 1][i] >> 8) ^ tables.t[0][tables.t[s - 1][i] & 0xff];
   return tables;
 }
 
@@ -143,14 +144,15 @@ class TableReader {
 
 // ---- validation helpers ------------------------------------------------------------------------
 
-// Well-formed UTF-8 (no overlong forms, no surrogates, <= U+10FFFF) without NUL bytes.
-bool is_valid_name_utf8(const std::string& s) {
+// Well-formed UTF-8 (no overlong forms, no surrogates, <= U+10FFFF) without ASCII control characters,
+// so that names can go into JSON and error messages as they are.
+bool is_valid_name(const std::string& s) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   const size_t n = s.size();
   size_t i = 0;
   while (i < n) {
     const unsigned char c = p[i];
-    if (c == 0) return false;
+    if (c < 0x20 || c == 0x7F) return false;
     if (c < 0x80) {
       ++i;
       continue;
@@ -188,7 +190,22 @@ bool byte_size_of(const std::vector<uint64_t>& dims, uint64_t* bytes) {
 
 uint64_t align_up(uint64_t v) { return (v + kAlignment - 1) / kAlignment * kAlignment; }
 
-std::string quoted(const std::string& name) { return "'" + name + "'"; }
+// 'name' for messages; invalid names are shown with \xNN escapes.
+std::string quoted(const std::string& name) {
+  if (is_valid_name(name)) return "'" + name + "'";
+  std::string out = "'";
+  for (unsigned char c : name) {
+    if (c >= 0x20 && c < 0x7F && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      static const char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xF];
+    }
+  }
+  return out + "'";
+}
 
 // ---- POSIX file helpers ------------------------------------------------------------------------
 
@@ -282,11 +299,12 @@ std::vector<uint64_t> check_tensors_for_writing(const std::string& path, const s
     if (t.name.empty() || t.name.size() > kMaxNameBytes)
       throw_invalid("cannot write " + where + ": names must have 1.." + std::to_string(kMaxNameBytes) + " bytes",
                     "give every weight a non-empty, reasonably short name such as 'dense_1/kernel'");
-    if (!is_valid_name_utf8(t.name))
-      throw_invalid("cannot write " + where + ": the name is not valid UTF-8 or contains a NUL byte",
+    if (!is_valid_name(t.name))
+      throw_invalid("cannot write " + where + ": the name is not valid UTF-8 or contains a control character",
                     "use printable UTF-8 names such as 'dense_1/kernel'");
     if (!seen.insert(t.name).second)
-      throw_invalid("cannot write " + path + ": two tensors are named " + quoted(t.name), "tensor names must be unique");
+      throw_invalid("cannot write " + path + ": two tensors are named " + quoted(t.name),
+                    "tensor names must be unique");
     if (t.shape.rank() > kMaxRank)
       throw_invalid("cannot write " + where + ": rank " + std::to_string(t.shape.rank()) + " exceeds the maximum of " +
                     std::to_string(kMaxRank));
@@ -447,9 +465,9 @@ std::vector<NamedTensor> read_weights_file(const std::string& path) {
                      std::to_string(name_len) + " bytes; names have 1.." + std::to_string(kMaxNameBytes),
                  kCorruptHint);
     e.name = table.bytes(name_len, "a tensor name");
-    if (!is_valid_name_utf8(e.name))
-      throw_data(path + ": the tensor name at byte " + std::to_string(entry_offset + 2) +
-                     " is not valid UTF-8 or contains a NUL byte",
+    if (!is_valid_name(e.name))
+      throw_data(path + ": the tensor name " + quoted(e.name) + " at byte " + std::to_string(entry_offset + 2) +
+                     " is not valid UTF-8 or contains a control character",
                  kCorruptHint);
     if (!names.insert(e.name).second)
       throw_data(path + ": tensor " + quoted(e.name) + " appears twice in the tensor table", kCorruptHint);
@@ -481,19 +499,19 @@ std::vector<NamedTensor> read_weights_file(const std::string& path) {
                      std::to_string(e.byte_size),
                  kCorruptHint);
     if (e.offset % kAlignment != 0)
-      throw_data(where + ": data offset " + std::to_string(e.offset) + " is not a multiple of " +
-                     std::to_string(kAlignment),
-                 kCorruptHint);
+      throw_data(
+          where + ": data offset " + std::to_string(e.offset) + " is not a multiple of " + std::to_string(kAlignment),
+          kCorruptHint);
     if (e.offset < header_end)
       throw_data(where + ": data offset " + std::to_string(e.offset) + " lies inside the header, which ends at byte " +
                      std::to_string(header_end),
                  kCorruptHint);
     if (e.offset > file_size || e.byte_size > file_size - e.offset)
-      throw_truncated(path, file_size,
-                      "tensor " + quoted(e.name) + " needs bytes " + std::to_string(e.offset) + ".." +
-                          (e.offset > std::numeric_limits<uint64_t>::max() - e.byte_size
-                               ? std::string("(beyond 2^64)")
-                               : std::to_string(e.offset + e.byte_size)));
+      throw_truncated(
+          path, file_size,
+          "tensor " + quoted(e.name) + " needs bytes " + std::to_string(e.offset) + ".." +
+              (e.offset > std::numeric_limits<uint64_t>::max() - e.byte_size ? std::string("(beyond 2^64)")
+                                                                             : std::to_string(e.offset + e.byte_size)));
   }
   if (table.pos() != table_bytes)
     throw_data(path + ": the tensor table has " + std::to_string(table_bytes - table.pos()) +
@@ -505,15 +523,15 @@ std::vector<NamedTensor> read_weights_file(const std::string& path) {
   std::iota(order.begin(), order.end(), size_t{0});
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
     return entries[a].offset != entries[b].offset ? entries[a].offset < entries[b].offset
-                                                   : entries[a].byte_size < entries[b].byte_size;
+                                                  : entries[a].byte_size < entries[b].byte_size;
   });
   uint64_t end = header_end;
   for (size_t k = 0; k < order.size(); ++k) {
     const TableEntry& e = entries[order[k]];
     if (e.offset < end)
-      throw_data(path + ": the data of tensors " + quoted(entries[order[k - 1]].name) + " and " + quoted(e.name) +
-                     " overlap",
-                 kCorruptHint);
+      throw_data(
+          path + ": the data of tensors " + quoted(entries[order[k - 1]].name) + " and " + quoted(e.name) + " overlap",
+          kCorruptHint);
     end = e.offset + e.byte_size;  // in range: checked against file_size above
   }
   if (file_size > end)
@@ -531,9 +549,9 @@ std::vector<NamedTensor> read_weights_file(const std::string& path) {
       read_at(fd.get(), pad, n, pos, path);
       for (size_t i = 0; i < n; ++i)
         if (pad[i] != 0)
-          throw_data(path + " has a non-zero padding byte at byte " + std::to_string(pos + i) +
-                         ": the file is corrupted",
-                     kCorruptHint);
+          throw_data(
+              path + " has a non-zero padding byte at byte " + std::to_string(pos + i) + ": the file is corrupted",
+              kCorruptHint);
       pos += n;
     }
     NamedTensor& t = tensors[index];

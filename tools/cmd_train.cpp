@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <thread>
 
+#include "dist/bucketed_allreduce.h"
+#include "dist/communicator.h"
 #include "engine/errors.h"
 #include "engine/progress.h"
 #include "engine/trainer.h"
@@ -25,12 +27,12 @@ struct TrainArgs {
   std::string data;
   int epochs = 10;
   int64_t batch_size = 32;
-  std::string optimizer = "sgd";
+  std::string optimizer = "adam";
   double lr = -1;  // optimizer's default
   double momentum = -1;
   bool nesterov = false;
-  std::string schedule = "none";
-  double decay_rate = 0.5;
+  std::string schedule = "exponential";
+  double decay_rate = 0.8;
   int64_t decay_steps = 0;
   uint64_t seed = 42;
   int threads = 0;
@@ -38,6 +40,12 @@ struct TrainArgs {
   bool one_hot = false;
   std::string output;
   std::string device = "cpu";
+  std::string strategy = "default";
+  std::string devices;
+  double bucket_mb = 25;
+  bool no_overlap = false;
+  int64_t check_replicas = -1;  // -1 = off; 0 = at the end of every epoch; N = every N steps too
+  double collective_timeout = 300;
 };
 
 std::string iso_time_now() {
@@ -50,8 +58,9 @@ std::string iso_time_now() {
 OptimizerConfig optimizer_config(const TrainArgs& a, int64_t steps_per_epoch) {
   OptimizerConfig o;
   o.name = a.optimizer;
+  // Default: Adam 1e-3 with the rate decayed by 0.8 per epoch, chosen by measurement
+  // (benchmarks/RESULTS.md, "Choice of defaults").
   if (o.name == "sgd") {
-    // Defaults chosen by measurement (benchmarks/RESULTS.md): SGD with Nesterov momentum 0.9.
     o.lr = a.lr > 0 ? a.lr : 0.01;
     o.momentum = a.momentum >= 0 ? a.momentum : 0.9;
     o.nesterov = a.momentum >= 0 ? a.nesterov : true;
@@ -65,6 +74,60 @@ OptimizerConfig optimizer_config(const TrainArgs& a, int64_t steps_per_epoch) {
   o.schedule.decay_steps = a.decay_steps > 0 ? a.decay_steps : steps_per_epoch;
   o.validate();
   return o;
+}
+
+// Where the replicas run: their backends, and the communicator for multi-worker jobs.
+struct Placement {
+  std::unique_ptr<Communicator> comm;
+  std::vector<std::unique_ptr<Backend>> backends;
+};
+
+std::vector<Device> parse_devices(const std::string& list) {
+  std::vector<Device> out;
+  size_t start = 0;
+  while (start <= list.size()) {
+    size_t comma = list.find(',', start);
+    std::string item = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    if (item.empty()) throw_invalid("--devices '" + list + "' has an empty entry", "write e.g. gpu:0,gpu:1");
+    Device d = Device::parse(item);
+    for (const auto& e : out)
+      if (e == d) throw_invalid("--devices lists " + d.str() + " twice", "each replica needs its own device");
+    out.push_back(d);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+Placement place_replicas(const TrainArgs& a) {
+  Placement p;
+  const std::string& s = a.strategy;
+  if (s == "tpu" || s == "tpu-strategy")
+    throw_invalid("--strategy tpu: TPUs are not supported by Tandem",
+                  "use mirrored (GPUs in one process) or multi-worker (mpirun)");
+  if (s != "default" && s != "one-device" && s != "mirrored" && s != "central-storage" && s != "multi-worker")
+    throw_invalid("unknown strategy '" + s + "'", "use default, mirrored, central-storage or multi-worker");
+  if (s == "multi-worker") {
+    if (!a.devices.empty()) throw_invalid("--devices is for mirrored and central-storage", "multi-worker uses one device per rank: --device cpu or --device gpu");
+    p.comm = make_mpi_communicator(true);
+    Device d = Device::parse(a.device);
+    if (d.kind == DeviceKind::Gpu) d.index = p.comm->local_rank();  // one GPU per local rank
+    int threads = a.threads ? a.threads : std::max(1, default_threads() / p.comm->local_size());
+    p.backends.push_back(make_backend(d, threads));
+    return p;
+  }
+  std::vector<Device> devices;
+  if (s == "mirrored" || s == "central-storage") {
+    if (a.devices.empty()) throw_invalid("--strategy " + s + " needs --devices", "e.g. --devices gpu:0,gpu:1 or --devices cpu:0,cpu:1");
+    devices = parse_devices(a.devices);
+  } else {
+    if (!a.devices.empty()) throw_invalid("--devices needs --strategy mirrored or central-storage");
+    devices.push_back(Device::parse(a.device));
+  }
+  int total = a.threads ? a.threads : default_threads();
+  int per = std::max(1, total / static_cast<int>(devices.size()));
+  for (const auto& d : devices) p.backends.push_back(make_backend(d, per));
+  return p;
 }
 
 }  // namespace
@@ -104,7 +167,19 @@ Command add_train(CLI::App& root) {
       ->capture_default_str();
   c->add_flag("--one-hot", args->one_hot, "one-hot labels with categorical cross-entropy");
   c->add_option("--output", args->output, "write DIR/model/<version>/, DIR/history.json and DIR/metrics.json");
-  c->add_option("--device", args->device, "cpu or gpu:N")->capture_default_str();
+  c->add_option("--device", args->device, "cpu or gpu:N (default and multi-worker strategies)")
+      ->capture_default_str();
+  c->add_option("--strategy", args->strategy, "default, mirrored, central-storage or multi-worker (under mpirun)")
+      ->capture_default_str();
+  c->add_option("--devices", args->devices,
+                "replicas for mirrored / central-storage, e.g. gpu:0,gpu:1 or cpu:0,cpu:1,cpu:2,cpu:3");
+  c->add_option("--bucket-mb", args->bucket_mb, "gradient bucket size for all-reduce, MiB")->capture_default_str();
+  c->add_flag("--no-overlap", args->no_overlap, "all-reduce after backward instead of during it");
+  c->add_option("--check-replicas", args->check_replicas,
+                "verify all replicas hold bit-identical weights every N steps (0: at each epoch end)");
+  c->add_option("--collective-timeout", args->collective_timeout,
+                "seconds a rank may be missing from a collective before the job is aborted")
+      ->capture_default_str();
 
   Command cmd;
   cmd.app = c;
@@ -115,11 +190,12 @@ Command add_train(CLI::App& root) {
     if (a.batch_size <= 0)
       throw_invalid("--batch-size must be positive, got " + std::to_string(a.batch_size), "e.g. --batch-size 32");
     Model model = Model::from_name_or_file(a.model);
-    Device device = Device::parse(a.device);
-    std::unique_ptr<Backend> backend = make_backend(device, a.threads ? a.threads : default_threads());
-
+    Placement placement = place_replicas(a);
+    const bool rank0 = !placement.comm || placement.comm->rank() == 0;
+    std::vector<Backend*> backends;
+    for (auto& b : placement.backends) backends.push_back(b.get());
     // Refuse an unusable output directory before spending time on training.
-    if (!a.output.empty()) {
+    if (!a.output.empty() && rank0) {
       std::error_code ec;
       fs::create_directories(a.output, ec);
       if (ec || !fs::is_directory(a.output))
@@ -135,12 +211,38 @@ Command add_train(CLI::App& root) {
     options.batch_size = a.batch_size;
     options.seed = a.seed;
     options.one_hot = a.one_hot;
+    options.central_storage = a.strategy == "central-storage";
+    options.check_replicas = a.check_replicas >= 0;
+    options.check_replicas_every = std::max<int64_t>(0, a.check_replicas);
+    if (a.bucket_mb <= 0 || a.bucket_mb > 4096) throw_invalid("--bucket-mb must be in (0, 4096]");
+    if (!(a.collective_timeout > 0)) throw_invalid("--collective-timeout must be positive (seconds)");
 
-    Trainer trainer(model, {backend.get()}, options, opt);
-    KerasProgress progress(stdout, ::isatty(STDOUT_FILENO) == 1);
+    std::unique_ptr<BucketedAllReduce> sync;
+    if (placement.comm) {
+      sync = std::make_unique<BucketedAllReduce>(*placement.comm, model, static_cast<size_t>(a.bucket_mb * 1048576.0),
+                                                 !a.no_overlap, a.collective_timeout);
+      // Ranks agree on everything that shapes the computation before any training collective.
+      json config{{"model", model.spec()},          {"seed", a.seed},
+                  {"batch_size", a.batch_size},     {"epochs", a.epochs},
+                  {"train_samples", train.count},   {"validation_samples", validation.count},
+                  {"optimizer", opt.name},          {"lr", opt.lr},
+                  {"momentum", opt.momentum},       {"schedule", opt.schedule.type},
+                  {"strategy", a.strategy},         {"one_hot", a.one_hot},
+                  {"bucket_mb", a.bucket_mb},       {"ranks", placement.comm->size()}};
+      sync->require_agreement("the run configuration (model, seed, batch size, data, optimizer, strategy)",
+                              config.dump());
+      if (rank0)
+        std::printf("multi-worker: %d ranks (%s), %d per node, %zu gradient buckets\n", placement.comm->size(),
+                    placement.comm->name().c_str(), placement.comm->local_size(), sync->buckets().size());
+    } else if (backends.size() > 1) {
+      std::printf("%s: %zu replicas (%s)\n", a.strategy.c_str(), backends.size(), a.devices.c_str());
+    }
+
+    Trainer trainer(model, backends, options, opt, sync.get());
+    KerasProgress progress(stdout, ::isatty(STDOUT_FILENO) == 1 && !launched_by_mpi());
     std::vector<EpochLog> logs = trainer.fit(train, validation.count ? &validation : nullptr, progress.callbacks());
     EvalResult test = trainer.evaluate(data.test);
-    std::printf("test_loss: %.4f - test_accuracy: %.4f\n", test.loss, test.accuracy);
+    if (rank0) std::printf("test_loss: %.4f - test_accuracy: %.4f\n", test.loss, test.accuracy);
 
     double train_seconds = 0;
     int64_t train_samples = 0;
@@ -149,7 +251,7 @@ Command add_train(CLI::App& root) {
       train_samples += l.samples;
     }
     const double samples_per_second = train_seconds > 0 ? double(train_samples) / train_seconds : 0;
-    if (a.output.empty()) return 0;
+    if (a.output.empty() || !rank0) return 0;
 
     json metadata{{"tandem_version", TANDEM_VERSION},
                   {"created", iso_time_now()},
@@ -158,6 +260,8 @@ Command add_train(CLI::App& root) {
                   {"optimizer", {{"name", opt.name}, {"lr", opt.lr}, {"momentum", opt.momentum}, {"nesterov", opt.nesterov}}},
                   {"seed", a.seed},
                   {"one_hot", a.one_hot},
+                  {"strategy", a.strategy},
+                  {"replicas", trainer.replicas_total()},
                   {"test_loss", test.loss},
                   {"test_accuracy", test.accuracy}};
     ModelVersion version;
@@ -187,6 +291,8 @@ Command add_train(CLI::App& root) {
                  {"train_seconds", train_seconds},
                  {"batch_size", a.batch_size},
                  {"model", model.name()},
+                 {"strategy", a.strategy},
+                 {"replicas", trainer.replicas_total()},
                  {"model_version_dir", version_dir}};
     write_file_atomic((fs::path(a.output) / "metrics.json").string(), metrics.dump(2) + "\n");
     std::printf("saved model version %s\n", version_dir.c_str());

@@ -6,9 +6,23 @@
 #include <cstdio>
 #include <exception>
 #include <new>
+#include <string>
 
+#include "dist/communicator.h"
 #include "engine/errors.h"
 #include "tools/cli.h"
+
+// Prints one error (prefixed with the rank in a multi-process job) and, in such a job, ends every
+// rank so that none is left waiting in a collective.
+static int fail(int status, const std::string& message, const std::string& hint) {
+  int rank = tandem::distributed_rank();
+  std::string prefix = rank >= 0 ? "[rank " + std::to_string(rank) + "] tandem: " : "tandem: ";
+  std::fprintf(stderr, "%s%s\n", prefix.c_str(), message.c_str());
+  if (!hint.empty()) std::fprintf(stderr, "  hint: %s\n", hint.c_str());
+  std::fflush(stderr);
+  tandem::abort_job_if_distributed(status);
+  return status;
+}
 
 int main(int argc, char** argv) {
   CLI::App app{"Tandem: synchronous data-parallel training of neural networks", "tandem"};
@@ -29,14 +43,10 @@ int main(int argc, char** argv) {
       if (c.app->parsed()) return c.run();
     return 2;
   } catch (const tandem::Error& e) {
-    std::fprintf(stderr, "tandem: %s: %s\n", tandem::error_kind_name(e.kind()), e.what());
-    if (!e.hint().empty()) std::fprintf(stderr, "  hint: %s\n", e.hint().c_str());
-    return e.exit_status();
+    return fail(e.exit_status(), std::string(tandem::error_kind_name(e.kind())) + ": " + e.what(), e.hint());
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "tandem: out of memory\n  hint: try a smaller --batch-size or model\n");
-    return 1;
+    return fail(1, "out of memory", "try a smaller --batch-size or model");
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "tandem: internal error: %s\n  hint: please report this as a bug\n", e.what());
-    return 1;
+    return fail(1, std::string("internal error: ") + e.what(), "please report this as a bug");
   }
 }

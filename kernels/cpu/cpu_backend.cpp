@@ -20,7 +20,10 @@ constexpr int64_t kElementwiseChunk = 1 << 15;
 constexpr size_t kIm2colBudgetFloats = size_t(4) << 20;  // 16 MiB of columns per chunk
 }  // namespace
 
-CpuBackend::CpuBackend(int threads) : pool_(threads) { openblas_set_num_threads(pool_.size()); }
+CpuBackend::CpuBackend(int threads) : pool_(threads) {
+  enable_flush_to_zero();
+  openblas_set_num_threads(pool_.size());
+}
 
 void* CpuBackend::allocate(size_t bytes) {
   if (bytes == 0) bytes = 64;

@@ -2,7 +2,19 @@
 
 #include <algorithm>
 
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
+
 namespace tandem {
+
+// Denormal floats (e.g. Adam moments of weights whose gradient is always zero decaying towards 0)
+// are up to 100x slower on x86; flush them to zero, as TensorFlow and PyTorch do.
+void enable_flush_to_zero() {
+#if defined(__SSE__) || defined(__x86_64__)
+  _mm_setcsr(_mm_getcsr() | 0x8040);  // FTZ | DAZ
+#endif
+}
 
 ThreadPool::ThreadPool(int threads) : threads_(std::max(1, threads)) {
   for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
@@ -25,6 +37,7 @@ static void chunk_range(int64_t n, int parts, int i, int64_t* b, int64_t* e) {
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn, int64_t min_chunk) {
   if (n <= 0) return;
+  enable_flush_to_zero();
   int parts = static_cast<int>(std::min<int64_t>(threads_, std::max<int64_t>(1, n / std::max<int64_t>(1, min_chunk))));
   if (parts <= 1) {
     fn(0, n, 0);
@@ -48,6 +61,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
 }
 
 void ThreadPool::worker_loop(int id) {
+  enable_flush_to_zero();
   uint64_t seen = 0;
   for (;;) {
     const std::function<void(int64_t, int64_t, int)>* job;

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Training throughput on the CPU: Tandem vs TensorFlow-CPU (Keras model.fit) and PyTorch-CPU
+(where it is installed), same models, same batch sizes, same data, same machine, one run.
+
+Each framework trains `--epochs` epochs on the first `--samples` Fashion-MNIST training images;
+the reported figure is samples/s over the epochs after the first (warm-up excluded).
+
+  python3 benchmarks/peer_cpu.py --tandem build/tandem            # the table in RESULTS.md
+"""
+import argparse
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+import numpy as np
+
+DATA = os.environ.get("TANDEM_DATA", "/usr/share/datasets/fashion-mnist")
+CASES = [("mlp", 32), ("mlp", 256), ("cnn", 100)]
+
+
+def load(split):
+    def read(name):
+        with gzip.open(os.path.join(DATA, name + ".gz")) as f:
+            return f.read()
+    img = read(f"{split}-images-idx3-ubyte")
+    lab = read(f"{split}-labels-idx1-ubyte")
+    n = struct.unpack(">I", img[4:8])[0]
+    x = np.frombuffer(img, np.uint8, offset=16).reshape(n, 28, 28, 1)
+    y = np.frombuffer(lab, np.uint8, offset=8)
+    return x, y
+
+
+def tandem_run(binary, model, batch, samples, epochs, threads):
+    out = tempfile.mkdtemp(prefix="tandem-bench-")
+    total = 60000
+    cmd = [binary, "train", "--model", model, "--batch-size", str(batch), "--epochs", str(epochs),
+           "--validation-size", str(total - samples), "--output", out, "--threads", str(threads)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    hist = json.load(open(os.path.join(out, "history.json")))
+    secs = hist["epoch_seconds"][1:] or hist["epoch_seconds"]
+    return samples * len(secs) / sum(secs)
+
+
+def keras_model(name):
+    import keras
+    L = keras.layers
+    if name == "mlp":
+        layers = [L.Flatten(), L.Dense(300, activation="relu"), L.Dense(100, activation="relu"),
+                  L.Dense(10, activation="softmax")]
+    else:
+        layers = [L.Conv2D(64, 7, padding="same", activation="relu"), L.MaxPooling2D(2),
+                  L.Conv2D(128, 3, padding="same", activation="relu"),
+                  L.Conv2D(128, 3, padding="same", activation="relu"), L.MaxPooling2D(2), L.Flatten(),
+                  L.Dense(64, activation="relu"), L.Dropout(0.5), L.Dense(10, activation="softmax")]
+    m = keras.Sequential([keras.Input((28, 28, 1))] + layers)
+    m.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
+              loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return m
+
+
+def tf_run(model, batch, x, y, epochs):
+    import keras
+    m = keras_model(model)
+    times = []
+
+    class T(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, e, logs=None):
+            times.append(time.perf_counter() - self.t)
+    m.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[T()], shuffle=True)
+    secs = times[1:] or times
+    return len(x) * len(secs) / sum(secs)
+
+
+def torch_run(model, batch, x, y, epochs, threads):
+    import torch
+    import torch.nn as nn
+    torch.set_num_threads(threads)
+    if model == "mlp":
+        net = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(),
+                            nn.Linear(100, 10))
+    else:
+        net = nn.Sequential(nn.Conv2d(1, 64, 7, padding=3), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 128, 3, padding=1),
+                            nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6272, 64), nn.ReLU(),
+                            nn.Dropout(0.5), nn.Linear(64, 10))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float() / 255.0
+    yt = torch.from_numpy(y.astype(np.int64))
+    loss_fn = nn.CrossEntropyLoss()
+    times = []
+    for _ in range(epochs):
+        t = time.perf_counter()
+        perm = torch.randperm(len(xt))
+        for i in range(0, len(xt), batch):
+            idx = perm[i:i + batch]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(xt[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - t)
+    secs = times[1:] or times
+    return len(xt) * len(secs) / sum(secs)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tandem", default="build/tandem")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--samples", type=int, default=0, help="training images (default: 20000 mlp, 4000 cnn)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--cases", default="", help="e.g. mlp:32,cnn:100")
+    ap.add_argument("--json", default="", help="also write the results here")
+    a = ap.parse_args()
+    cases = [(c.split(":")[0], int(c.split(":")[1])) for c in a.cases.split(",")] if a.cases else CASES
+    x_all, y_all = load("train")
+    try:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(a.threads)
+        tf_version = tf.__version__
+    except ImportError:
+        tf_version = None
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    rows = []
+    for model, batch in cases:
+        n = a.samples or (20000 if model == "mlp" else 4000)
+        row = {"model": model, "batch": batch, "samples": n}
+        row["tandem"] = tandem_run(a.tandem, model, batch, n, a.epochs, a.threads)
+        x, y = x_all[-n:], y_all[-n:]  # Tandem trains on the images after its validation split
+        if tf_version:
+            row["tensorflow"] = tf_run(model, batch, x.astype(np.float32) / 255.0, y, a.epochs)
+        if torch_version:
+            row["pytorch"] = torch_run(model, batch, x, y, a.epochs, a.threads)
+        peers = [row[k] for k in ("tensorflow", "pytorch") if k in row]
+        row["ratio_vs_fastest_peer"] = row["tandem"] / max(peers) if peers else None
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\nCPU: {os.cpu_count()} cores, {a.threads} threads; TensorFlow {tf_version}; PyTorch {torch_version}")
+    print(f"{'model':6} {'batch':>5} {'Tandem':>10} {'TensorFlow':>11} {'PyTorch':>9} {'ratio':>7}   (samples/s)")
+    for r in rows:
+        f = lambda k: f"{r[k]:.0f}" if k in r else "-"
+        ratio = f"{r['ratio_vs_fastest_peer']:.2f}x" if r["ratio_vs_fastest_peer"] else "-"
+        print(f"{r['model']:6} {r['batch']:>5} {f('tandem'):>10} {f('tensorflow'):>11} {f('pytorch'):>9} {ratio:>7}")
+    if a.json:
+        json.dump(rows, open(a.json, "w"), indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+#include "dist/bucketed_allreduce.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "engine/errors.h"
+#include "export/weights_file.h"
+
+namespace tandem {
+
+std::vector<Bucket> plan_buckets(const Model& model, size_t bucket_bytes) {
+  // Offsets where a layer's trainable parameters start, in arena order.
+  std::vector<size_t> starts;
+  int last_layer = -1;
+  for (const auto& p : model.params())
+    if (p.spec.trainable && p.layer != last_layer) {
+      starts.push_back(p.offset);
+      last_layer = p.layer;
+    }
+  std::sort(starts.begin(), starts.end());
+  std::vector<Bucket> out;
+  const size_t floats = std::max<size_t>(1, bucket_bytes / sizeof(float));
+  size_t end = model.trainable_floats();
+  for (size_t i = starts.size(); i-- > 0;) {
+    if (end - starts[i] >= floats || i == 0) {
+      out.push_back({i == 0 ? 0 : starts[i], end});
+      end = i == 0 ? 0 : starts[i];
+    }
+  }
+  if (out.empty() || out.back().begin != 0) out.push_back({0, end});
+  out.erase(std::remove_if(out.begin(), out.end(), [](const Bucket& b) { return b.begin == b.end; }), out.end());
+  return out;
+}
+
+BucketedAllReduce::BucketedAllReduce(Communicator& comm, const Model& model, size_t bucket_bytes, bool overlap,
+                                     double timeout_s)
+    : comm_(comm), buckets_(plan_buckets(model, bucket_bytes)), overlap_(overlap), timeout_s_(timeout_s) {
+  if (overlap_ && comm_.size() > 1) thread_ = std::thread([this] { comm_loop(); });
+}
+
+BucketedAllReduce::~BucketedAllReduce() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+namespace {
+// Fault injection for the watchdog test: TANDEM_TEST_STALL="RANK:STEP" makes that rank hang
+// before that step, as a rank stuck in I/O or a deadlock would.
+bool should_stall(int rank, uint64_t step) {
+  const char* v = std::getenv("TANDEM_TEST_STALL");
+  if (!v) return false;
+  int r = -1;
+  unsigned long long s = 0;
+  return std::sscanf(v, "%d:%llu", &r, &s) == 2 && r == rank && s == step;
+}
+}  // namespace
+
+void BucketedAllReduce::begin_step(Backend& backend, float* grads, size_t n, uint64_t step) {
+  if (comm_.size() == 1) return;
+  while (should_stall(comm_.rank(), step)) std::this_thread::sleep_for(std::chrono::seconds(1));
+  // Every rank must reach this step before anyone blocks in a collective: a rank that does not
+  // arrive in time is named and the job aborted (the stall watchdog).
+  comm_.rendezvous(step, timeout_s_);
+  host_memory_ = backend.device().kind == DeviceKind::Cpu;
+  grads_ = grads;
+  next_ready_ = 0;
+  done_ = 0;
+  active_ = overlap_ && host_memory_ && thread_.joinable();
+  (void)n;
+}
+
+void BucketedAllReduce::reduce_bucket(size_t i) {
+  const Bucket& b = buckets_[i];
+  comm_.all_reduce_sum(grads_ + b.begin, b.end - b.begin);
+}
+
+void BucketedAllReduce::layer_done(size_t first_final_offset) {
+  if (!active_) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  bool added = false;
+  while (next_ready_ < buckets_.size() && buckets_[next_ready_].begin >= first_final_offset) {
+    queue_.push_back(next_ready_++);
+    added = true;
+  }
+  if (added) cv_.notify_one();
+}
+
+void BucketedAllReduce::comm_loop() {
+  for (;;) {
+    size_t i;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+      if (stop_) return;
+      i = queue_.front();
+      queue_.pop_front();
+    }
+    try {
+      reduce_bucket(i);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu_);
+      error_ = std::current_exception();
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++done_;
+    }
+    cv_done_.notify_all();
+  }
+}
+
+void BucketedAllReduce::all_reduce_gradients(Backend& backend, float* grads, size_t n) {
+  if (comm_.size() == 1) return;
+  if (active_) {
+    layer_done(0);  // anything not yet handed over
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_done_.wait(lock, [this] { return done_ == buckets_.size(); });
+    active_ = false;
+    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+    return;
+  }
+  if (host_memory_) {
+    grads_ = grads;
+    for (size_t i = 0; i < buckets_.size(); ++i) reduce_bucket(i);
+    return;
+  }
+  // Device gradients: stage through the host (NCCL is the fast path for GPUs).
+  staging_.resize(n);
+  backend.download(staging_.data(), grads, n * sizeof(float));
+  grads_ = staging_.data();
+  for (size_t i = 0; i < buckets_.size(); ++i) reduce_bucket(i);
+  backend.upload(grads, staging_.data(), n * sizeof(float));
+}
+
+void BucketedAllReduce::all_reduce_metrics(double* values, int count) {
+  comm_.all_reduce_sum(values, static_cast<size_t>(count));
+}
+
+void BucketedAllReduce::require_agreement(const std::string& what, const std::string& value) {
+  // Compare fixed-size digests of the values, gathered from every rank.
+  char mine[32] = {0};
+  std::snprintf(mine, sizeof(mine), "%08x%08x", crc32c(value.data(), value.size()),
+                crc32c(value.data(), value.size(), 0x5bd1e995u));
+  std::vector<char> all(sizeof(mine) * static_cast<size_t>(comm_.size()));
+  comm_.all_gather(mine, sizeof(mine), all.data());
+  std::string bad;
+  for (int r = 1; r < comm_.size(); ++r)
+    if (std::memcmp(all.data() + r * sizeof(mine), all.data(), sizeof(mine)) != 0)
+      bad += (bad.empty() ? "" : ", ") + std::to_string(r);
+  if (!bad.empty())
+    throw Error(ErrorKind::Communication, what + " differs between rank 0 and rank(s) " + bad,
+                "every rank must be started with the same flags, model and data");
+}
+
+}  // namespace tandem

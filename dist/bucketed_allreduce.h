@@ -1,0 +1,61 @@
+// Gradient buckets: contiguous slices of the gradient arena, last layer first, all-reduced while
+// backward continues (a communication thread), always in the same order on every rank.
+#pragma once
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "dist/communicator.h"
+#include "engine/model.h"
+#include "engine/trainer.h"
+
+namespace tandem {
+
+struct Bucket {
+  size_t begin = 0, end = 0;  // float offsets in the gradient arena
+};
+
+// Splits [0, trainable_floats) at layer boundaries into buckets of at least `bucket_bytes`,
+// from the last layer backwards (the order in which backward produces them).
+std::vector<Bucket> plan_buckets(const Model& model, size_t bucket_bytes);
+
+class BucketedAllReduce final : public GradientSync {
+ public:
+  BucketedAllReduce(Communicator& comm, const Model& model, size_t bucket_bytes, bool overlap, double timeout_s);
+  ~BucketedAllReduce() override;
+
+  int world_size() const override { return comm_.size(); }
+  int rank() const override { return comm_.rank(); }
+  void begin_step(Backend& backend, float* grads, size_t n, uint64_t step) override;
+  void layer_done(size_t first_final_offset) override;
+  void all_reduce_gradients(Backend& backend, float* grads, size_t n) override;
+  void all_reduce_metrics(double* values, int count) override;
+  void require_agreement(const std::string& what, const std::string& value) override;
+  const std::vector<Bucket>& buckets() const { return buckets_; }
+
+ private:
+  void comm_loop();
+  void reduce_bucket(size_t i);
+  Communicator& comm_;
+  std::vector<Bucket> buckets_;
+  bool overlap_;
+  double timeout_s_;
+  // Current step's state.
+  float* grads_ = nullptr;
+  bool host_memory_ = true;
+  std::vector<float> staging_;  // for device gradients
+  size_t next_ready_ = 0;       // buckets [0, next_ready_) have been handed to the thread
+  size_t done_ = 0;             // buckets reduced so far
+  bool active_ = false;
+  std::mutex mu_;
+  std::condition_variable cv_, cv_done_;
+  std::deque<size_t> queue_;
+  bool stop_ = false;
+  std::exception_ptr error_;
+  std::thread thread_;
+};
+
+}  // namespace tandem

@@ -1,0 +1,48 @@
+// Communicators: the collectives a data-parallel job needs, over host buffers. Implementations:
+// MPI (flat), hierarchical MPI (reduce-scatter inside a node, all-reduce across nodes, all-gather
+// inside the node — the NCCL+MPI algorithm with MPI standing in for NCCL), and, for GPUs, NCCL.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace tandem {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual std::string name() const = 0;  // "mpi", "mpi-hierarchical", ...
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual int local_rank() const = 0;  // rank within the node
+  virtual int local_size() const = 0;
+  // In-place sum over all ranks; every rank ends with bit-identical values.
+  virtual void all_reduce_sum(float* data, size_t n) = 0;
+  virtual void all_reduce_sum(double* data, size_t n) = 0;
+  virtual void broadcast(void* data, size_t bytes, int root) = 0;
+  // Every rank contributes `bytes`; `out` receives size()*bytes in rank order.
+  virtual void all_gather(const void* in, size_t bytes, void* out) = 0;
+  virtual void barrier() = 0;
+  // A barrier that gives up after `timeout_s`: rank 0 then names the ranks that have not arrived
+  // (the usual hang: a rank stuck or gone before the collective) and the job is aborted.
+  virtual void rendezvous(uint64_t tag, double timeout_s) = 0;
+  // Ends the whole job (all ranks) with `code`. Never returns.
+  [[noreturn]] virtual void abort(int code) = 0;
+};
+
+// The MPI world, if this process was started by mpirun/srun (MPI is initialised on first use).
+// Node-local ranks come from MPI_Comm_split_type(SHARED) unless TANDEM_RANKS_PER_NODE is set,
+// which groups consecutive ranks into "nodes" of that size (to exercise the hierarchical path on
+// one machine). `hierarchical`: use the two-level all-reduce when there are several nodes.
+std::unique_ptr<Communicator> make_mpi_communicator(bool hierarchical);
+bool mpi_available();      // compiled with MPI
+bool launched_by_mpi();    // OMPI_COMM_WORLD_SIZE / PMI_SIZE / PMIX_RANK present in the environment
+// After a fatal error in a multi-process job: end every rank (MPI_Abort) instead of leaving the
+// others blocked in their next collective. No-op when MPI is not running.
+void abort_job_if_distributed(int status);
+// This process's rank when MPI is running, else -1 (for prefixing error messages).
+int distributed_rank();
+
+}  // namespace tandem

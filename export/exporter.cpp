@@ -1,0 +1,322 @@
+#include "export/exporter.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "engine/errors.h"
+#include "engine/model.h"
+#include "export/atomic_file.h"
+#include "export/model_dir.h"
+#include "export/onnx_writer.h"
+#include "export/savedmodel_writer.h"
+
+namespace tandem {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kFormatHint =
+    "use --format savedmodel, onnx or native, or several separated by commas (e.g. savedmodel,onnx)";
+const std::vector<std::string> kFormats{"native", "savedmodel", "onnx"};
+
+std::function<void(const std::string&)>& fault_hook() {
+  static std::function<void(const std::string&)> hook;
+  return hook;
+}
+
+void fault_point(const char* stage) {
+  if (fault_hook()) fault_hook()(stage);
+}
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+std::string random_hex() {
+  uint64_t r = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  try {
+    std::random_device rd;
+    r ^= (uint64_t{rd()} << 32) ^ rd();
+  } catch (const std::exception&) {
+    // No entropy source: the clock alone makes a collision unlikely, and mkdir retries on one.
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(r));
+  return buf;
+}
+
+bool path_exists(const fs::path& p) {
+  struct stat st {};
+  return ::lstat(p.c_str(), &st) == 0;
+}
+
+// Writes a new file (it must not exist) in full and fsyncs it.
+void write_new_file_synced(const fs::path& path, const std::string& bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    const int err = errno;
+    throw_io("cannot create '" + path.string() + "': " + errno_text(err), "check the output directory's permissions");
+  }
+  const char* p = bytes.data();
+  size_t left = bytes.size();
+  while (left > 0) {
+    const ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      throw_io("cannot write '" + path.string() + "': " + errno_text(err), "check free disk space");
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw_io("cannot flush '" + path.string() + "' to disk: " + errno_text(err), "check free disk space");
+  }
+  if (::close(fd) != 0) {
+    const int err = errno;
+    throw_io("cannot write '" + path.string() + "': " + errno_text(err), "check free disk space");
+  }
+}
+
+void fsync_directory(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    throw_io("cannot open directory '" + dir.string() + "': " + errno_text(err), "check its permissions");
+  }
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0 && err != EINVAL)  // EINVAL: the file system cannot sync directories
+    throw_io("cannot flush directory '" + dir.string() + "' to disk: " + errno_text(err),
+             "check the health of the file system");
+}
+
+// Renames `from` to `to` unless `to` exists; false with errno = EEXIST if it does.
+bool rename_no_replace(const fs::path& from, const fs::path& to) {
+#ifdef RENAME_NOREPLACE
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return true;
+  if (errno != EINVAL && errno != ENOSYS) return false;
+#endif
+  if (path_exists(to)) {  // no exclusive rename on this file system: check, then rename
+    errno = EEXIST;
+    return false;
+  }
+  return ::rename(from.c_str(), to.c_str()) == 0;
+}
+
+constexpr const char* kOverwriteHint = "pass --overwrite to replace it, or omit --version to write the next free version";
+
+// Moves the finished temporary directory into place. With `overwrite`, an existing version is
+// renamed aside, the new one renamed in, and the old one deleted (restored if the rename fails).
+void commit(const fs::path& tmp, const fs::path& target, const fs::path& parent, bool overwrite) {
+  if (rename_no_replace(tmp, target)) return;
+  int err = errno;
+  const bool exists = err == EEXIST || err == ENOTEMPTY;
+  if (exists && !overwrite) throw_invalid("model version " + target.string() + " already exists", kOverwriteHint);
+  if (!exists)
+    throw_io("cannot rename '" + tmp.string() + "' to '" + target.string() + "': " + errno_text(err),
+             "check the permissions of " + parent.string());
+  const fs::path old =
+      parent / (".tmp-export-" + target.filename().string() + "-old-" + std::to_string(::getpid()) + "-" + random_hex());
+  if (::rename(target.c_str(), old.c_str()) != 0) {
+    err = errno;
+    throw_io("cannot move the old model version '" + target.string() + "' aside: " + errno_text(err),
+             "check the permissions of " + parent.string());
+  }
+  if (::rename(tmp.c_str(), target.c_str()) != 0) {
+    err = errno;
+    ::rename(old.c_str(), target.c_str());  // best effort: put the old version back
+    throw_io("cannot rename '" + tmp.string() + "' to '" + target.string() + "': " + errno_text(err),
+             "check the permissions of " + parent.string());
+  }
+  std::error_code ignored;  // committed; a leftover hidden .tmp- directory would be harmless
+  fs::remove_all(old, ignored);
+}
+
+bool is_file(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec);
+}
+
+fs::path normalized_dir(const std::string& dir) {
+  fs::path p = fs::path(dir).lexically_normal();
+  if (!p.has_filename() && p.has_parent_path() && p != p.root_path()) p = p.parent_path();  // "a/b/" -> "a/b"
+  return p;
+}
+
+}  // namespace
+
+FoldedBatchNorm fold_batch_norm(const std::vector<float>& gamma, const std::vector<float>& beta,
+                                const std::vector<float>& moving_mean, const std::vector<float>& moving_variance,
+                                float epsilon) {
+  TANDEM_ASSERT(beta.size() == gamma.size() && moving_mean.size() == gamma.size() &&
+                moving_variance.size() == gamma.size());
+  FoldedBatchNorm f;
+  f.scale.resize(gamma.size());
+  f.shift.resize(gamma.size());
+  for (size_t c = 0; c < gamma.size(); ++c) {
+    // The same float32 operations as the backends' batchnorm_forward_infer: bit-identical constants.
+    f.scale[c] = gamma[c] / std::sqrt(moving_variance[c] + epsilon);
+    f.shift[c] = beta[c] - moving_mean[c] * f.scale[c];
+  }
+  return f;
+}
+
+void set_export_fault_hook_for_testing(std::function<void(const std::string& stage)> hook) {
+  fault_hook() = std::move(hook);
+}
+
+std::vector<std::string> parse_export_formats(const std::string& format) {
+  std::vector<bool> wanted(kFormats.size(), false);
+  size_t start = 0;
+  bool any = false;
+  while (start <= format.size()) {
+    size_t end = format.find(',', start);
+    if (end == std::string::npos) end = format.size();
+    std::string item = format.substr(start, end - start);
+    item.erase(0, item.find_first_not_of(" \t"));
+    item.erase(item.find_last_not_of(" \t") + 1);
+    std::transform(item.begin(), item.end(), item.begin(), [](unsigned char ch) { return std::tolower(ch); });
+    if (item.empty()) {
+      if (format.find_first_not_of(" \t,") == std::string::npos)
+        throw_invalid("--format is empty", kFormatHint);
+      throw_invalid("--format '" + format + "' has an empty entry", kFormatHint);
+    }
+    auto it = std::find(kFormats.begin(), kFormats.end(), item);
+    if (it == kFormats.end()) throw_invalid("unknown export format '" + item + "'", kFormatHint);
+    wanted[static_cast<size_t>(it - kFormats.begin())] = true;
+    any = true;
+    start = end + 1;
+  }
+  if (!any) throw_invalid("--format is empty", kFormatHint);
+  std::vector<std::string> out;
+  for (size_t i = 0; i < kFormats.size(); ++i)
+    if (wanted[i]) out.push_back(kFormats[i]);
+  return out;
+}
+
+std::string export_model(const std::string& src_version_dir, const std::string& dest_model_dir, int64_t version,
+                         const std::string& format, bool overwrite) {
+  const std::vector<std::string> formats = parse_export_formats(format);
+  auto has = [&](const char* f) { return std::find(formats.begin(), formats.end(), f) != formats.end(); };
+  if (version < 0)
+    throw_invalid("version must be a positive integer, got " + std::to_string(version),
+                  "omit --version to write the next free version");
+  if (dest_model_dir.empty())
+    throw_invalid("no destination given", "pass --to BASE/NAME, e.g. --to serving/fashion_mnist");
+
+  // Read and check the source completely, and build every file in memory, before touching the
+  // destination: a bad source or a model that cannot be converted leaves nothing behind.
+  const fs::path src(src_version_dir);
+  ModelVersion mv = read_model_version(src_version_dir);
+  const std::string json_path = (src / kModelJsonName).string();
+  if (!mv.model_json.contains("spec"))
+    throw_data(json_path + ": missing field \"spec\"", "model.json must be the file written by Tandem");
+  const Model model = Model::from_spec(mv.model_json["spec"], json_path);
+  model.from_tensors(mv.tensors, src_version_dir);  // every parameter present with its shape
+
+  std::vector<std::pair<std::string, std::string>> files;
+  files.emplace_back(kModelJsonName, read_text_file(json_path));  // byte copies: same digest
+  files.emplace_back(kWeightsFileName, read_text_file((src / kWeightsFileName).string()));
+  if (has("savedmodel"))
+    files.emplace_back(kSavedModelFileName, savedmodel::encode_saved_model(savedmodel::build_graph(model, mv.tensors)));
+  if (has("onnx")) files.emplace_back(kOnnxFileName, onnx::encode_model(onnx::build_graph(model, mv.tensors)));
+
+  // The destination: BASE/NAME/<version>.
+  const fs::path parent = normalized_dir(dest_model_dir);
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  if (ec || !fs::is_directory(parent, ec))
+    throw_io("cannot create model directory '" + parent.string() + "'" + (ec ? ": " + ec.message() : ""),
+             "--to must name a directory you may write to, e.g. --to serving/fashion_mnist");
+  if (version == 0) version = next_version(parent.string());
+  const fs::path target = parent / std::to_string(version);
+  if (path_exists(target)) {
+    if (!overwrite) throw_invalid("model version " + target.string() + " already exists", kOverwriteHint);
+    if (!fs::is_directory(target, ec))
+      throw_invalid("'" + target.string() + "' exists and is not a directory", "remove it or choose another --version");
+  }
+
+  fs::path tmp;
+  for (int attempt = 0;; ++attempt) {
+    tmp = parent / (".tmp-export-" + std::to_string(version) + "-" + std::to_string(::getpid()) + "-" + random_hex());
+    if (::mkdir(tmp.c_str(), 0755) == 0) break;
+    const int err = errno;
+    if (err != EEXIST || attempt >= 8)
+      throw_io("cannot create temporary directory '" + tmp.string() + "': " + errno_text(err),
+               "check that you may write to " + parent.string());
+  }
+  try {
+    for (const auto& [name, bytes] : files) write_new_file_synced(tmp / name, bytes);
+    fault_point("files-written");
+    fsync_directory(tmp);
+    fault_point("before-commit");
+    commit(tmp, target, parent, overwrite);
+    fsync_directory(parent);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(tmp, ignored);  // a no-op once committed
+    throw;
+  }
+  return target.string();
+}
+
+json describe_export(const std::string& version_dir) {
+  struct stat st {};
+  if (::stat(version_dir.c_str(), &st) != 0) {
+    const int err = errno;
+    throw_io("cannot open model version directory '" + version_dir + "': " + errno_text(err),
+             "a model version directory looks like BASE/NAME/1");
+  }
+  if (!S_ISDIR(st.st_mode))
+    throw_io("'" + version_dir + "' is not a directory", "a model version directory looks like BASE/NAME/1");
+  const fs::path dir(version_dir);
+  json out{{"version_dir", version_dir}, {"formats", json::array()}};
+
+  const fs::path json_path = dir / kModelJsonName, weights_path = dir / kWeightsFileName;
+  if (is_file(json_path) && is_file(weights_path)) {
+    json native{{"files", {kModelJsonName, kWeightsFileName}}};
+    json mj;
+    try {
+      mj = json::parse(read_text_file(json_path.string()));
+    } catch (const json::exception& e) {
+      throw_data("cannot parse " + json_path.string() + ": " + e.what(),
+                 "model.json must be the JSON written by Tandem; re-export the model");
+    }
+    if (mj.is_object())
+      for (const char* key : {"name", "input_shape", "class_names"})
+        if (mj.contains(key)) native[key] = mj[key];
+    out["formats"].push_back("native");
+    out["native"] = native;
+  }
+  const fs::path pb = dir / kSavedModelFileName;
+  if (is_file(pb)) {
+    out["formats"].push_back("savedmodel");
+    out["savedmodel"] = savedmodel::describe_saved_model(read_text_file(pb.string()), pb.string());
+    std::error_code ec;
+    out["savedmodel"]["variables"] = fs::is_directory(dir / "variables", ec);
+  }
+  const fs::path onnx_path = dir / kOnnxFileName;
+  if (is_file(onnx_path)) {
+    out["formats"].push_back("onnx");
+    out["onnx"] = onnx::describe_onnx(read_text_file(onnx_path.string()), onnx_path.string());
+  }
+  return out;
+}
+
+}  // namespace tandem

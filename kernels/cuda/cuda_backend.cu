@@ -1,0 +1,945 @@
+// The CUDA Backend (DESIGN.md §3): one stream per backend; cuBLAS for GEMM (row-major through the
+// transpose identity), cuDNN with NHWC descriptors for convolutions (algorithms chosen once per
+// geometry and cached), our kernels (cuda_kernels.cu) for the rest. Ops only enqueue work; the
+// only allocations after construction are the scratch buffer growing on the first use of a larger
+// shape and the temporary workspace of a cuDNN algorithm search.
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <cmath>
+#include <map>
+#include <vector>
+
+#include "engine/errors.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_kernels.cuh"
+
+namespace tandem {
+
+// ---- errors -----------------------------------------------------------------------------------
+
+namespace cuda_detail {
+
+namespace {
+std::string where(const char* call, const char* file, int line) {
+  return std::string(file) + ":" + std::to_string(line) + ": " + call;
+}
+}  // namespace
+
+std::string cuda_hint(cudaError_t e) {
+  switch (e) {
+    case cudaErrorMemoryAllocation:
+      return "the GPU is out of memory: use a smaller --batch-size, or free the GPU (nvidia-smi shows who uses it)";
+    case cudaErrorInsufficientDriver:
+    case cudaErrorNoDevice:
+      return "no usable GPU/driver on this machine: use --device cpu";
+    case cudaErrorInvalidDevice:
+      return "choose an existing GPU (nvidia-smi -L lists them), or use --device cpu";
+    case cudaErrorIllegalAddress:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorLaunchFailure:
+      return "a kernel accessed invalid memory: this is a Tandem bug; rerun under compute-sanitizer and report it";
+    case cudaErrorNoKernelImageForDevice:
+    case cudaErrorUnsupportedPtxVersion:
+      return "this binary was not built for this GPU: rebuild with -DCMAKE_CUDA_ARCHITECTURES=<your sm> "
+             "(90 for H100/H200)";
+    case cudaErrorDevicesUnavailable:
+      return "the GPU is busy or in exclusive-process mode: check nvidia-smi";
+    default:
+      return "check nvidia-smi and the driver; rerun with CUDA_LAUNCH_BLOCKING=1 to locate the failing call";
+  }
+}
+
+void throw_cuda(cudaError_t e, const char* call, const char* file, int line) {
+  throw Error(ErrorKind::Device,
+              "CUDA error at " + where(call, file, line) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
+                  ")",
+              cuda_hint(e));
+}
+
+void warn_cuda(cudaError_t e, const char* call, const char* file, int line) {
+  std::fprintf(stderr, "tandem: warning: CUDA error at %s: %s (%s)\n", where(call, file, line).c_str(),
+               cudaGetErrorName(e), cudaGetErrorString(e));
+}
+
+void throw_cublas(cublasStatus_t s, const char* call, const char* file, int line) {
+  std::string hint = s == CUBLAS_STATUS_ALLOC_FAILED ? "the GPU is out of memory: use a smaller --batch-size"
+                     : s == CUBLAS_STATUS_NOT_INITIALIZED
+                         ? "cuBLAS could not start: check the driver (nvidia-smi) and that libcublas matches the toolkit"
+                         : "this is likely a Tandem bug (bad GEMM arguments); please report it";
+  throw Error(ErrorKind::Device,
+              "cuBLAS error at " + where(call, file, line) + ": " + cublasGetStatusName(s) + " (" +
+                  cublasGetStatusString(s) + ")",
+              hint);
+}
+
+#if TANDEM_CUDA_USE_CUDNN
+void throw_cudnn(cudnnStatus_t s, const char* call, const char* file, int line) {
+  std::string hint = s == CUDNN_STATUS_ALLOC_FAILED ? "the GPU is out of memory: use a smaller --batch-size"
+                     : s == CUDNN_STATUS_NOT_INITIALIZED
+                         ? "cuDNN could not start: check that libcudnn 9 is found (CUDNN_ROOT, LD_LIBRARY_PATH)"
+                         : "check that the cuDNN library matches the headers Tandem was built with";
+  throw Error(ErrorKind::Device, "cuDNN error at " + where(call, file, line) + ": " + cudnnGetErrorString(s), hint);
+}
+#endif
+
+}  // namespace cuda_detail
+
+// ---- device discovery ---------------------------------------------------------------------------
+
+namespace {
+
+// Number of GPUs and, when there are none, why.
+int probe_devices(std::string* why) {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();  // not sticky, but leave no error behind
+    if (why) *why = std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+    return 0;
+  }
+  if (count <= 0 && why) *why = "the CUDA runtime reports 0 devices";
+  return std::max(count, 0);
+}
+
+}  // namespace
+
+int cuda_device_count() { return probe_devices(nullptr); }
+
+GpuPrecision parse_gpu_precision(const std::string& text) {
+  if (text == "fp32") return GpuPrecision::Fp32;
+  if (text == "tf32") return GpuPrecision::Tf32;
+  throw_invalid("unknown GPU precision '" + text + "'", "use fp32 (exact, the default) or tf32 (tensor cores)");
+}
+
+const char* gpu_precision_name(GpuPrecision p) { return p == GpuPrecision::Tf32 ? "tf32" : "fp32"; }
+
+std::string cuda_device_description(int device_index) {
+  cudaDeviceProp prop;
+  TANDEM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_index));
+  int driver = 0;
+  TANDEM_CUDA_CHECK(cudaDriverGetVersion(&driver));
+  char mem[32];
+  std::snprintf(mem, sizeof(mem), "%.1f", double(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0));
+  return std::string(prop.name) + ", sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ", " + mem +
+         " GiB, " + std::to_string(prop.multiProcessorCount) + " SMs, driver " + std::to_string(driver / 1000) + "." +
+         std::to_string((driver % 1000) / 10);
+}
+
+// ---- the backend --------------------------------------------------------------------------------
+
+namespace {
+
+constexpr size_t kAlign = 256;
+size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+constexpr size_t kStageBytes = size_t(1) << 20;  // uploads up to this size go through pinned staging
+constexpr int kStages = 4;
+constexpr size_t kCublasWorkspace = size_t(32) << 20;  // recommended for Hopper
+constexpr size_t kIm2colBudgetFloats = size_t(32) << 20;  // 128 MiB of columns per chunk
+
+bool verbose() {
+  static const bool v = [] {
+    const char* e = std::getenv("TANDEM_CUDA_VERBOSE");
+    return e && *e && std::strcmp(e, "0") != 0;
+  }();
+  return v;
+}
+
+using ConvKey = std::array<int, 13>;
+ConvKey conv_key(const ConvGeometry& g) {
+  return {g.n, g.h, g.w, g.c, g.kh, g.kw, g.k, g.sh, g.sw, g.pad_top, g.pad_left, g.oh, g.ow};
+}
+
+bool conv_is_pointwise(const ConvGeometry& g) {
+  return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pad_top == 0 && g.pad_left == 0;
+}
+
+enum class AlgoState { Unsearched, Cudnn, Im2col };
+
+struct AlgoChoice {
+  AlgoState state = AlgoState::Unsearched;
+  int algo = 0;
+  size_t workspace = 0;
+#if TANDEM_CUDA_USE_CUDNN
+  cudnnMathType_t math = CUDNN_DEFAULT_MATH;
+#endif
+};
+
+struct ConvPlan {
+  bool cudnn = false;   // false: the im2col path for every direction
+  bool padded = false;  // input zero-padded explicitly to (hp, wp) (asymmetric "same" padding)
+  int hp = 0, wp = 0;
+#if TANDEM_CUDA_USE_CUDNN
+  cudnnTensorDescriptor_t xd = nullptr, yd = nullptr;
+  cudnnFilterDescriptor_t wd = nullptr;
+  cudnnConvolutionDescriptor_t cd = nullptr;
+#endif
+  AlgoChoice fwd, bwd_data, bwd_filter;
+};
+
+}  // namespace
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int device, const CudaBackendOptions& options);
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  std::string name() const override { return "cuda"; }
+  Device device() const override { return Device{DeviceKind::Gpu, device_}; }
+  void set_precision(GpuPrecision p);
+
+  void* allocate(size_t bytes) override;
+  void deallocate(void* p) override;
+  void upload(void* dst, const void* src, size_t bytes) override;
+  void download(void* dst, const void* src, size_t bytes) override;
+  void copy(void* dst, const void* src, size_t bytes) override;
+  void fill(float* x, size_t n, float value) override;
+  void synchronize() override;
+
+  void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb,
+            float beta, float* c, int ldc) override;
+  void bias_add(float* y, const float* bias, int64_t rows, int cols) override;
+  void bias_grad(const float* dy, float* db, int64_t rows, int cols) override;
+  void relu_forward(const float* x, float* y, size_t n) override;
+  void relu_backward(const float* y, const float* dy, float* dx, size_t n) override;
+  void add(float* y, const float* x, size_t n) override;
+  void scale(float* x, size_t n, float s) override;
+
+  void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y) override;
+  void conv2d_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) override;
+  void conv2d_backward_filter(const ConvGeometry& g, const float* x, const float* dy, float* dw) override;
+  void maxpool_forward(const PoolGeometry& g, const float* x, float* y, int32_t* argmax) override;
+  void maxpool_backward(const PoolGeometry& g, const float* dy, const int32_t* argmax, float* dx) override;
+
+  void dropout_forward(const DropoutParams& p, const float* x, float* y, float* mask) override;
+  void multiply(const float* a, const float* b, float* y, size_t n) override;
+  void batchnorm_forward_train(const BatchNormParams& p, const float* x, const float* gamma, const float* beta,
+                               float* moving_mean, float* moving_var, float* y, float* save_mean,
+                               float* save_inv_std) override;
+  void batchnorm_forward_infer(const BatchNormParams& p, const float* x, const float* gamma, const float* beta,
+                               const float* moving_mean, const float* moving_var, float* y) override;
+  void batchnorm_backward(const BatchNormParams& p, const float* x, const float* dy, const float* gamma,
+                          const float* save_mean, const float* save_inv_std, float* dx, float* dgamma,
+                          float* dbeta) override;
+
+  void softmax(const float* logits, float* probs, int64_t rows, int cols) override;
+  void softmax_cross_entropy(const float* logits, const int32_t* labels, const float* onehot, int64_t rows,
+                             int cols, float grad_scale, float* dlogits, double* metrics) override;
+  void gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* index, int64_t rows,
+                    int64_t sample_elems, int num_classes, float* x, int32_t* labels_out, float* onehot) override;
+  void sgd_update(const SgdParams& p, float* w, const float* g, float* velocity, size_t n) override;
+  void adam_update(const AdamParams& p, float* w, const float* g, float* m, float* v, size_t n) override;
+
+ private:
+  void bind() const { TANDEM_CUDA_CHECK(cudaSetDevice(device_)); }
+  // The scratch buffer, grown (never shrunk) to at least `bytes`. Its contents do not survive a
+  // call that grows it.
+  void* scratch(size_t bytes);
+  [[noreturn]] void throw_oom(size_t bytes, const char* what);
+
+  ConvPlan& conv_plan(const ConvGeometry& g);
+  void destroy_plans();
+  // im2col + cuBLAS path (no cuDNN, or a geometry/algorithm cuDNN cannot serve).
+  int im2col_chunk(const ConvGeometry& g) const;
+  void conv_forward_im2col(const ConvGeometry& g, const float* x, const float* w, float* y);
+  void conv_backward_data_im2col(const ConvGeometry& g, const float* dy, const float* w, float* dx);
+  void conv_backward_filter_im2col(const ConvGeometry& g, const float* x, const float* dy, float* dw);
+#if TANDEM_CUDA_USE_CUDNN
+  void search_forward(ConvPlan& plan, const ConvGeometry& g, const float* x, const float* w, float* y);
+  void search_backward_data(ConvPlan& plan, const ConvGeometry& g, const float* dy, const float* w, float* dx);
+  void search_backward_filter(ConvPlan& plan, const ConvGeometry& g, const float* x, const float* dy, float* dw);
+  void* find_workspace(size_t want, size_t* got);
+  cudnnMathType_t search_math() const {
+    return precision_ == GpuPrecision::Tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
+  }
+#endif
+
+  int device_;
+  GpuPrecision precision_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  void* cublas_workspace_ = nullptr;
+#if TANDEM_CUDA_USE_CUDNN
+  cudnnHandle_t cudnn_ = nullptr;
+#endif
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+  struct Stage {
+    void* host = nullptr;
+    cudaEvent_t done = nullptr;
+  };
+  std::array<Stage, kStages> stages_{};
+  int next_stage_ = 0;
+  std::map<ConvKey, ConvPlan> plans_;
+};
+
+CudaBackend::CudaBackend(int device, const CudaBackendOptions& options)
+    : device_(device), precision_(options.precision) {
+  bind();
+  TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  TANDEM_CUBLAS_CHECK(cublasCreate(&cublas_));
+  TANDEM_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+  TANDEM_CUDA_CHECK(cudaMalloc(&cublas_workspace_, kCublasWorkspace));
+  TANDEM_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspace));
+  TANDEM_CUBLAS_CHECK(cublasSetPointerMode(cublas_, CUBLAS_POINTER_MODE_HOST));
+#if TANDEM_CUDA_USE_CUDNN
+  TANDEM_CUDNN_CHECK(cudnnCreate(&cudnn_));
+  TANDEM_CUDNN_CHECK(cudnnSetStream(cudnn_, stream_));
+#endif
+  for (Stage& s : stages_) {
+    TANDEM_CUDA_CHECK(cudaHostAlloc(&s.host, kStageBytes, cudaHostAllocDefault));
+    TANDEM_CUDA_CHECK(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming));
+  }
+  set_precision(precision_);
+  if (verbose())
+    std::fprintf(stderr, "tandem: cuda backend on gpu:%d (%s), precision %s, cuDNN %s\n", device_,
+                 cuda_device_description(device_).c_str(), gpu_precision_name(precision_),
+                 TANDEM_CUDA_USE_CUDNN ? "on" : "off (im2col)");
+}
+
+CudaBackend::~CudaBackend() {
+  TANDEM_CUDA_WARN(cudaSetDevice(device_));
+  if (stream_) TANDEM_CUDA_WARN(cudaStreamSynchronize(stream_));
+  destroy_plans();
+  for (Stage& s : stages_) {
+    if (s.done) TANDEM_CUDA_WARN(cudaEventDestroy(s.done));
+    if (s.host) TANDEM_CUDA_WARN(cudaFreeHost(s.host));
+  }
+  if (scratch_) TANDEM_CUDA_WARN(cudaFree(scratch_));
+#if TANDEM_CUDA_USE_CUDNN
+  if (cudnn_) cudnnDestroy(cudnn_);
+#endif
+  if (cublas_) cublasDestroy(cublas_);
+  if (cublas_workspace_) TANDEM_CUDA_WARN(cudaFree(cublas_workspace_));
+  if (stream_) TANDEM_CUDA_WARN(cudaStreamDestroy(stream_));
+}
+
+void CudaBackend::set_precision(GpuPrecision p) {
+  bind();
+  if (p != precision_) {
+    TANDEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    destroy_plans();  // algorithms are chosen per math mode
+  }
+  precision_ = p;
+  TANDEM_CUBLAS_CHECK(
+      cublasSetMathMode(cublas_, p == GpuPrecision::Tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+}
+
+void CudaBackend::throw_oom(size_t bytes, const char* what) {
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) (void)cudaGetLastError();
+  char buf[256];
+  std::snprintf(buf, sizeof(buf), "out of GPU memory on gpu:%d allocating %.1f MiB for %s (%.1f MiB free of %.1f MiB)",
+                device_, double(bytes) / 1048576.0, what, double(free_b) / 1048576.0, double(total_b) / 1048576.0);
+  throw Error(ErrorKind::Device, buf, "use a smaller --batch-size (or a smaller model), or free the GPU");
+}
+
+// ---- memory -------------------------------------------------------------------------------------
+
+void* CudaBackend::allocate(size_t bytes) {
+  bind();
+  if (bytes == 0) bytes = kAlign;
+  void* p = nullptr;
+  cudaError_t e = cudaMalloc(&p, bytes);
+  if (e == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();
+    throw_oom(bytes, "a tensor");
+  }
+  if (e != cudaSuccess) cuda_detail::throw_cuda(e, "cudaMalloc(&p, bytes)", __FILE__, __LINE__);
+  return p;
+}
+
+void CudaBackend::deallocate(void* p) {
+  // Called from destructors: reports failures instead of throwing.
+  if (!p) return;
+  TANDEM_CUDA_WARN(cudaSetDevice(device_));
+  TANDEM_CUDA_WARN(cudaStreamSynchronize(stream_));
+  TANDEM_CUDA_WARN(cudaFree(p));
+}
+
+void* CudaBackend::scratch(size_t bytes) {
+  if (bytes <= scratch_bytes_) return scratch_;
+  bytes = std::max(align_up(bytes), scratch_bytes_ + scratch_bytes_ / 2);
+  if (scratch_) {
+    TANDEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    TANDEM_CUDA_CHECK(cudaFree(scratch_));
+    scratch_ = nullptr;
+    scratch_bytes_ = 0;
+  }
+  cudaError_t e = cudaMalloc(&scratch_, bytes);
+  if (e == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();
+    scratch_ = nullptr;
+    throw_oom(bytes, "kernel scratch / cuDNN workspace");
+  }
+  if (e != cudaSuccess) cuda_detail::throw_cuda(e, "cudaMalloc(&scratch_, bytes)", __FILE__, __LINE__);
+  scratch_bytes_ = bytes;
+  return scratch_;
+}
+
+void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
+  if (!bytes) return;
+  bind();
+  if (bytes <= kStageBytes) {
+    // Small uploads (batch indices, metrics resets) are copied into pinned staging so that the
+    // caller's buffer is free on return and the copy stays asynchronous.
+    Stage& s = stages_[next_stage_];
+    next_stage_ = (next_stage_ + 1) % kStages;
+    TANDEM_CUDA_CHECK(cudaEventSynchronize(s.done));
+    std::memcpy(s.host, src, bytes);
+    TANDEM_CUDA_CHECK(cudaMemcpyAsync(dst, s.host, bytes, cudaMemcpyHostToDevice, stream_));
+    TANDEM_CUDA_CHECK(cudaEventRecord(s.done, stream_));
+    return;
+  }
+  TANDEM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+  TANDEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::download(void* dst, const void* src, size_t bytes) {
+  if (!bytes) return;
+  bind();
+  TANDEM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+  TANDEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::copy(void* dst, const void* src, size_t bytes) {
+  if (!bytes || dst == src) return;
+  bind();
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  if (d + bytes <= s || s + bytes <= d) {
+    TANDEM_CUDA_CHECK(cudaMemcpyAsync(d, s, bytes, cudaMemcpyDeviceToDevice, stream_));
+    return;
+  }
+  // Overlapping ranges (memmove semantics): copy in non-overlapping pieces in a safe order.
+  const size_t step = static_cast<size_t>(d > s ? d - s : s - d);
+  if (d < s) {
+    for (size_t off = 0; off < bytes; off += step)
+      TANDEM_CUDA_CHECK(
+          cudaMemcpyAsync(d + off, s + off, std::min(step, bytes - off), cudaMemcpyDeviceToDevice, stream_));
+  } else {
+    for (size_t end = bytes; end > 0;) {
+      size_t len = std::min(step, end);
+      end -= len;
+      TANDEM_CUDA_CHECK(cudaMemcpyAsync(d + end, s + end, len, cudaMemcpyDeviceToDevice, stream_));
+    }
+  }
+}
+
+void CudaBackend::fill(float* x, size_t n, float value) {
+  bind();
+  cuda_kernels::fill(stream_, x, n, value);
+}
+
+void CudaBackend::synchronize() {
+  bind();
+  TANDEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+// ---- dense algebra ------------------------------------------------------------------------------
+
+void CudaBackend::gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+                       int ldb, float beta, float* c, int ldc) {
+  if (m <= 0 || n <= 0) return;
+  bind();
+  if (k <= 0) {
+    cuda_kernels::scale_matrix(stream_, c, m, n, ldc, beta);
+    return;
+  }
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+  TANDEM_CUBLAS_CHECK(cublasSgemm(cublas_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k,
+                                  &alpha, b, ldb, a, lda, &beta, c, ldc));
+}
+
+void CudaBackend::bias_add(float* y, const float* bias, int64_t rows, int cols) {
+  bind();
+  cuda_kernels::bias_add(stream_, y, bias, rows, cols);
+}
+
+void CudaBackend::bias_grad(const float* dy, float* db, int64_t rows, int cols) {
+  if (cols <= 0) return;
+  bind();
+  void* s = scratch(cuda_kernels::column_reduce_scratch_bytes(rows, cols, 1));
+  cuda_kernels::bias_grad(stream_, dy, db, rows, cols, s);
+}
+
+void CudaBackend::relu_forward(const float* x, float* y, size_t n) {
+  bind();
+  cuda_kernels::relu_forward(stream_, x, y, n);
+}
+void CudaBackend::relu_backward(const float* y, const float* dy, float* dx, size_t n) {
+  bind();
+  cuda_kernels::relu_backward(stream_, y, dy, dx, n);
+}
+void CudaBackend::add(float* y, const float* x, size_t n) {
+  bind();
+  cuda_kernels::add(stream_, y, x, n);
+}
+void CudaBackend::scale(float* x, size_t n, float s) {
+  bind();
+  cuda_kernels::scale(stream_, x, n, s);
+}
+void CudaBackend::multiply(const float* a, const float* b, float* y, size_t n) {
+  bind();
+  cuda_kernels::multiply(stream_, a, b, y, n);
+}
+
+// ---- convolution --------------------------------------------------------------------------------
+
+void CudaBackend::destroy_plans() {
+#if TANDEM_CUDA_USE_CUDNN
+  for (auto& kv : plans_) {
+    ConvPlan& p = kv.second;
+    if (p.xd) cudnnDestroyTensorDescriptor(p.xd);
+    if (p.yd) cudnnDestroyTensorDescriptor(p.yd);
+    if (p.wd) cudnnDestroyFilterDescriptor(p.wd);
+    if (p.cd) cudnnDestroyConvolutionDescriptor(p.cd);
+  }
+#endif
+  plans_.clear();
+}
+
+ConvPlan& CudaBackend::conv_plan(const ConvGeometry& g) {
+  ConvKey key = conv_key(g);
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return it->second;
+  ConvPlan& plan = plans_[key];
+#if TANDEM_CUDA_USE_CUDNN
+  TANDEM_CUDNN_CHECK(cudnnCreateTensorDescriptor(&plan.xd));
+  TANDEM_CUDNN_CHECK(cudnnCreateTensorDescriptor(&plan.yd));
+  TANDEM_CUDNN_CHECK(cudnnCreateFilterDescriptor(&plan.wd));
+  TANDEM_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&plan.cd));
+  TANDEM_CUDNN_CHECK(cudnnSetFilter4dDescriptor(plan.wd, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, g.k, g.c, g.kh, g.kw));
+  TANDEM_CUDNN_CHECK(cudnnSetTensor4dDescriptor(plan.yd, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, g.n, g.k, g.oh, g.ow));
+  // cuDNN pads symmetrically. TensorFlow's "same" padding puts the odd extra row/column at the
+  // end; when that changes the output size the input is zero-padded explicitly instead.
+  auto try_geometry = [&](int h, int w, int pt, int pl) {
+    TANDEM_CUDNN_CHECK(cudnnSetTensor4dDescriptor(plan.xd, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, g.n, g.c, h, w));
+    TANDEM_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(plan.cd, pt, pl, g.sh, g.sw, 1, 1, CUDNN_CROSS_CORRELATION,
+                                                       CUDNN_DATA_FLOAT));
+    int on = 0, oc = 0, oh = 0, ow = 0;
+    if (cudnnGetConvolution2dForwardOutputDim(plan.cd, plan.xd, plan.wd, &on, &oc, &oh, &ow) != CUDNN_STATUS_SUCCESS)
+      return false;
+    return on == g.n && oc == g.k && oh == g.oh && ow == g.ow;
+  };
+  if (try_geometry(g.h, g.w, g.pad_top, g.pad_left)) {
+    plan.cudnn = true;
+  } else {
+    plan.hp = (g.oh - 1) * g.sh + g.kh;
+    plan.wp = (g.ow - 1) * g.sw + g.kw;
+    plan.padded = true;
+    plan.cudnn = plan.hp > 0 && plan.wp > 0 && try_geometry(plan.hp, plan.wp, 0, 0);
+  }
+#endif
+  if (!plan.cudnn) {
+    plan.fwd.state = plan.bwd_data.state = plan.bwd_filter.state = AlgoState::Im2col;
+  }
+  return plan;
+}
+
+int CudaBackend::im2col_chunk(const ConvGeometry& g) const {
+  size_t per_sample = static_cast<size_t>(g.oh) * g.ow * g.kh * g.kw * g.c;
+  size_t chunk = std::max<size_t>(1, kIm2colBudgetFloats / std::max<size_t>(1, per_sample));
+  return static_cast<int>(std::min<size_t>(chunk, static_cast<size_t>(g.n)));
+}
+
+void CudaBackend::conv_forward_im2col(const ConvGeometry& g, const float* x, const float* w, float* y) {
+  const int kk = g.kh * g.kw * g.c;
+  if (conv_is_pointwise(g)) {
+    gemm(false, false, g.n * g.h * g.w, g.k, g.c, 1.f, x, g.c, w, g.k, 0.f, y, g.k);
+    return;
+  }
+  const int chunk = im2col_chunk(g);
+  float* col = static_cast<float*>(scratch(sizeof(float) * size_t(chunk) * g.oh * g.ow * kk));
+  for (int s0 = 0; s0 < g.n; s0 += chunk) {
+    int ns = std::min(chunk, g.n - s0);
+    cuda_kernels::im2col(stream_, g, x + int64_t(s0) * g.h * g.w * g.c, ns, col);
+    gemm(false, false, ns * g.oh * g.ow, g.k, kk, 1.f, col, kk, w, g.k, 0.f, y + int64_t(s0) * g.oh * g.ow * g.k,
+         g.k);
+  }
+}
+
+void CudaBackend::conv_backward_data_im2col(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  const int kk = g.kh * g.kw * g.c;
+  if (conv_is_pointwise(g)) {
+    gemm(false, true, g.n * g.h * g.w, g.c, g.k, 1.f, dy, g.k, w, g.k, 0.f, dx, g.c);
+    return;
+  }
+  const int chunk = im2col_chunk(g);
+  float* col = static_cast<float*>(scratch(sizeof(float) * size_t(chunk) * g.oh * g.ow * kk));
+  for (int s0 = 0; s0 < g.n; s0 += chunk) {
+    int ns = std::min(chunk, g.n - s0);
+    gemm(false, true, ns * g.oh * g.ow, kk, g.k, 1.f, dy + int64_t(s0) * g.oh * g.ow * g.k, g.k, w, g.k, 0.f, col,
+         kk);
+    cuda_kernels::col2im(stream_, g, col, ns, dx + int64_t(s0) * g.h * g.w * g.c);
+  }
+}
+
+void CudaBackend::conv_backward_filter_im2col(const ConvGeometry& g, const float* x, const float* dy, float* dw) {
+  const int kk = g.kh * g.kw * g.c;
+  if (conv_is_pointwise(g)) {
+    gemm(true, false, g.c, g.k, g.n * g.h * g.w, 1.f, x, g.c, dy, g.k, 0.f, dw, g.k);
+    return;
+  }
+  const int chunk = im2col_chunk(g);
+  float* col = static_cast<float*>(scratch(sizeof(float) * size_t(chunk) * g.oh * g.ow * kk));
+  for (int s0 = 0; s0 < g.n; s0 += chunk) {
+    int ns = std::min(chunk, g.n - s0);
+    cuda_kernels::im2col(stream_, g, x + int64_t(s0) * g.h * g.w * g.c, ns, col);
+    gemm(true, false, kk, g.k, ns * g.oh * g.ow, 1.f, col, kk, dy + int64_t(s0) * g.oh * g.ow * g.k, g.k,
+         s0 == 0 ? 0.f : 1.f, dw, g.k);
+  }
+}
+
+#if TANDEM_CUDA_USE_CUDNN
+
+namespace {
+
+constexpr size_t kFindWorkspaceCap = size_t(512) << 20;
+
+// Picks the fastest successful deterministic algorithm that fits the workspace (any successful
+// one if no deterministic one exists). perf is sorted by time, as cudnnFind* returns it.
+template <class Perf>
+bool choose_algo(const Perf* perf, int count, size_t workspace_limit, AlgoChoice* out) {
+  for (int pass = 0; pass < 2; ++pass)
+    for (int i = 0; i < count; ++i) {
+      const Perf& p = perf[i];
+      if (p.status != CUDNN_STATUS_SUCCESS || p.memory > workspace_limit) continue;
+      if (pass == 0 && p.determinism != CUDNN_DETERMINISTIC) continue;
+      out->state = AlgoState::Cudnn;
+      out->algo = static_cast<int>(p.algo);
+      out->workspace = p.memory;
+      out->math = p.mathType;
+      return true;
+    }
+  return false;
+}
+
+template <class Perf>
+size_t max_workspace(const Perf* perf, int count) {
+  size_t m = 0;
+  for (int i = 0; i < count; ++i)
+    if (perf[i].status == CUDNN_STATUS_SUCCESS) m = std::max(m, perf[i].memory);
+  return std::min(m, kFindWorkspaceCap);
+}
+
+void report_choice(const char* what, const ConvGeometry& g, const AlgoChoice& c, float ms) {
+  if (!verbose()) return;
+  std::fprintf(stderr,
+               "tandem: conv %s n=%d %dx%dx%d k=%dx%dx%d s=%dx%d pad=%d,%d -> %s algo %d ws %.1f MiB (%.3f ms)\n", what,
+               g.n, g.h, g.w, g.c, g.kh, g.kw, g.k, g.sh, g.sw, g.pad_top, g.pad_left,
+               c.state == AlgoState::Cudnn ? "cudnn" : "im2col", c.algo, double(c.workspace) / 1048576.0, ms);
+}
+
+}  // namespace
+
+// A temporary workspace for an algorithm search, as large as the candidates want (capped), or
+// smaller when memory is short. Freed by the caller.
+void* CudaBackend::find_workspace(size_t want, size_t* got) {
+  *got = 0;
+  while (want > 0) {
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, want);
+    if (e == cudaSuccess) {
+      *got = want;
+      return p;
+    }
+    (void)cudaGetLastError();
+    if (e != cudaErrorMemoryAllocation) cuda_detail::throw_cuda(e, "cudaMalloc(&p, want)", __FILE__, __LINE__);
+    want /= 2;
+    if (want < (size_t(1) << 20)) break;
+  }
+  return nullptr;
+}
+
+void CudaBackend::search_forward(ConvPlan& plan, const ConvGeometry& g, const float* x, const float* w, float* y) {
+  TANDEM_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.cd, search_math()));
+  int max_count = 0;
+  TANDEM_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(cudnn_, &max_count));
+  std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(std::max(max_count, 1));
+  int returned = 0;
+  TANDEM_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(cudnn_, plan.xd, plan.wd, plan.cd, plan.yd, max_count,
+                                                            &returned, perf.data()));
+  size_t ws_size = 0;
+  void* ws = find_workspace(max_workspace(perf.data(), returned), &ws_size);
+  cudnnStatus_t st = cudnnFindConvolutionForwardAlgorithmEx(cudnn_, plan.xd, x, plan.wd, w, plan.cd, plan.yd, y,
+                                                            max_count, &returned, perf.data(), ws, ws_size);
+  if (ws) TANDEM_CUDA_CHECK(cudaFree(ws));
+  if (st != CUDNN_STATUS_SUCCESS || !choose_algo(perf.data(), returned, ws_size, &plan.fwd))
+    plan.fwd.state = AlgoState::Im2col;
+  report_choice("forward", g, plan.fwd, returned > 0 ? perf[0].time : 0.f);
+}
+
+void CudaBackend::search_backward_data(ConvPlan& plan, const ConvGeometry& g, const float* dy, const float* w,
+                                       float* dx) {
+  TANDEM_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.cd, search_math()));
+  int max_count = 0;
+  TANDEM_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(cudnn_, &max_count));
+  std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(std::max(max_count, 1));
+  int returned = 0;
+  TANDEM_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnn_, plan.wd, plan.yd, plan.cd, plan.xd,
+                                                                 max_count, &returned, perf.data()));
+  size_t ws_size = 0;
+  void* ws = find_workspace(max_workspace(perf.data(), returned), &ws_size);
+  cudnnStatus_t st = cudnnFindConvolutionBackwardDataAlgorithmEx(cudnn_, plan.wd, w, plan.yd, dy, plan.cd, plan.xd,
+                                                                 dx, max_count, &returned, perf.data(), ws, ws_size);
+  if (ws) TANDEM_CUDA_CHECK(cudaFree(ws));
+  if (st != CUDNN_STATUS_SUCCESS || !choose_algo(perf.data(), returned, ws_size, &plan.bwd_data))
+    plan.bwd_data.state = AlgoState::Im2col;
+  report_choice("backward-data", g, plan.bwd_data, returned > 0 ? perf[0].time : 0.f);
+}
+
+void CudaBackend::search_backward_filter(ConvPlan& plan, const ConvGeometry& g, const float* x, const float* dy,
+                                         float* dw) {
+  TANDEM_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.cd, search_math()));
+  int max_count = 0;
+  TANDEM_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(cudnn_, &max_count));
+  std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(std::max(max_count, 1));
+  int returned = 0;
+  TANDEM_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnn_, plan.xd, plan.yd, plan.cd, plan.wd,
+                                                                   max_count, &returned, perf.data()));
+  size_t ws_size = 0;
+  void* ws = find_workspace(max_workspace(perf.data(), returned), &ws_size);
+  cudnnStatus_t st = cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnn_, plan.xd, x, plan.yd, dy, plan.cd, plan.wd,
+                                                                   dw, max_count, &returned, perf.data(), ws, ws_size);
+  if (ws) TANDEM_CUDA_CHECK(cudaFree(ws));
+  if (st != CUDNN_STATUS_SUCCESS || !choose_algo(perf.data(), returned, ws_size, &plan.bwd_filter))
+    plan.bwd_filter.state = AlgoState::Im2col;
+  report_choice("backward-filter", g, plan.bwd_filter, returned > 0 ? perf[0].time : 0.f);
+}
+
+#endif  // TANDEM_CUDA_USE_CUDNN
+
+#if TANDEM_CUDA_USE_CUDNN
+// Scratch layout of a cuDNN convolution: [filter in KRSC | padded input or input gradient | workspace].
+namespace {
+struct ConvScratch {
+  size_t filter_off = 0, padded_off = 0, workspace_off = 0, total = 0;
+};
+ConvScratch conv_scratch(const ConvGeometry& g, const ConvPlan& plan, size_t workspace) {
+  ConvScratch s;
+  s.padded_off = align_up(sizeof(float) * size_t(g.kh) * g.kw * g.c * g.k);
+  size_t padded = plan.padded ? sizeof(float) * size_t(g.n) * plan.hp * plan.wp * g.c : 0;
+  s.workspace_off = s.padded_off + align_up(padded);
+  s.total = s.workspace_off + align_up(workspace);
+  return s;
+}
+}  // namespace
+#endif
+
+void CudaBackend::conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y) {
+  if (g.n <= 0) return;
+  bind();
+  ConvPlan& plan = conv_plan(g);
+#if TANDEM_CUDA_USE_CUDNN
+  if (plan.fwd.state != AlgoState::Im2col) {
+    const int64_t ksize = int64_t(g.kh) * g.kw * g.c;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      // Prepare the inputs in scratch (HWIO -> KRSC filter; padded input), search once, run.
+      const bool searching = plan.fwd.state == AlgoState::Unsearched;
+      ConvScratch cs = conv_scratch(g, plan, searching ? 0 : plan.fwd.workspace);
+      char* base = static_cast<char*>(scratch(cs.total));
+      float* wt = reinterpret_cast<float*>(base + cs.filter_off);
+      float* xp = reinterpret_cast<float*>(base + cs.padded_off);
+      cuda_kernels::transpose(stream_, w, wt, ksize, g.k);
+      const float* xin = x;
+      if (plan.padded) {
+        cuda_kernels::pad_nhwc(stream_, x, g.n, g.h, g.w, g.c, xp, plan.hp, plan.wp, g.pad_top, g.pad_left);
+        xin = xp;
+      }
+      if (searching) {
+        search_forward(plan, g, xin, wt, y);
+        if (plan.fwd.state == AlgoState::Cudnn) continue;  // the scratch may need to grow: prepare again
+        break;
+      }
+      const float one = 1.f, zero = 0.f;
+      TANDEM_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.cd, plan.fwd.math));
+      TANDEM_CUDNN_CHECK(cudnnConvolutionForward(cudnn_, &one, plan.xd, xin, plan.wd, wt, plan.cd,
+                                                 static_cast<cudnnConvolutionFwdAlgo_t>(plan.fwd.algo),
+                                                 base + cs.workspace_off, plan.fwd.workspace, &zero, plan.yd, y));
+      return;
+    }
+  }
+#endif
+  conv_forward_im2col(g, x, w, y);
+}
+
+void CudaBackend::conv2d_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  if (g.n <= 0) return;
+  bind();
+  ConvPlan& plan = conv_plan(g);
+#if TANDEM_CUDA_USE_CUDNN
+  if (plan.bwd_data.state != AlgoState::Im2col) {
+    const int64_t ksize = int64_t(g.kh) * g.kw * g.c;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      const bool searching = plan.bwd_data.state == AlgoState::Unsearched;
+      ConvScratch cs = conv_scratch(g, plan, searching ? 0 : plan.bwd_data.workspace);
+      char* base = static_cast<char*>(scratch(cs.total));
+      float* wt = reinterpret_cast<float*>(base + cs.filter_off);
+      float* dxp = reinterpret_cast<float*>(base + cs.padded_off);
+      cuda_kernels::transpose(stream_, w, wt, ksize, g.k);
+      float* dxout = plan.padded ? dxp : dx;
+      if (searching) {
+        search_backward_data(plan, g, dy, wt, dxout);
+        if (plan.bwd_data.state == AlgoState::Cudnn) continue;
+        break;
+      }
+      const float one = 1.f, zero = 0.f;
+      TANDEM_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.cd, plan.bwd_data.math));
+      TANDEM_CUDNN_CHECK(cudnnConvolutionBackwardData(
+          cudnn_, &one, plan.wd, wt, plan.yd, dy, plan.cd, static_cast<cudnnConvolutionBwdDataAlgo_t>(plan.bwd_data.algo),
+          base + cs.workspace_off, plan.bwd_data.workspace, &zero, plan.xd, dxout));
+      if (plan.padded)
+        cuda_kernels::crop_nhwc(stream_, dxp, g.n, plan.hp, plan.wp, g.c, dx, g.h, g.w, g.pad_top, g.pad_left);
+      return;
+    }
+  }
+#endif
+  conv_backward_data_im2col(g, dy, w, dx);
+}
+
+void CudaBackend::conv2d_backward_filter(const ConvGeometry& g, const float* x, const float* dy, float* dw) {
+  bind();
+  if (g.n <= 0) {
+    cuda_kernels::fill(stream_, dw, size_t(g.kh) * g.kw * g.c * g.k, 0.f);
+    return;
+  }
+  ConvPlan& plan = conv_plan(g);
+#if TANDEM_CUDA_USE_CUDNN
+  if (plan.bwd_filter.state != AlgoState::Im2col) {
+    const int64_t ksize = int64_t(g.kh) * g.kw * g.c;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      const bool searching = plan.bwd_filter.state == AlgoState::Unsearched;
+      ConvScratch cs = conv_scratch(g, plan, searching ? 0 : plan.bwd_filter.workspace);
+      char* base = static_cast<char*>(scratch(cs.total));
+      float* dwt = reinterpret_cast<float*>(base + cs.filter_off);
+      float* xp = reinterpret_cast<float*>(base + cs.padded_off);
+      const float* xin = x;
+      if (plan.padded) {
+        cuda_kernels::pad_nhwc(stream_, x, g.n, g.h, g.w, g.c, xp, plan.hp, plan.wp, g.pad_top, g.pad_left);
+        xin = xp;
+      }
+      if (searching) {
+        search_backward_filter(plan, g, xin, dy, dwt);
+        if (plan.bwd_filter.state == AlgoState::Cudnn) continue;
+        break;
+      }
+      const float one = 1.f, zero = 0.f;
+      TANDEM_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.cd, plan.bwd_filter.math));
+      TANDEM_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
+          cudnn_, &one, plan.xd, xin, plan.yd, dy, plan.cd,
+          static_cast<cudnnConvolutionBwdFilterAlgo_t>(plan.bwd_filter.algo), base + cs.workspace_off,
+          plan.bwd_filter.workspace, &zero, plan.wd, dwt));
+      cuda_kernels::transpose(stream_, dwt, dw, g.k, ksize);  // KRSC -> HWIO
+      return;
+    }
+  }
+#endif
+  conv_backward_filter_im2col(g, x, dy, dw);
+}
+
+// ---- pooling, regularisation, normalisation ------------------------------------------------------
+
+void CudaBackend::maxpool_forward(const PoolGeometry& g, const float* x, float* y, int32_t* argmax) {
+  bind();
+  cuda_kernels::maxpool_forward(stream_, g, x, y, argmax);
+}
+void CudaBackend::maxpool_backward(const PoolGeometry& g, const float* dy, const int32_t* argmax, float* dx) {
+  bind();
+  cuda_kernels::maxpool_backward(stream_, g, dy, argmax, dx);
+}
+void CudaBackend::dropout_forward(const DropoutParams& p, const float* x, float* y, float* mask) {
+  bind();
+  cuda_kernels::dropout_forward(stream_, p, x, y, mask);
+}
+
+void CudaBackend::batchnorm_forward_train(const BatchNormParams& p, const float* x, const float* gamma,
+                                          const float* beta, float* moving_mean, float* moving_var, float* y,
+                                          float* save_mean, float* save_inv_std) {
+  if (p.channels <= 0) return;
+  bind();
+  void* s = scratch(cuda_kernels::batchnorm_scratch_bytes(p.rows, p.channels));
+  cuda_kernels::batchnorm_forward_train(stream_, p, x, gamma, beta, moving_mean, moving_var, y, save_mean,
+                                        save_inv_std, s);
+}
+void CudaBackend::batchnorm_forward_infer(const BatchNormParams& p, const float* x, const float* gamma,
+                                          const float* beta, const float* moving_mean, const float* moving_var,
+                                          float* y) {
+  bind();
+  cuda_kernels::batchnorm_forward_infer(stream_, p, x, gamma, beta, moving_mean, moving_var, y);
+}
+void CudaBackend::batchnorm_backward(const BatchNormParams& p, const float* x, const float* dy, const float* gamma,
+                                     const float* save_mean, const float* save_inv_std, float* dx, float* dgamma,
+                                     float* dbeta) {
+  if (p.channels <= 0) return;
+  bind();
+  void* s = scratch(cuda_kernels::batchnorm_scratch_bytes(p.rows, p.channels));
+  cuda_kernels::batchnorm_backward(stream_, p, x, dy, gamma, save_mean, save_inv_std, dx, dgamma, dbeta, s);
+}
+
+// ---- output, loss, data, optimizers ----------------------------------------------------------------
+
+void CudaBackend::softmax(const float* logits, float* probs, int64_t rows, int cols) {
+  bind();
+  cuda_kernels::softmax(stream_, logits, probs, rows, cols);
+}
+void CudaBackend::softmax_cross_entropy(const float* logits, const int32_t* labels, const float* onehot,
+                                        int64_t rows, int cols, float grad_scale, float* dlogits, double* metrics) {
+  bind();
+  cuda_kernels::softmax_cross_entropy(stream_, logits, labels, onehot, rows, cols, grad_scale, dlogits, metrics);
+}
+void CudaBackend::gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* index, int64_t rows,
+                               int64_t sample_elems, int num_classes, float* x, int32_t* labels_out, float* onehot) {
+  bind();
+  cuda_kernels::gather_batch(stream_, images, labels, index, rows, sample_elems, num_classes, x, labels_out, onehot);
+}
+void CudaBackend::sgd_update(const SgdParams& p, float* w, const float* g, float* velocity, size_t n) {
+  bind();
+  cuda_kernels::sgd_update(stream_, p, w, g, velocity, n);
+}
+void CudaBackend::adam_update(const AdamParams& p, float* w, const float* g, float* m, float* v, size_t n) {
+  bind();
+  // The same bias-corrected step size as the CPU, computed the same way on the host.
+  const double b1t = 1.0 - std::pow(double(p.beta1), double(p.step));
+  const double b2t = 1.0 - std::pow(double(p.beta2), double(p.step));
+  const float alpha = static_cast<float>(p.lr * std::sqrt(b2t) / b1t);
+  cuda_kernels::adam_update(stream_, p, alpha, w, g, m, v, n);
+}
+
+// ---- factory ------------------------------------------------------------------------------------
+
+std::unique_ptr<Backend> make_cuda_backend(int device_index, const CudaBackendOptions& options) {
+  std::string why;
+  const int count = probe_devices(&why);
+  if (count == 0)
+    throw Error(ErrorKind::Device, "device gpu:" + std::to_string(device_index) + ": no GPU was found (" + why + ")",
+                "use --device cpu, or run on a machine with an NVIDIA GPU and driver (check nvidia-smi)");
+  if (device_index < 0 || device_index >= count)
+    throw Error(ErrorKind::Device,
+                "device gpu:" + std::to_string(device_index) + " does not exist: this machine has " +
+                    std::to_string(count) + (count == 1 ? " GPU (gpu:0)" : " GPUs (gpu:0 .. gpu:" +
+                                                                              std::to_string(count - 1) + ")"),
+                "choose --device gpu:0" + std::string(count > 1 ? " .. gpu:" + std::to_string(count - 1) : "") +
+                    ", or use --device cpu");
+  return std::make_unique<CudaBackend>(device_index, options);
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device_index) {
+  CudaBackendOptions options;
+  if (const char* p = std::getenv("TANDEM_GPU_PRECISION"); p && *p) options.precision = parse_gpu_precision(p);
+  return make_cuda_backend(device_index, options);
+}
+
+void cuda_set_precision(Backend& backend, GpuPrecision precision) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (!cuda) throw_invalid("cannot set GPU precision on backend '" + backend.name() + "'", "only GPU backends have it");
+  cuda->set_precision(precision);
+}
+
+}  // namespace tandem

@@ -1,0 +1,718 @@
+// Tandem's own CUDA kernels. They compute the same math as kernels/cpu/cpu_backend.cpp; where the
+// CPU evaluates a float expression step by step, the kernels use the _rn intrinsics so that nvcc
+// does not contract it into FMAs (the optimizer updates then match the CPU bit for bit).
+#include <algorithm>
+#include <math_constants.h>
+
+#include <cmath>
+
+#include "engine/rng.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_kernels.cuh"
+
+namespace tandem::cuda_kernels {
+
+namespace {
+
+constexpr int kBlock = 256;
+constexpr int64_t kMaxGrid = int64_t(1) << 20;
+
+unsigned grid_for(int64_t n, int block = kBlock) {
+  int64_t g = (n + block - 1) / block;
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min(g, kMaxGrid)));
+}
+
+__device__ __forceinline__ int64_t global_index() {
+  return int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t global_stride() { return int64_t(gridDim.x) * blockDim.x; }
+
+// ---- elementwise ------------------------------------------------------------------------------
+
+__global__ void fill_kernel(float* x, int64_t n, float v) {
+  for (int64_t i = global_index(); i < n; i += global_stride()) x[i] = v;
+}
+__global__ void relu_forward_kernel(const float* x, float* y, int64_t n) {
+  for (int64_t i = global_index(); i < n; i += global_stride()) {
+    float v = x[i];
+    y[i] = v > 0.f ? v : 0.f;
+  }
+}
+__global__ void relu_backward_kernel(const float* y, const float* dy, float* dx, int64_t n) {
+  for (int64_t i = global_index(); i < n; i += global_stride()) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
+}
+__global__ void add_kernel(float* y, const float* x, int64_t n) {
+  for (int64_t i = global_index(); i < n; i += global_stride()) y[i] = __fadd_rn(y[i], x[i]);
+}
+__global__ void scale_kernel(float* x, int64_t n, float s) {
+  for (int64_t i = global_index(); i < n; i += global_stride()) x[i] = __fmul_rn(x[i], s);
+}
+__global__ void multiply_kernel(const float* a, const float* b, float* y, int64_t n) {
+  for (int64_t i = global_index(); i < n; i += global_stride()) y[i] = __fmul_rn(a[i], b[i]);
+}
+__global__ void scale_matrix_kernel(float* c, int m, int n, int ldc, float beta) {
+  const int64_t total = int64_t(m) * n;
+  for (int64_t i = global_index(); i < total; i += global_stride()) {
+    int64_t r = i / n, col = i % n;
+    c[r * ldc + col] = __fmul_rn(c[r * ldc + col], beta);
+  }
+}
+__global__ void bias_add_kernel(float* y, const float* bias, int64_t total, int cols) {
+  for (int64_t i = global_index(); i < total; i += global_stride())
+    y[i] = __fadd_rn(y[i], bias[i % cols]);
+}
+
+// ---- deterministic per-column reductions --------------------------------------------------------
+// Block (32 x 8) covers 32 columns of one chunk of rows; each thread sums every 8th row of its
+// column in double, the 8 partial sums are combined in a fixed order, and a second kernel adds
+// the chunks of each column in chunk order. The result depends only on (rows, cols).
+
+constexpr int kRedCols = 32, kRedRows = 8;
+
+struct ReducePlan {
+  int chunks;
+  int64_t rows_per_chunk;
+};
+
+ReducePlan reduce_plan(int64_t rows, int cols) {
+  const int64_t col_blocks = (cols + kRedCols - 1) / kRedCols;
+  const int64_t want = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, col_blocks));
+  int64_t chunks = std::max<int64_t>(1, std::min<int64_t>((rows + 255) / 256, std::min<int64_t>(want, 1024)));
+  int64_t per = std::max<int64_t>(1, (rows + chunks - 1) / chunks);
+  chunks = std::max<int64_t>(1, (rows + per - 1) / per);
+  return {static_cast<int>(chunks), per};
+}
+
+struct SumOp {
+  const float* x;
+  int cols;
+  __device__ void operator()(int64_t r, int c, double* acc) const { acc[0] += double(x[r * cols + c]); }
+};
+struct SquaredDeviationOp {
+  const float* x;
+  const float* mean;
+  int cols;
+  __device__ void operator()(int64_t r, int c, double* acc) const {
+    double d = double(x[r * cols + c]) - double(mean[c]);
+    acc[0] += d * d;
+  }
+};
+struct BatchNormBackwardOp {
+  const float* x;
+  const float* dy;
+  const float* mean;
+  const float* inv_std;
+  int cols;
+  __device__ void operator()(int64_t r, int c, double* acc) const {
+    double g = dy[r * cols + c];
+    double xhat = (double(x[r * cols + c]) - double(mean[c])) * double(inv_std[c]);
+    acc[0] += g;
+    acc[1] += g * xhat;
+    acc[2] += xhat;
+  }
+};
+
+// partial layout: [value][chunk][col]
+template <int NV, class Op>
+__global__ void column_partial_kernel(Op op, int64_t rows, int cols, int64_t rows_per_chunk, int chunks,
+                                      double* partial) {
+  __shared__ double sh[NV][kRedRows][kRedCols + 1];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int c = blockIdx.x * kRedCols + tx;
+  const int chunk = blockIdx.y;
+  const int64_t r0 = int64_t(chunk) * rows_per_chunk;
+  const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
+  double acc[NV];
+#pragma unroll
+  for (int v = 0; v < NV; ++v) acc[v] = 0.0;
+  if (c < cols)
+    for (int64_t r = r0 + ty; r < r1; r += kRedRows) op(r, c, acc);
+#pragma unroll
+  for (int v = 0; v < NV; ++v) sh[v][ty][tx] = acc[v];
+  __syncthreads();
+  if (ty == 0 && c < cols) {
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+      double s = 0.0;
+      for (int k = 0; k < kRedRows; ++k) s += sh[v][k][tx];
+      partial[(size_t(v) * chunks + chunk) * cols + c] = s;
+    }
+  }
+}
+
+template <int NV, class Op>
+void column_partials(cudaStream_t s, Op op, int64_t rows, int cols, const ReducePlan& plan, double* partial) {
+  dim3 grid(static_cast<unsigned>((cols + kRedCols - 1) / kRedCols), static_cast<unsigned>(plan.chunks));
+  dim3 block(kRedCols, kRedRows);
+  auto kernel = column_partial_kernel<NV, Op>;
+  TANDEM_LAUNCH(kernel, grid, block, 0, s, op, rows, cols, plan.rows_per_chunk,
+                plan.chunks, partial);
+}
+
+__device__ __forceinline__ double chunk_sum(const double* partial, int v, int chunks, int cols, int c) {
+  double s = 0.0;
+  for (int k = 0; k < chunks; ++k) s += partial[(size_t(v) * chunks + k) * cols + c];
+  return s;
+}
+
+__global__ void bias_grad_finalize(const double* partial, int chunks, int cols, float* db) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c < cols) db[c] = static_cast<float>(chunk_sum(partial, 0, chunks, cols, c));
+}
+
+__global__ void bn_mean_finalize(const double* partial, int chunks, int cols, int64_t rows, float* mean) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c < cols) mean[c] = rows ? static_cast<float>(chunk_sum(partial, 0, chunks, cols, c) / double(rows)) : 0.f;
+}
+
+__global__ void bn_var_finalize(const double* partial, int chunks, int cols, int64_t rows, float epsilon,
+                                float momentum, const float* mean, float* inv_std, float* moving_mean,
+                                float* moving_var) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  float var = rows ? static_cast<float>(chunk_sum(partial, 0, chunks, cols, c) / double(rows)) : 0.f;
+  inv_std[c] = __fdiv_rn(1.f, __fsqrt_rn(__fadd_rn(var, epsilon)));
+  const float keep = momentum, take = __fsub_rn(1.f, momentum);
+  moving_mean[c] = __fadd_rn(__fmul_rn(moving_mean[c], keep), __fmul_rn(mean[c], take));
+  moving_var[c] = __fadd_rn(__fmul_rn(moving_var[c], keep), __fmul_rn(var, take));
+}
+
+// coef layout: [mdy | mx | mdyx], each cols floats.
+__global__ void bn_backward_finalize(const double* partial, int chunks, int cols, int64_t rows, float* dgamma,
+                                     float* dbeta, float* coef) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  const double n = double(rows > 1 ? rows : 1);
+  double sdy = chunk_sum(partial, 0, chunks, cols, c);
+  double sdyx = chunk_sum(partial, 1, chunks, cols, c);
+  double sx = chunk_sum(partial, 2, chunks, cols, c);
+  dbeta[c] = static_cast<float>(sdy);
+  dgamma[c] = static_cast<float>(sdyx);
+  coef[c] = static_cast<float>(sdy / n);
+  coef[cols + c] = static_cast<float>(sx / n);
+  coef[2 * cols + c] = static_cast<float>((sdyx - sx / n * sdy) / n);
+}
+
+__global__ void bn_normalize_kernel(const float* x, const float* mean, const float* inv_std, const float* gamma,
+                                    const float* beta, float* y, int64_t total, int cols) {
+  for (int64_t i = global_index(); i < total; i += global_stride()) {
+    int c = static_cast<int>(i % cols);
+    y[i] = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(x[i], mean[c]), inv_std[c]), gamma[c]), beta[c]);
+  }
+}
+
+__global__ void bn_infer_kernel(const float* x, const float* gamma, const float* beta, const float* mean,
+                                const float* var, float epsilon, float* y, int64_t total, int cols) {
+  for (int64_t i = global_index(); i < total; i += global_stride()) {
+    int c = static_cast<int>(i % cols);
+    float a = __fdiv_rn(gamma[c], __fsqrt_rn(__fadd_rn(var[c], epsilon)));
+    float b0 = __fsub_rn(beta[c], __fmul_rn(mean[c], a));
+    y[i] = __fadd_rn(__fmul_rn(x[i], a), b0);
+  }
+}
+
+__global__ void bn_backward_dx_kernel(const float* x, const float* dy, const float* gamma, const float* mean,
+                                      const float* inv_std, const float* coef, float* dx, int64_t total, int cols) {
+  for (int64_t i = global_index(); i < total; i += global_stride()) {
+    int c = static_cast<int>(i % cols);
+    float xhat = __fsub_rn(__fmul_rn(__fsub_rn(x[i], mean[c]), inv_std[c]), coef[cols + c]);
+    float inner = __fsub_rn(__fsub_rn(dy[i], coef[c]), __fmul_rn(xhat, coef[2 * cols + c]));
+    dx[i] = __fmul_rn(__fmul_rn(gamma[c], inv_std[c]), inner);
+  }
+}
+
+// ---- pooling ------------------------------------------------------------------------------------
+
+__global__ void maxpool_forward_kernel(PoolGeometry g, const float* x, float* y, int32_t* argmax, int64_t total) {
+  for (int64_t o = global_index(); o < total; o += global_stride()) {
+    const int c = static_cast<int>(o % g.c);
+    int64_t t = o / g.c;
+    const int ox = static_cast<int>(t % g.ow);
+    t /= g.ow;
+    const int oy = static_cast<int>(t % g.oh);
+    const int64_t s = t / g.oh;
+    const float* xs = x + s * int64_t(g.h) * g.w * g.c;
+    float best = -INFINITY;
+    int32_t best_idx = -1;
+    for (int ky = 0; ky < g.ph; ++ky) {
+      int iy = oy * g.sh - g.pad_top + ky;
+      if (iy < 0 || iy >= g.h) continue;
+      for (int kx = 0; kx < g.pw; ++kx) {
+        int ix = ox * g.sw - g.pad_left + kx;
+        if (ix < 0 || ix >= g.w) continue;
+        int32_t idx = (iy * g.w + ix) * g.c + c;
+        float v = xs[idx];
+        if (v > best || best_idx < 0) {
+          best = v;
+          best_idx = idx;
+        }
+      }
+    }
+    y[o] = best;
+    argmax[o] = best_idx;
+  }
+}
+
+// Gathers into each input element the gradients of the outputs whose argmax points at it, in
+// increasing output order (the CPU's scatter order): no atomics, bit-identical to the CPU.
+__global__ void maxpool_backward_kernel(PoolGeometry g, const float* dy, const int32_t* argmax, float* dx,
+                                        int64_t total) {
+  const int64_t out_s = int64_t(g.oh) * g.ow * g.c;
+  for (int64_t i = global_index(); i < total; i += global_stride()) {
+    const int c = static_cast<int>(i % g.c);
+    int64_t t = i / g.c;
+    const int ix = static_cast<int>(t % g.w);
+    t /= g.w;
+    const int iy = static_cast<int>(t % g.h);
+    const int64_t s = t / g.h;
+    const int32_t self = (iy * g.w + ix) * g.c + c;
+    const int lo_y = iy + g.pad_top - g.ph + 1, lo_x = ix + g.pad_left - g.pw + 1;
+    const int oy0 = lo_y <= 0 ? 0 : (lo_y + g.sh - 1) / g.sh;
+    const int ox0 = lo_x <= 0 ? 0 : (lo_x + g.sw - 1) / g.sw;
+    const int oy1 = min(g.oh - 1, (iy + g.pad_top) / g.sh);
+    const int ox1 = min(g.ow - 1, (ix + g.pad_left) / g.sw);
+    float acc = 0.f;
+    const int32_t* as = argmax + s * out_s;
+    const float* gs = dy + s * out_s;
+    for (int oy = oy0; oy <= oy1; ++oy)
+      for (int ox = ox0; ox <= ox1; ++ox) {
+        int64_t o = (int64_t(oy) * g.ow + ox) * g.c + c;
+        if (as[o] == self) acc = __fadd_rn(acc, gs[o]);
+      }
+    dx[i] = acc;
+  }
+}
+
+// ---- dropout ------------------------------------------------------------------------------------
+
+__global__ void dropout_kernel(float rate, uint64_t seed, uint64_t step, uint64_t first_sample, int64_t cols,
+                               float keep_scale, const float* x, float* y, float* mask, int64_t total) {
+  for (int64_t i = global_index(); i < total; i += global_stride()) {
+    const int64_t r = i / cols, c = i % cols;
+    const float m = tandem::dropout_keep(seed, step, first_sample + uint64_t(r), uint64_t(c), rate) ? keep_scale : 0.f;
+    mask[i] = m;
+    y[i] = __fmul_rn(x[i], m);
+  }
+}
+
+// ---- softmax and loss ---------------------------------------------------------------------------
+
+struct ArgMax {
+  float v;
+  int i;
+};
+// Larger value wins; on ties the smaller index (the CPU's "first maximum").
+__device__ __forceinline__ ArgMax argmax_combine(ArgMax a, ArgMax b) {
+  if (b.i < 0) return a;
+  if (a.i < 0) return b;
+  if (b.v > a.v || (b.v == a.v && b.i < a.i)) return b;
+  return a;
+}
+__device__ __forceinline__ ArgMax warp_argmax(ArgMax a) {
+  for (int off = 16; off > 0; off >>= 1) {
+    ArgMax o{__shfl_xor_sync(0xffffffffu, a.v, off), __shfl_xor_sync(0xffffffffu, a.i, off)};
+    a = argmax_combine(a, o);
+  }
+  return a;
+}
+__device__ __forceinline__ double warp_sum(double v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+__device__ __forceinline__ ArgMax row_argmax(const float* z, int cols, int lane) {
+  ArgMax a{-INFINITY, -1};
+  for (int c = lane; c < cols; c += 32)
+    if (a.i < 0 || z[c] > a.v) a = ArgMax{z[c], c};
+  return warp_argmax(a);
+}
+
+// One warp per row.
+__global__ void softmax_kernel(const float* logits, float* probs, int64_t rows, int cols) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
+    const float* z = logits + r * cols;
+    float* p = probs + r * cols;
+    const double mx = row_argmax(z, cols, lane).v;
+    double s = 0.0;
+    for (int c = lane; c < cols; c += 32) s += exp(double(z[c]) - mx);
+    s = warp_sum(s);
+    for (int c = lane; c < cols; c += 32) p[c] = static_cast<float>(exp(double(z[c]) - mx) / s);
+  }
+}
+
+// One block: warp w handles rows w, w + 32, ...; the per-warp sums are combined in warp order, so
+// the metrics added to metrics[0..1] are deterministic for a given number of rows.
+constexpr int kLossThreads = 1024;
+__global__ void softmax_cross_entropy_kernel(const float* logits, const int32_t* labels, const float* onehot,
+                                             int64_t rows, int cols, float grad_scale, float* dlogits,
+                                             double* metrics) {
+  __shared__ double loss_sh[kLossThreads / 32];
+  __shared__ double correct_sh[kLossThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  double loss = 0.0, correct = 0.0;
+  for (int64_t r = warp; r < rows; r += warps) {
+    const float* z = logits + r * cols;
+    const ArgMax best = row_argmax(z, cols, lane);
+    const double mx = best.v;
+    double s = 0.0;
+    for (int c = lane; c < cols; c += 32) s += exp(double(z[c]) - mx);
+    s = warp_sum(s);
+    const double lse = mx + log(s);
+    int target;
+    double row_loss;
+    if (onehot) {
+      const float* t = onehot + r * cols;
+      target = row_argmax(t, cols, lane).i;
+      double l = 0.0;
+      for (int c = lane; c < cols; c += 32) l += double(t[c]) * (lse - double(z[c]));
+      row_loss = warp_sum(l);
+    } else {
+      target = labels[r];
+      row_loss = (target >= 0 && target < cols) ? lse - double(z[target]) : CUDART_NAN;
+    }
+    loss += row_loss;
+    if (best.i == target) correct += 1.0;
+    if (dlogits) {
+      float* d = dlogits + r * cols;
+      for (int c = lane; c < cols; c += 32) {
+        double p = exp(double(z[c]) - lse);
+        double t = onehot ? double(onehot[r * cols + c]) : (c == target ? 1.0 : 0.0);
+        d[c] = static_cast<float>((p - t) * double(grad_scale));
+      }
+    }
+  }
+  if (lane == 0) {
+    loss_sh[warp] = loss;
+    correct_sh[warp] = correct;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double l = 0.0, k = 0.0;
+    for (int w = 0; w < warps; ++w) {
+      l += loss_sh[w];
+      k += correct_sh[w];
+    }
+    metrics[0] += l;
+    metrics[1] += k;
+  }
+}
+
+// ---- data ---------------------------------------------------------------------------------------
+
+__global__ void gather_images_kernel(const uint8_t* images, const int32_t* index, int64_t rows, int64_t elems,
+                                     float* x) {
+  const int64_t total = rows * elems;
+  for (int64_t i = global_index(); i < total; i += global_stride()) {
+    const int64_t r = i / elems, e = i % elems;
+    x[i] = __fdiv_rn(static_cast<float>(images[int64_t(index[r]) * elems + e]), 255.0f);
+  }
+}
+__global__ void gather_labels_kernel(const uint8_t* labels, const int32_t* index, int64_t rows, int num_classes,
+                                     int32_t* labels_out, float* onehot) {
+  for (int64_t r = global_index(); r < rows; r += global_stride()) {
+    const int32_t label = labels[index[r]];
+    if (labels_out) labels_out[r] = label;
+    if (onehot)
+      for (int c = 0; c < num_classes; ++c) onehot[r * num_classes + c] = c == label ? 1.f : 0.f;
+  }
+}
+
+// ---- optimizers ---------------------------------------------------------------------------------
+
+__global__ void sgd_plain_kernel(float lr, float* w, const float* g, int64_t n) {
+  for (int64_t i = global_index(); i < n; i += global_stride()) w[i] = __fsub_rn(w[i], __fmul_rn(lr, g[i]));
+}
+__global__ void sgd_momentum_kernel(float lr, float momentum, bool nesterov, float* w, const float* g, float* vel,
+                                    int64_t n) {
+  for (int64_t i = global_index(); i < n; i += global_stride()) {
+    const float lg = __fmul_rn(lr, g[i]);
+    const float v = __fsub_rn(__fmul_rn(momentum, vel[i]), lg);
+    vel[i] = v;
+    w[i] = __fadd_rn(w[i], nesterov ? __fsub_rn(__fmul_rn(momentum, v), lg) : v);
+  }
+}
+__global__ void adam_kernel(float alpha, float beta1, float beta2, float epsilon, float* w, const float* g, float* m,
+                            float* v, int64_t n) {
+  const float one_b1 = __fsub_rn(1.f, beta1), one_b2 = __fsub_rn(1.f, beta2);
+  for (int64_t i = global_index(); i < n; i += global_stride()) {
+    const float gi = g[i];
+    const float mi = __fadd_rn(m[i], __fmul_rn(__fsub_rn(gi, m[i]), one_b1));
+    const float vi = __fadd_rn(v[i], __fmul_rn(__fsub_rn(__fmul_rn(gi, gi), v[i]), one_b2));
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = __fsub_rn(w[i], __fdiv_rn(__fmul_rn(alpha, mi), __fadd_rn(__fsqrt_rn(vi), epsilon)));
+  }
+}
+
+// ---- layout helpers -----------------------------------------------------------------------------
+
+__global__ void transpose_kernel(const float* in, float* out, int64_t rows, int64_t cols) {
+  __shared__ float tile[32][33];
+  const int64_t c0 = int64_t(blockIdx.x) * 32, r0 = int64_t(blockIdx.y) * 32;
+  for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+    int64_t r = r0 + k, c = c0 + threadIdx.x;
+    if (r < rows && c < cols) tile[k][threadIdx.x] = in[r * cols + c];
+  }
+  __syncthreads();
+  for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+    int64_t c = c0 + k, r = r0 + threadIdx.x;
+    if (r < rows && c < cols) out[c * rows + r] = tile[threadIdx.x][k];
+  }
+}
+
+__global__ void im2col_kernel(ConvGeometry g, const float* x, float* col, int64_t total) {
+  const int64_t kk = int64_t(g.kh) * g.kw * g.c;
+  const int64_t plane = int64_t(g.oh) * g.ow;
+  for (int64_t i = global_index(); i < total; i += global_stride()) {
+    const int64_t r = i / kk, j = i % kk;
+    const int c = static_cast<int>(j % g.c);
+    const int t = static_cast<int>(j / g.c);
+    const int kx = t % g.kw, ky = t / g.kw;
+    const int64_t s = r / plane;
+    const int rem = static_cast<int>(r % plane);
+    const int oy = rem / g.ow, ox = rem % g.ow;
+    const int iy = oy * g.sh - g.pad_top + ky, ix = ox * g.sw - g.pad_left + kx;
+    col[i] = (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w)
+                 ? 0.f
+                 : x[((s * g.h + iy) * g.w + ix) * g.c + c];
+  }
+}
+
+// Sums, for each input element, the column entries that read it, in increasing (oy, ox) order
+// (as the CPU's col2im).
+__global__ void col2im_kernel(ConvGeometry g, const float* col, float* dx, int64_t total) {
+  const int64_t kk = int64_t(g.kh) * g.kw * g.c;
+  for (int64_t i = global_index(); i < total; i += global_stride()) {
+    const int c = static_cast<int>(i % g.c);
+    int64_t t = i / g.c;
+    const int ix = static_cast<int>(t % g.w);
+    t /= g.w;
+    const int iy = static_cast<int>(t % g.h);
+    const int64_t s = t / g.h;
+    float acc = 0.f;
+    for (int ky = g.kh - 1; ky >= 0; --ky) {
+      const int ny = iy + g.pad_top - ky;
+      if (ny < 0 || ny % g.sh) continue;
+      const int oy = ny / g.sh;
+      if (oy >= g.oh) continue;
+      for (int kx = g.kw - 1; kx >= 0; --kx) {
+        const int nx = ix + g.pad_left - kx;
+        if (nx < 0 || nx % g.sw) continue;
+        const int ox = nx / g.sw;
+        if (ox >= g.ow) continue;
+        acc = __fadd_rn(acc, col[((s * g.oh + oy) * g.ow + ox) * kk + (int64_t(ky) * g.kw + kx) * g.c + c]);
+      }
+    }
+    dx[i] = acc;
+  }
+}
+
+__global__ void pad_kernel(const float* x, int h, int w, int c, float* xp, int hp, int wp, int top, int left,
+                           int64_t total) {
+  for (int64_t i = global_index(); i < total; i += global_stride()) {
+    const int ch = static_cast<int>(i % c);
+    int64_t t = i / c;
+    const int px = static_cast<int>(t % wp);
+    t /= wp;
+    const int py = static_cast<int>(t % hp);
+    const int64_t s = t / hp;
+    const int iy = py - top, ix = px - left;
+    xp[i] = (iy < 0 || iy >= h || ix < 0 || ix >= w) ? 0.f : x[((s * h + iy) * w + ix) * c + ch];
+  }
+}
+__global__ void crop_kernel(const float* xp, int hp, int wp, int c, float* x, int h, int w, int top, int left,
+                            int64_t total) {
+  for (int64_t i = global_index(); i < total; i += global_stride()) {
+    const int ch = static_cast<int>(i % c);
+    int64_t t = i / c;
+    const int ix = static_cast<int>(t % w);
+    t /= w;
+    const int iy = static_cast<int>(t % h);
+    const int64_t s = t / h;
+    const int py = iy + top, px = ix + left;
+    x[i] = (py < hp && px < wp) ? xp[((s * hp + py) * wp + px) * c + ch] : 0.f;
+  }
+}
+
+}  // namespace
+
+// ---- launchers ----------------------------------------------------------------------------------
+
+void fill(cudaStream_t s, float* x, size_t n, float value) {
+  if (n) TANDEM_LAUNCH(fill_kernel, grid_for(int64_t(n)), kBlock, 0, s, x, int64_t(n), value);
+}
+void relu_forward(cudaStream_t s, const float* x, float* y, size_t n) {
+  if (n) TANDEM_LAUNCH(relu_forward_kernel, grid_for(int64_t(n)), kBlock, 0, s, x, y, int64_t(n));
+}
+void relu_backward(cudaStream_t s, const float* y, const float* dy, float* dx, size_t n) {
+  if (n) TANDEM_LAUNCH(relu_backward_kernel, grid_for(int64_t(n)), kBlock, 0, s, y, dy, dx, int64_t(n));
+}
+void add(cudaStream_t s, float* y, const float* x, size_t n) {
+  if (n) TANDEM_LAUNCH(add_kernel, grid_for(int64_t(n)), kBlock, 0, s, y, x, int64_t(n));
+}
+void scale(cudaStream_t s, float* x, size_t n, float factor) {
+  if (n) TANDEM_LAUNCH(scale_kernel, grid_for(int64_t(n)), kBlock, 0, s, x, int64_t(n), factor);
+}
+void multiply(cudaStream_t s, const float* a, const float* b, float* y, size_t n) {
+  if (n) TANDEM_LAUNCH(multiply_kernel, grid_for(int64_t(n)), kBlock, 0, s, a, b, y, int64_t(n));
+}
+void scale_matrix(cudaStream_t s, float* c, int m, int n, int ldc, float beta) {
+  if (m > 0 && n > 0) TANDEM_LAUNCH(scale_matrix_kernel, grid_for(int64_t(m) * n), kBlock, 0, s, c, m, n, ldc, beta);
+}
+void bias_add(cudaStream_t s, float* y, const float* bias, int64_t rows, int cols) {
+  if (rows > 0 && cols > 0)
+    TANDEM_LAUNCH(bias_add_kernel, grid_for(rows * cols), kBlock, 0, s, y, bias, rows * cols, cols);
+}
+
+size_t column_reduce_scratch_bytes(int64_t rows, int cols, int values) {
+  ReducePlan plan = reduce_plan(rows, cols);
+  return sizeof(double) * size_t(values) * size_t(plan.chunks) * size_t(std::max(cols, 1));
+}
+
+void bias_grad(cudaStream_t s, const float* dy, float* db, int64_t rows, int cols, void* scratch) {
+  if (cols <= 0) return;
+  const ReducePlan plan = reduce_plan(rows, cols);
+  double* partial = static_cast<double*>(scratch);
+  column_partials<1>(s, SumOp{dy, cols}, rows, cols, plan, partial);
+  TANDEM_LAUNCH(bias_grad_finalize, grid_for(cols), kBlock, 0, s, partial, plan.chunks, cols, db);
+}
+
+void maxpool_forward(cudaStream_t s, const PoolGeometry& g, const float* x, float* y, int32_t* argmax) {
+  const int64_t total = int64_t(g.n) * g.oh * g.ow * g.c;
+  if (total > 0) TANDEM_LAUNCH(maxpool_forward_kernel, grid_for(total), kBlock, 0, s, g, x, y, argmax, total);
+}
+void maxpool_backward(cudaStream_t s, const PoolGeometry& g, const float* dy, const int32_t* argmax, float* dx) {
+  const int64_t total = int64_t(g.n) * g.h * g.w * g.c;
+  if (total > 0) TANDEM_LAUNCH(maxpool_backward_kernel, grid_for(total), kBlock, 0, s, g, dy, argmax, dx, total);
+}
+
+void dropout_forward(cudaStream_t s, const DropoutParams& p, const float* x, float* y, float* mask) {
+  const int64_t total = p.rows * p.cols;
+  if (total <= 0) return;
+  const float keep_scale = p.rate < 1.f ? 1.f / (1.f - p.rate) : 0.f;
+  const uint64_t seed = p.seed ^ (p.layer * 0x9E3779B97F4A7C15ull);
+  TANDEM_LAUNCH(dropout_kernel, grid_for(total), kBlock, 0, s, p.rate, seed, p.step, p.first_sample, p.cols,
+                keep_scale, x, y, mask, total);
+}
+
+size_t batchnorm_scratch_bytes(int64_t rows, int channels) {
+  size_t red = column_reduce_scratch_bytes(rows, channels, 3);
+  red = (red + 255) / 256 * 256;
+  return red + sizeof(float) * 3 * size_t(std::max(channels, 1));
+}
+
+void batchnorm_forward_train(cudaStream_t s, const BatchNormParams& p, const float* x, const float* gamma,
+                             const float* beta, float* moving_mean, float* moving_var, float* y, float* save_mean,
+                             float* save_inv_std, void* scratch) {
+  const int C = p.channels;
+  if (C <= 0) return;
+  const ReducePlan plan = reduce_plan(p.rows, C);
+  double* partial = static_cast<double*>(scratch);
+  column_partials<1>(s, SumOp{x, C}, p.rows, C, plan, partial);
+  TANDEM_LAUNCH(bn_mean_finalize, grid_for(C), kBlock, 0, s, partial, plan.chunks, C, p.rows, save_mean);
+  column_partials<1>(s, SquaredDeviationOp{x, save_mean, C}, p.rows, C, plan, partial);
+  TANDEM_LAUNCH(bn_var_finalize, grid_for(C), kBlock, 0, s, partial, plan.chunks, C, p.rows, p.epsilon, p.momentum,
+                save_mean, save_inv_std, moving_mean, moving_var);
+  const int64_t total = p.rows * C;
+  if (total > 0)
+    TANDEM_LAUNCH(bn_normalize_kernel, grid_for(total), kBlock, 0, s, x, save_mean, save_inv_std, gamma, beta, y,
+                  total, C);
+}
+
+void batchnorm_forward_infer(cudaStream_t s, const BatchNormParams& p, const float* x, const float* gamma,
+                             const float* beta, const float* moving_mean, const float* moving_var, float* y) {
+  const int64_t total = p.rows * p.channels;
+  if (total > 0)
+    TANDEM_LAUNCH(bn_infer_kernel, grid_for(total), kBlock, 0, s, x, gamma, beta, moving_mean, moving_var,
+                  p.epsilon, y, total, p.channels);
+}
+
+void batchnorm_backward(cudaStream_t s, const BatchNormParams& p, const float* x, const float* dy,
+                        const float* gamma, const float* save_mean, const float* save_inv_std, float* dx,
+                        float* dgamma, float* dbeta, void* scratch) {
+  const int C = p.channels;
+  if (C <= 0) return;
+  const ReducePlan plan = reduce_plan(p.rows, C);
+  double* partial = static_cast<double*>(scratch);
+  size_t red = (column_reduce_scratch_bytes(p.rows, C, 3) + 255) / 256 * 256;
+  float* coef = reinterpret_cast<float*>(static_cast<char*>(scratch) + red);
+  column_partials<3>(s, BatchNormBackwardOp{x, dy, save_mean, save_inv_std, C}, p.rows, C, plan, partial);
+  TANDEM_LAUNCH(bn_backward_finalize, grid_for(C), kBlock, 0, s, partial, plan.chunks, C, p.rows, dgamma, dbeta,
+                coef);
+  const int64_t total = p.rows * C;
+  if (total > 0)
+    TANDEM_LAUNCH(bn_backward_dx_kernel, grid_for(total), kBlock, 0, s, x, dy, gamma, save_mean, save_inv_std, coef,
+                  dx, total, C);
+}
+
+void softmax(cudaStream_t s, const float* logits, float* probs, int64_t rows, int cols) {
+  if (rows <= 0 || cols <= 0) return;
+  constexpr int rows_per_block = kBlock / 32;
+  TANDEM_LAUNCH(softmax_kernel, grid_for(rows, rows_per_block), kBlock, 0, s, logits, probs, rows, cols);
+}
+
+void softmax_cross_entropy(cudaStream_t s, const float* logits, const int32_t* labels, const float* onehot,
+                           int64_t rows, int cols, float grad_scale, float* dlogits, double* metrics) {
+  if (rows <= 0 || cols <= 0) return;
+  TANDEM_LAUNCH(softmax_cross_entropy_kernel, 1, kLossThreads, 0, s, logits, labels, onehot, rows, cols, grad_scale,
+                dlogits, metrics);
+}
+
+void gather_batch(cudaStream_t s, const uint8_t* images, const uint8_t* labels, const int32_t* index, int64_t rows,
+                  int64_t sample_elems, int num_classes, float* x, int32_t* labels_out, float* onehot) {
+  if (rows <= 0) return;
+  if (sample_elems > 0)
+    TANDEM_LAUNCH(gather_images_kernel, grid_for(rows * sample_elems), kBlock, 0, s, images, index, rows,
+                  sample_elems, x);
+  if (labels_out || onehot)
+    TANDEM_LAUNCH(gather_labels_kernel, grid_for(rows), kBlock, 0, s, labels, index, rows, num_classes, labels_out,
+                  onehot);
+}
+
+void sgd_update(cudaStream_t s, const SgdParams& p, float* w, const float* g, float* velocity, size_t n) {
+  if (!n) return;
+  if (p.momentum == 0.f)
+    TANDEM_LAUNCH(sgd_plain_kernel, grid_for(int64_t(n)), kBlock, 0, s, p.lr, w, g, int64_t(n));
+  else
+    TANDEM_LAUNCH(sgd_momentum_kernel, grid_for(int64_t(n)), kBlock, 0, s, p.lr, p.momentum, p.nesterov, w, g,
+                  velocity, int64_t(n));
+}
+
+void adam_update(cudaStream_t s, const AdamParams& p, float alpha, float* w, const float* g, float* m, float* v,
+                 size_t n) {
+  if (n)
+    TANDEM_LAUNCH(adam_kernel, grid_for(int64_t(n)), kBlock, 0, s, alpha, p.beta1, p.beta2, p.epsilon, w, g, m, v,
+                  int64_t(n));
+}
+
+void transpose(cudaStream_t s, const float* in, float* out, int64_t rows, int64_t cols) {
+  if (rows <= 0 || cols <= 0) return;
+  dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>((rows + 31) / 32));
+  TANDEM_LAUNCH(transpose_kernel, grid, dim3(32, 8), 0, s, in, out, rows, cols);
+}
+
+void im2col(cudaStream_t s, const ConvGeometry& g, const float* x, int samples, float* col) {
+  const int64_t total = int64_t(samples) * g.oh * g.ow * g.kh * g.kw * g.c;
+  if (total > 0) TANDEM_LAUNCH(im2col_kernel, grid_for(total), kBlock, 0, s, g, x, col, total);
+}
+
+void col2im(cudaStream_t s, const ConvGeometry& g, const float* col, int samples, float* dx) {
+  const int64_t total = int64_t(samples) * g.h * g.w * g.c;
+  if (total > 0) TANDEM_LAUNCH(col2im_kernel, grid_for(total), kBlock, 0, s, g, col, dx, total);
+}
+
+void pad_nhwc(cudaStream_t s, const float* x, int n, int h, int w, int c, float* xp, int hp, int wp, int top,
+              int left) {
+  const int64_t total = int64_t(n) * hp * wp * c;
+  if (total > 0) TANDEM_LAUNCH(pad_kernel, grid_for(total), kBlock, 0, s, x, h, w, c, xp, hp, wp, top, left, total);
+}
+
+void crop_nhwc(cudaStream_t s, const float* xp, int n, int hp, int wp, int c, float* x, int h, int w, int top,
+               int left) {
+  const int64_t total = int64_t(n) * h * w * c;
+  if (total > 0)
+    TANDEM_LAUNCH(crop_kernel, grid_for(total), kBlock, 0, s, xp, hp, wp, c, x, h, w, top, left, total);
+}
+
+}  // namespace tandem::cuda_kernels

@@ -1,0 +1,695 @@
+// Export formats: the protobuf wire encoder, the SavedModel and ONNX graphs built per layer type,
+// BatchNormalization folding, and `tandem export`'s atomic versioned directories.
+// (Agreement of the exported models with TensorFlow and onnxruntime: tests/interop/export_check.py.)
+#include <unistd.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/errors.h"
+#include "engine/model.h"
+#include "export/exporter.h"
+#include "export/model_dir.h"
+#include "export/onnx_writer.h"
+#include "export/protobuf.h"
+#include "export/savedmodel_writer.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using tandem::Error;
+using tandem::ErrorKind;
+using tandem::Model;
+using tandem::NamedTensor;
+using tandem::Shape;
+namespace proto = tandem::proto;
+namespace sm = tandem::savedmodel;
+namespace ox = tandem::onnx;
+
+namespace {
+
+class ExportTempDir {
+ public:
+  ExportTempDir() {
+    std::random_device rd;
+    path_ = fs::temp_directory_path() /
+            ("tandem-test-formats-" + std::to_string(::getpid()) + "-" + std::to_string(rd()) + std::to_string(rd()));
+    fs::create_directories(path_);
+  }
+  ~ExportTempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  ExportTempDir(const ExportTempDir&) = delete;
+  ExportTempDir& operator=(const ExportTempDir&) = delete;
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+std::string hex(const std::string& bytes) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    if (!out.empty()) out += ' ';
+    out += digits[c >> 4];
+    out += digits[c & 15];
+  }
+  return out;
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(out.good());
+}
+
+template <typename F>
+Error error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e;
+  }
+  FAIL("expected a tandem::Error");
+  return Error(ErrorKind::Internal, "unreachable");
+}
+
+// Every layer type, both paddings, strides, with and without bias, BN on images and on vectors.
+constexpr const char* kAllLayersSpec = R"({
+  "name": "all_layers",
+  "input_shape": [28, 28, 1],
+  "layers": [
+    {"type": "Conv2D", "name": "c1", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
+    {"type": "BatchNormalization", "name": "bn1"},
+    {"type": "ReLU", "name": "r1"},
+    {"type": "MaxPool2D", "name": "p1", "pool_size": 2},
+    {"type": "Conv2D", "name": "c2", "filters": 6, "kernel_size": [3, 2], "strides": 2, "padding": "same",
+     "use_bias": false},
+    {"type": "MaxPool2D", "name": "p2", "pool_size": 3, "strides": 2, "padding": "same"},
+    {"type": "Dropout", "name": "d1", "rate": 0.25},
+    {"type": "Flatten", "name": "f"},
+    {"type": "Dense", "name": "h", "units": 8, "use_bias": false},
+    {"type": "BatchNormalization", "name": "bn2", "epsilon": 0.01},
+    {"type": "Activation", "name": "a1", "activation": "relu"},
+    {"type": "Activation", "name": "lin", "activation": "linear"},
+    {"type": "Dense", "name": "out", "units": 10, "activation": "softmax"}
+  ]})";
+
+Model all_layers_model() { return Model::from_spec(json::parse(kAllLayersSpec), "test spec"); }
+
+// Seeded weights with non-trivial BatchNormalization statistics.
+std::vector<NamedTensor> weights_of(const Model& m, uint64_t seed = 5) {
+  std::vector<NamedTensor> t = m.to_tensors(m.initial_weights(seed));
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::uniform_real_distribution<float> u(0.5f, 1.5f), v(-0.5f, 0.5f);
+  for (auto& x : t) {
+    const std::string& n = x.name;
+    const bool bn = n.find("/gamma") != std::string::npos || n.find("/beta") != std::string::npos ||
+                    n.find("/moving_") != std::string::npos || n.find("/bias") != std::string::npos;
+    if (!bn) continue;
+    for (float& f : x.values)
+      f = (n.find("variance") != std::string::npos || n.find("gamma") != std::string::npos) ? u(rng) : v(rng);
+  }
+  return t;
+}
+
+const NamedTensor& tensor_named(const std::vector<NamedTensor>& ts, const std::string& name) {
+  for (const auto& t : ts)
+    if (t.name == name) return t;
+  FAIL("no tensor " << name);
+  return ts.front();
+}
+
+std::vector<std::string> tf_ops(const sm::Graph& g) {
+  std::vector<std::string> ops;
+  for (const auto& n : g.nodes)
+    if (n.op != "Const") ops.push_back(n.op);
+  return ops;
+}
+
+std::vector<std::string> attr_keys(const sm::NodeDef& n) {
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : n.attrs) keys.push_back(k);
+  return keys;
+}
+
+// A source model version on disk, as `tandem train` writes it.
+std::string write_source(const ExportTempDir& tmp, const Model& m, const std::vector<NamedTensor>& tensors) {
+  tandem::ModelVersion v;
+  json weights = json::array();
+  for (const auto& p : m.params()) weights.push_back({{"name", p.name}, {"shape", p.shape.dims}});
+  v.model_json = json{{"format", "tandem-model"}, {"format_version", 1}, {"name", m.name()},
+                      {"input_shape", m.input_shape().dims}, {"class_names", json::array()}, {"spec", m.spec()},
+                      {"weights", weights}, {"metadata", json::object()}};
+  v.tensors = tensors;
+  const std::string dir = tmp / "src/model/1";
+  tandem::write_model_version(dir, v);
+  return dir;
+}
+
+std::vector<std::string> entries(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+// ---- protobuf wire format ---------------------------------------------------------------------
+
+TEST_CASE("protobuf: varints", "[cpu][export]") {
+  auto v = [](uint64_t x) {
+    std::string s;
+    proto::append_varint(s, x);
+    CHECK(s.size() == proto::varint_size(x));
+    return hex(s);
+  };
+  CHECK(v(0) == "00");
+  CHECK(v(1) == "01");
+  CHECK(v(127) == "7f");
+  CHECK(v(128) == "80 01");
+  CHECK(v(300) == "ac 02");
+  CHECK(v(16384) == "80 80 01");
+  CHECK(v(std::numeric_limits<uint64_t>::max()) == "ff ff ff ff ff ff ff ff ff 01");
+
+  proto::Writer w;
+  w.uint(1, 150);  // the protobuf documentation's example
+  CHECK(hex(w.data()) == "08 96 01");
+  proto::Writer neg;
+  neg.int64(1, -1);  // int32/int64 negatives are sign-extended to 10 bytes
+  CHECK(hex(neg.data()) == "08 ff ff ff ff ff ff ff ff ff 01");
+  proto::Writer neg2;
+  neg2.int64(2, -2);
+  CHECK(neg2.size() == 11);
+  proto::Writer big_field;
+  big_field.uint(16, 1);  // field numbers >= 16 take a two-byte tag
+  CHECK(hex(big_field.data()) == "80 01 01");
+  proto::Writer b;
+  b.boolean(7, true).boolean(7, false);
+  CHECK(hex(b.data()) == "38 01 38 00");
+}
+
+TEST_CASE("protobuf: fixed-width, strings, nested messages and packed fields", "[cpu][export]") {
+  proto::Writer f;
+  f.float32(1, 1.0f).float64(1, 1.0).fixed32(3, 0x01020304u).fixed64(4, 1);
+  CHECK(hex(f.data()) == "0d 00 00 80 3f 09 00 00 00 00 00 00 f0 3f 1d 04 03 02 01 21 01 00 00 00 00 00 00 00");
+
+  proto::Writer s;
+  s.bytes(2, "testing");
+  CHECK(hex(s.data()) == "12 07 74 65 73 74 69 6e 67");
+
+  proto::Writer inner;
+  inner.uint(1, 150);
+  proto::Writer outer;
+  outer.message(3, inner);
+  CHECK(hex(outer.data()) == "1a 03 08 96 01");
+  proto::Writer empty, holder;
+  holder.message(5, empty);  // an empty nested message is still present
+  CHECK(hex(holder.data()) == "2a 00");
+
+  // A nested message longer than 127 bytes gets a two-byte length; nesting twice adds both.
+  proto::Writer long_inner;
+  long_inner.bytes(1, std::string(200, 'x'));  // 1 + 2 + 200 = 203 bytes
+  REQUIRE(long_inner.size() == 203);
+  proto::Writer mid;
+  mid.message(2, long_inner);  // 1 + 2 + 203
+  proto::Writer top;
+  top.message(1, mid);  // 1 + 2 + 206
+  CHECK(mid.size() == 206);
+  CHECK(top.size() == 209);
+  CHECK(hex(top.data().substr(0, 6)) == "0a ce 01 12 cb 01");
+
+  proto::Writer packed;
+  packed.packed_int64(4, {3, 270, 86942});  // the documentation's example
+  CHECK(hex(packed.data()) == "22 06 03 8e 02 9e a7 05");
+  proto::Writer packed_neg;
+  packed_neg.packed_int64(1, {-1, 2});
+  CHECK(hex(packed_neg.data()) == "0a 0b ff ff ff ff ff ff ff ff ff 01 02");
+  proto::Writer none;
+  none.packed_int64(1, {}).packed_float(2, {});
+  CHECK(none.size() == 0);
+  proto::Writer pf;
+  pf.packed_float(1, {1.0f, -2.0f});
+  CHECK(hex(pf.data()) == "0a 08 00 00 80 3f 00 00 00 c0");
+  proto::Writer unpacked;
+  unpacked.repeated_int64(8, {1, -1});
+  CHECK(hex(unpacked.data()) == "40 01 40 ff ff ff ff ff ff ff ff ff 01");
+
+  CHECK(hex(proto::float_bytes({1.0f})) == "00 00 80 3f");
+  CHECK(hex(proto::int32_bytes({-1, 2})) == "ff ff ff ff 02 00 00 00");
+  CHECK(hex(proto::int64_bytes({1})) == "01 00 00 00 00 00 00 00");
+}
+
+TEST_CASE("protobuf: reading back, and malformed input", "[cpu][export]") {
+  proto::Writer inner;
+  inner.int64(1, -5).packed_int64(2, {1, 2, 3}).repeated_int64(2, {4});
+  proto::Writer w;
+  w.uint(1, 7).bytes(2, "hi").message(3, inner).float32(4, 2.5f).fixed64(5, 9);
+  const std::string data = w.data();
+  const auto fields = proto::parse_message(data, "test");
+  REQUIRE(fields.size() == 5);
+  CHECK(fields[0].number == 1);
+  CHECK(fields[0].value == 7);
+  CHECK(fields[1].bytes == "hi");
+  CHECK(fields[3].as_float() == 2.5f);
+  CHECK(fields[4].type == proto::WireType::Fixed64);
+  CHECK(fields[4].value == 9);
+  const auto nested = proto::parse_message(fields[2].bytes, "test");
+  CHECK(nested[0].as_int64() == -5);
+  CHECK(proto::repeated_int64(nested, 2, "test") == std::vector<int64_t>{1, 2, 3, 4});
+  CHECK(proto::find_field(fields, 2) == &fields[1]);
+  CHECK(proto::find_field(fields, 9) == nullptr);
+
+  auto bad = [](const std::string& bytes) {
+    Error e = error_of([&] { proto::parse_message(bytes, "thing.pb"); });
+    CHECK(e.kind() == ErrorKind::Data);
+    CHECK(std::string(e.what()).find("thing.pb") != std::string::npos);
+  };
+  bad(std::string("\x08", 1));                       // truncated varint value
+  bad(std::string("\x08\x80", 2));                   // varint continues past the end
+  bad(std::string("\x12\x05" "abc", 5));             // length past the end
+  bad(std::string("\x0b", 1));                       // wire type 3 (groups)
+  bad(std::string("\x00\x01", 2));                   // field number 0
+  bad(std::string("\x0d\x01\x02", 3));               // truncated fixed32
+  bad(std::string("\x08") + std::string(10, '\xff') + "\x01");  // varint over 10 bytes
+  bad(std::string("\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f", 11));  // over 64 bits
+  CHECK(proto::parse_message("", "x").empty());
+}
+
+// ---- BatchNormalization folding -------------------------------------------------------------------
+
+TEST_CASE("export: folded BatchNormalization equals the backend's inference exactly", "[cpu][export]") {
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-2.f, 2.f), pos(0.01f, 3.f);
+  const int C = 7, rows = 5;
+  std::vector<float> gamma(C), beta(C), mean(C), var(C), x(rows * C);
+  for (int c = 0; c < C; ++c) {
+    gamma[c] = u(rng);
+    beta[c] = u(rng);
+    mean[c] = u(rng);
+    var[c] = pos(rng);
+  }
+  for (float& v : x) v = u(rng);
+  const float eps = 1e-3f;
+  const tandem::FoldedBatchNorm f = tandem::fold_batch_norm(gamma, beta, mean, var, eps);
+
+  auto backend = tandem::make_backend(tandem::Device{}, 1);
+  tandem::BatchNormParams p;
+  p.rows = rows;
+  p.channels = C;
+  p.epsilon = eps;
+  std::vector<float> y(x.size());
+  backend->batchnorm_forward_infer(p, x.data(), gamma.data(), beta.data(), mean.data(), var.data(), y.data());
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < C; ++c) {
+      const float folded = x[r * C + c] * f.scale[c] + f.shift[c];
+      CHECK(folded == y[r * C + c]);  // bit-identical: the exported graphs compute what Tandem computes
+      const double exact = (double(x[r * C + c]) - mean[c]) / std::sqrt(double(var[c]) + eps) * gamma[c] + beta[c];
+      CHECK(std::fabs(folded - exact) <= 1e-5 * (1 + std::fabs(exact)));
+    }
+}
+
+// ---- SavedModel graph -------------------------------------------------------------------------------
+
+TEST_CASE("savedmodel: the graph built for every layer type", "[cpu][export]") {
+  const Model m = all_layers_model();
+  const auto tensors = weights_of(m);
+  const sm::Graph g = sm::build_graph(m, tensors);
+
+  CHECK(tf_ops(g) == std::vector<std::string>{"Placeholder", "Conv2D", "BiasAdd", "Relu", "Mul", "AddV2", "Relu",
+                                              "MaxPool", "Conv2D", "MaxPool", "Reshape", "MatMul", "Mul", "AddV2",
+                                              "Relu", "MatMul", "BiasAdd", "Softmax"});
+  // Names are unique and every input names an earlier node.
+  std::set<std::string> seen;
+  for (const auto& n : g.nodes) {
+    for (const auto& in : n.inputs) CHECK(seen.count(in) == 1);
+    CHECK(seen.insert(n.name).second);
+  }
+
+  const sm::NodeDef* ph = g.find("input");
+  REQUIRE(ph);
+  CHECK(ph->op == "Placeholder");
+  CHECK(ph->attrs.at("dtype").i == sm::DT_FLOAT);
+  CHECK(ph->attrs.at("shape").list == std::vector<int64_t>{-1, 28, 28, 1});
+
+  const sm::NodeDef* c1 = g.find("c1/Conv2D");
+  REQUIRE(c1);
+  CHECK(attr_keys(*c1) == std::vector<std::string>{"T", "padding", "strides"});  // required only
+  CHECK(c1->attrs.at("padding").s == "SAME");
+  CHECK(c1->attrs.at("strides").list == std::vector<int64_t>{1, 1, 1, 1});
+  CHECK(c1->inputs == std::vector<std::string>{"input", "c1/kernel"});
+  const sm::NodeDef* k1 = g.find("c1/kernel");
+  REQUIRE(k1);
+  CHECK(k1->op == "Const");
+  CHECK(attr_keys(*k1) == std::vector<std::string>{"dtype", "value"});
+  const sm::TensorValue& kv = k1->attrs.at("value").tensor;
+  CHECK(kv.shape == std::vector<int64_t>{3, 3, 1, 4});  // HWIO, a byte copy
+  CHECK(kv.content == proto::float_bytes(tensor_named(tensors, "c1/kernel").values));
+
+  const sm::NodeDef* c2 = g.find("c2/Conv2D");
+  REQUIRE(c2);
+  CHECK(c2->attrs.at("strides").list == std::vector<int64_t>{1, 2, 2, 1});
+  CHECK(g.find("c2/BiasAdd") == nullptr);  // use_bias: false
+
+  const sm::NodeDef* p1 = g.find("p1/MaxPool");
+  REQUIRE(p1);
+  CHECK(attr_keys(*p1) == std::vector<std::string>{"ksize", "padding", "strides"});  // T defaults to float
+  CHECK(p1->attrs.at("ksize").list == std::vector<int64_t>{1, 2, 2, 1});
+  CHECK(p1->attrs.at("padding").s == "VALID");
+  CHECK(g.find("p2/MaxPool")->attrs.at("padding").s == "SAME");
+  CHECK(g.find("p2/MaxPool")->attrs.at("ksize").list == std::vector<int64_t>{1, 3, 3, 1});
+
+  // Flatten: Reshape to [-1, H*W*C] with an int32 shape constant (the batch stays free).
+  const Shape flat_in = m.layers()[7]->input_shape();
+  const sm::NodeDef* shape = g.find("f/shape");
+  REQUIRE(shape);
+  CHECK(shape->attrs.at("dtype").i == sm::DT_INT32);
+  CHECK(shape->attrs.at("value").tensor.content == proto::int32_bytes({-1, static_cast<int32_t>(flat_in.numel())}));
+  CHECK(attr_keys(*g.find("f/Reshape")) == std::vector<std::string>{"T"});
+
+  // BatchNormalization: Mul + AddV2 with the folded constants.
+  const auto fold = tandem::fold_batch_norm(
+      tensor_named(tensors, "bn2/gamma").values, tensor_named(tensors, "bn2/beta").values,
+      tensor_named(tensors, "bn2/moving_mean").values, tensor_named(tensors, "bn2/moving_variance").values, 0.01f);
+  CHECK(g.find("bn2/scale")->attrs.at("value").tensor.content == proto::float_bytes(fold.scale));
+  CHECK(g.find("bn2/shift")->attrs.at("value").tensor.content == proto::float_bytes(fold.shift));
+  CHECK(g.find("bn2/Mul")->inputs == std::vector<std::string>{"h/MatMul", "bn2/scale"});
+  CHECK(g.find("bn2/AddV2")->inputs == std::vector<std::string>{"bn2/Mul", "bn2/shift"});
+
+  // Dropout and a linear Activation add nothing; the output is the last Softmax.
+  for (const auto& n : g.nodes) {
+    CHECK(n.name.rfind("d1/", 0) != 0);
+    CHECK(n.name.rfind("lin/", 0) != 0);
+  }
+  CHECK(g.find("out/MatMul")->inputs[0] == "a1/Relu");
+  CHECK(g.input.name == "input:0");
+  CHECK(g.input.shape == std::vector<int64_t>{-1, 28, 28, 1});
+  CHECK(g.output.key == "probabilities");
+  CHECK(g.output.name == "out/Softmax:0");
+  CHECK(g.output.shape == std::vector<int64_t>{-1, 10});
+}
+
+TEST_CASE("savedmodel: layer names TensorFlow would reject get a valid prefix", "[cpu][export]") {
+  const Model m = Model::from_spec(json::parse(R"({"input_shape": [4], "layers": [
+      {"type": "Dense", "name": "_hidden", "units": 3, "activation": "relu"},
+      {"type": "Dense", "name": "layer_hidden", "units": 3},
+      {"type": "Dense", "name": "-x.y", "units": 2, "activation": "softmax"}]})"),
+                                   "test spec");
+  const sm::Graph g = sm::build_graph(m, weights_of(m));
+  CHECK(g.find("layer_hidden/MatMul"));    // "_hidden" -> "layer_hidden"
+  CHECK(g.find("layer_hidden_1/MatMul"));  // the real "layer_hidden" is not confused with it
+  CHECK(g.find("layer-x.y/Softmax"));
+  CHECK(tf_ops(g) == std::vector<std::string>{"Placeholder", "MatMul", "BiasAdd", "Relu", "MatMul", "BiasAdd",
+                                              "MatMul", "BiasAdd", "Softmax"});
+  CHECK(g.input.shape == std::vector<int64_t>{-1, 4});  // a flat input needs no Reshape
+  // The kernels still come from the right tensors.
+  CHECK(g.find("layer_hidden/kernel")->attrs.at("value").tensor.shape == std::vector<int64_t>{4, 3});
+  CHECK(g.find("layer_hidden_1/kernel")->attrs.at("value").tensor.shape == std::vector<int64_t>{3, 3});
+}
+
+TEST_CASE("savedmodel: encoded SavedModel reads back", "[cpu][export]") {
+  const Model m = all_layers_model();
+  const auto tensors = weights_of(m);
+  const std::string pb = sm::encode_saved_model(sm::build_graph(m, tensors));
+  CHECK(pb == sm::encode_saved_model(sm::build_graph(m, tensors)));  // deterministic
+
+  // Minimal decoding by hand: SavedModel{1: 1, 2: MetaGraphDef{1: MetaInfoDef{4: "serve", 7: true}, ...}}
+  const auto top = proto::parse_message(pb, "pb");
+  REQUIRE(top.size() == 2);
+  CHECK(top[0].number == 1);
+  CHECK(top[0].value == 1);
+  const auto meta = proto::parse_message(top[1].bytes, "pb");
+  const auto info = proto::parse_message(proto::find_field(meta, 1)->bytes, "pb");
+  CHECK(proto::find_field(info, 4)->bytes == "serve");
+  CHECK(proto::find_field(info, 7)->value == 1);
+  const auto graph = proto::parse_message(proto::find_field(meta, 2)->bytes, "pb");
+  const auto versions = proto::parse_message(proto::find_field(graph, 4)->bytes, "pb");
+  CHECK(proto::find_field(versions, 1)->as_int64() == sm::kGraphProducer);
+  // The first node is the placeholder, with its attrs in sorted order (find_field finds the last one:
+  // the output Softmax).
+  CHECK(proto::parse_message(proto::find_field(graph, 1)->bytes, "pb")[0].bytes == "out/Softmax");
+  REQUIRE(graph[0].number == 1);
+  const auto node = proto::parse_message(graph[0].bytes, "pb");
+  CHECK(node[0].bytes == "input");
+  CHECK(node[1].bytes == "Placeholder");
+  const auto dtype_entry = proto::parse_message(node[2].bytes, "pb");
+  CHECK(dtype_entry[0].bytes == "dtype");
+  CHECK(hex(std::string(dtype_entry[1].bytes)) == "30 01");  // AttrValue{type: DT_FLOAT}
+  const auto shape_entry = proto::parse_message(node[3].bytes, "pb");
+  CHECK(shape_entry[0].bytes == "shape");
+  // AttrValue{shape{dim{size -1} dim{28} dim{28} dim{1}}}: -1 takes 10 bytes.
+  CHECK(hex(std::string(shape_entry[1].bytes)) ==
+        "3a 19 12 0b 08 ff ff ff ff ff ff ff ff ff 01 12 02 08 1c 12 02 08 1c 12 02 08 01");
+
+  const json d = sm::describe_saved_model(pb, "pb");
+  CHECK(d["schema_version"] == 1);
+  CHECK(d["tags"] == json::array({"serve"}));
+  CHECK(d["producer"] == sm::kGraphProducer);
+  CHECK(d["ops"]["Conv2D"] == 2);
+  CHECK(d["ops"]["Softmax"] == 1);
+  const json& sig = d["signatures"]["serving_default"];
+  CHECK(sig["method_name"] == "tensorflow/serving/predict");
+  CHECK(sig["inputs"]["input"] == json{{"name", "input:0"}, {"dtype", "DT_FLOAT"}, {"shape", {-1, 28, 28, 1}}});
+  CHECK(sig["outputs"]["probabilities"] ==
+        json{{"name", "out/Softmax:0"}, {"dtype", "DT_FLOAT"}, {"shape", {-1, 10}}});
+
+  // Truncation anywhere is a Data error, never a crash.
+  for (size_t cut : {size_t{1}, size_t{5}, pb.size() / 2, pb.size() - 1}) {
+    Error e = error_of([&] { sm::describe_saved_model(pb.substr(0, cut), "saved_model.pb"); });
+    CHECK(e.kind() == ErrorKind::Data);
+  }
+}
+
+// ---- ONNX graph ---------------------------------------------------------------------------------
+
+TEST_CASE("onnx: the graph built for every layer type", "[cpu][export]") {
+  const Model m = all_layers_model();
+  const auto tensors = weights_of(m);
+  const ox::Graph g = ox::build_graph(m, tensors);
+  std::vector<std::string> ops;
+  for (const auto& n : g.nodes) ops.push_back(n.op_type);
+  CHECK(ops == std::vector<std::string>{"Transpose", "Conv", "Relu", "Mul", "Add", "Relu", "MaxPool", "Conv",
+                                        "MaxPool", "Transpose", "Flatten", "MatMul", "Mul", "Add", "Relu", "Gemm",
+                                        "Softmax"});
+  CHECK(g.nodes.front().attribute("perm")->ints == std::vector<int64_t>{0, 3, 1, 2});
+  CHECK(g.nodes[9].attribute("perm")->ints == std::vector<int64_t>{0, 2, 3, 1});  // back to NHWC before Flatten
+  CHECK(g.nodes.front().inputs[0] == "input");
+  CHECK(g.nodes.back().outputs[0] == "probabilities");
+  CHECK(g.nodes.back().attribute("axis")->i == -1);
+
+  // Every input is the graph input, an initializer or an earlier node's output.
+  std::set<std::string> known{"input"};
+  for (const auto& i : g.initializers) known.insert(i.name);
+  for (const auto& n : g.nodes) {
+    for (const auto& in : n.inputs) CHECK(known.count(in) == 1);
+    for (const auto& out : n.outputs) CHECK(known.insert(out).second);
+  }
+
+  // Conv: kernel HWIO -> OIHW, TF "same" padding as explicit pads.
+  const ox::Node& c1 = g.nodes[1];
+  CHECK(c1.inputs == std::vector<std::string>{"c1/to_nchw", "c1/kernel", "c1/bias"});
+  CHECK(c1.attribute("kernel_shape")->ints == std::vector<int64_t>{3, 3});
+  CHECK(c1.attribute("pads")->ints == std::vector<int64_t>{1, 1, 1, 1});
+  const ox::Initializer* k2 = g.initializer("c2/kernel");
+  REQUIRE(k2);
+  CHECK(k2->dims == std::vector<int64_t>{6, 4, 3, 2});  // O, I, H, W
+  const NamedTensor& hwio = tensor_named(tensors, "c2/kernel");  // (3, 2, 4, 6)
+  std::vector<float> oihw(hwio.values.size());
+  std::memcpy(oihw.data(), k2->raw_data.data(), k2->raw_data.size());
+  for (int h = 0; h < 3; ++h)
+    for (int w = 0; w < 2; ++w)
+      for (int i = 0; i < 4; ++i)
+        for (int o = 0; o < 6; ++o) CHECK(oihw[((o * 4 + i) * 3 + h) * 2 + w] == hwio.values[((h * 2 + w) * 4 + i) * 6 + o]);
+  // c2: input 14x14, kernel 3x2, stride 2, same: out 7x7, total pads H = 6*2+3-14 = 1, W = 6*2+2-14 = 0.
+  const ox::Node& c2 = g.nodes[7];
+  CHECK(c2.inputs.size() == 2);  // no bias
+  CHECK(c2.attribute("strides")->ints == std::vector<int64_t>{2, 2});
+  CHECK(c2.attribute("pads")->ints == std::vector<int64_t>{0, 0, 1, 0});  // top, left, bottom, right
+  CHECK(g.nodes[6].attribute("pads") == nullptr);  // valid pooling
+  // p2: input 7x7, pool 3, stride 2, same: out 4x4, total 3*2+3-7 = 2 -> 1 before, 1 after.
+  CHECK(g.nodes[8].attribute("pads")->ints == std::vector<int64_t>{1, 1, 1, 1});
+
+  // BatchNormalization constants broadcast over NCHW ([C, 1, 1]) or a flat vector ([C]).
+  CHECK(g.initializer("bn1/scale")->dims == std::vector<int64_t>{4, 1, 1});
+  CHECK(g.initializer("bn2/scale")->dims == std::vector<int64_t>{8});
+  CHECK(g.initializer("out/kernel")->dims == std::vector<int64_t>{8, 10});  // Gemm takes [in, out] as is
+
+  CHECK(g.input.dims == std::vector<int64_t>{-1, 28, 28, 1});
+  CHECK(g.output.dims == std::vector<int64_t>{-1, 10});
+
+  const std::string bytes = ox::encode_model(g);
+  CHECK(bytes == ox::encode_model(ox::build_graph(m, tensors)));
+  const json d = ox::describe_onnx(bytes, "model.onnx");
+  CHECK(d["ir_version"] == 8);
+  CHECK(d["opset"] == 17);
+  CHECK(d["producer_name"] == "tandem");
+  CHECK(d["nodes"] == 17);
+  CHECK(d["initializers"] == g.initializers.size());
+  CHECK(d["ops"]["Transpose"] == 2);
+  CHECK(d["inputs"] == json::array({json{{"name", "input"}, {"dtype", "FLOAT"}, {"shape", {-1, 28, 28, 1}},
+                                         {"dim_params", {"batch", "", "", ""}}}}));
+  CHECK(d["outputs"][0]["name"] == "probabilities");
+  CHECK(d["outputs"][0]["shape"] == json::array({-1, 10}));
+  Error e = error_of([&] { ox::describe_onnx(bytes.substr(0, bytes.size() / 3), "model.onnx"); });
+  CHECK(e.kind() == ErrorKind::Data);
+}
+
+TEST_CASE("onnx: a model without images needs no transposes", "[cpu][export]") {
+  const Model m = Model::from_spec(Model::preset("mlp"), "mlp");
+  const ox::Graph g = ox::build_graph(m, weights_of(m));
+  std::vector<std::string> ops;
+  for (const auto& n : g.nodes) ops.push_back(n.op_type);
+  CHECK(ops == std::vector<std::string>{"Flatten", "Gemm", "Relu", "Gemm", "Relu", "Gemm", "Softmax"});
+}
+
+TEST_CASE("export: weights that do not belong to the model are refused", "[cpu][export]") {
+  const Model m = all_layers_model();
+  auto tensors = weights_of(m);
+  tensors.pop_back();
+  CHECK(error_of([&] { sm::build_graph(m, tensors); }).kind() == ErrorKind::Data);
+  CHECK(error_of([&] { ox::build_graph(m, tensors); }).kind() == ErrorKind::Data);
+}
+
+// ---- export_model: versioned, atomic directories ----------------------------------------------------
+
+TEST_CASE("export: formats", "[cpu][export]") {
+  CHECK(tandem::parse_export_formats("savedmodel") == std::vector<std::string>{"savedmodel"});
+  CHECK(tandem::parse_export_formats(" SavedModel , onnx") == std::vector<std::string>{"savedmodel", "onnx"});
+  CHECK(tandem::parse_export_formats("onnx,native,onnx") == std::vector<std::string>{"native", "onnx"});
+  for (const char* bad : {"", ",", "tflite", "onnx,", "savedmodel,,onnx"}) {
+    Error e = error_of([&] { tandem::parse_export_formats(bad); });
+    CHECK(e.kind() == ErrorKind::InvalidArgument);
+    CHECK(e.hint().find("--format") != std::string::npos);
+  }
+}
+
+TEST_CASE("export: writes versions, next free version, refuses to overwrite", "[cpu][export]") {
+  ExportTempDir tmp;
+  const Model m = all_layers_model();
+  const std::string src = write_source(tmp, m, weights_of(m));
+  const std::string base = tmp / "serving/all";
+
+  const std::string v1 = tandem::export_model(src, base, 0, "native", false);
+  CHECK(v1 == base + "/1");
+  CHECK(entries(v1) == std::vector<std::string>{"model.json", "weights.tdw"});
+  CHECK(file_bytes(v1 + "/weights.tdw") == file_bytes(src + "/weights.tdw"));
+  CHECK(file_bytes(v1 + "/model.json") == file_bytes(src + "/model.json"));
+  CHECK(tandem::describe_export(v1)["formats"] == json::array({"native"}));
+
+  const std::string v2 = tandem::export_model(src, base + "/", 0, "savedmodel,onnx", false);
+  CHECK(v2 == base + "/2");
+  CHECK(entries(v2) == std::vector<std::string>{"model.json", "model.onnx", "saved_model.pb", "weights.tdw"});
+  tandem::read_model_version(v2);  // the native files still serve Tandem's tools
+  const json d = tandem::describe_export(v2);
+  CHECK(d["formats"] == json::array({"native", "savedmodel", "onnx"}));
+  CHECK(d["native"]["name"] == "all_layers");
+  CHECK(d["savedmodel"]["signatures"]["serving_default"]["inputs"]["input"]["shape"] == json::array({-1, 28, 28, 1}));
+  CHECK(d["savedmodel"]["variables"] == false);
+  CHECK(d["onnx"]["outputs"][0]["name"] == "probabilities");
+
+  CHECK(tandem::export_model(src, base, 7, "onnx", false) == base + "/7");
+  CHECK(tandem::export_model(src, base, 0, "onnx", false) == base + "/8");
+  CHECK(tandem::list_versions(base) == std::vector<int64_t>{1, 2, 7, 8});
+
+  // An existing version is refused, and left as it was.
+  Error e = error_of([&] { tandem::export_model(src, base, 1, "savedmodel", false); });
+  CHECK(e.kind() == ErrorKind::InvalidArgument);
+  CHECK(std::string(e.what()).find(base + "/1") != std::string::npos);
+  CHECK(e.hint().find("--overwrite") != std::string::npos);
+  CHECK(entries(v1) == std::vector<std::string>{"model.json", "weights.tdw"});
+
+  // --overwrite replaces the whole version.
+  CHECK(tandem::export_model(src, base, 1, "savedmodel", true) == v1);
+  CHECK(entries(v1) == std::vector<std::string>{"model.json", "saved_model.pb", "weights.tdw"});
+  // Exporting a version onto itself adds formats in place.
+  CHECK(tandem::export_model(v1, base, 1, "savedmodel,onnx", true) == v1);
+  CHECK(entries(v1) == std::vector<std::string>{"model.json", "model.onnx", "saved_model.pb", "weights.tdw"});
+  CHECK(file_bytes(v1 + "/saved_model.pb") == file_bytes(v2 + "/saved_model.pb"));  // deterministic
+
+  // No temporary directories are left behind.
+  for (const auto& name : entries(base)) CHECK(name.rfind(".tmp", 0) != 0);
+}
+
+TEST_CASE("export: a failure leaves nothing behind", "[cpu][export]") {
+  ExportTempDir tmp;
+  const Model m = all_layers_model();
+  const std::string src = write_source(tmp, m, weights_of(m));
+  const std::string base = tmp / "serving/all";
+  tandem::export_model(src, base, 1, "native", false);
+  const std::string old_weights = file_bytes(base + "/1/weights.tdw");
+
+  for (const std::string stage : {"files-written", "before-commit"}) {
+    for (bool overwrite : {false, true}) {
+      tandem::set_export_fault_hook_for_testing([stage](const std::string& s) {
+        if (s == stage) tandem::throw_io("simulated failure at " + s);
+      });
+      const int64_t version = overwrite ? 1 : 0;
+      Error e = error_of([&] { tandem::export_model(src, base, version, "savedmodel,onnx", overwrite); });
+      tandem::set_export_fault_hook_for_testing({});
+      CHECK(e.kind() == ErrorKind::Io);
+      CHECK(std::string(e.what()) == "simulated failure at " + stage);
+      CHECK(entries(base) == std::vector<std::string>{"1"});  // no temporary directory, no version 2
+      CHECK(entries(base + "/1") == std::vector<std::string>{"model.json", "weights.tdw"});  // old version intact
+      CHECK(file_bytes(base + "/1/weights.tdw") == old_weights);
+    }
+  }
+}
+
+TEST_CASE("export: bad input", "[cpu][export]") {
+  ExportTempDir tmp;
+  const Model m = all_layers_model();
+  const std::string src = write_source(tmp, m, weights_of(m));
+  const std::string base = tmp / "serving/all";
+
+  CHECK(error_of([&] { tandem::export_model(src, base, 0, "tflite", false); }).kind() == ErrorKind::InvalidArgument);
+  CHECK(error_of([&] { tandem::export_model(src, base, -3, "onnx", false); }).kind() == ErrorKind::InvalidArgument);
+  CHECK(error_of([&] { tandem::export_model(src, "", 0, "onnx", false); }).kind() == ErrorKind::InvalidArgument);
+  CHECK(error_of([&] { tandem::export_model(tmp / "missing/1", base, 0, "onnx", false); }).kind() == ErrorKind::Io);
+
+  // A corrupt source: the read_model_version error, and nothing is created at the destination.
+  const std::string bad_src = tmp / "bad/model/1";
+  fs::create_directories(bad_src);
+  fs::copy_file(src + "/model.json", bad_src + "/model.json");
+  std::string w = file_bytes(src + "/weights.tdw");
+  w[w.size() - 3] ^= 0x40;
+  write_bytes(bad_src + "/weights.tdw", w);
+  CHECK(error_of([&] { tandem::export_model(bad_src, base, 0, "savedmodel", false); }).kind() == ErrorKind::Data);
+  CHECK(!fs::exists(base));
+
+  // The destination is a file, or the version slot is a file.
+  write_bytes(tmp / "file", "x");
+  CHECK(error_of([&] { tandem::export_model(src, tmp / "file", 0, "onnx", false); }).kind() == ErrorKind::Io);
+  fs::create_directories(base);
+  write_bytes(base + "/3", "not a directory");
+  CHECK(error_of([&] { tandem::export_model(src, base, 3, "onnx", true); }).kind() == ErrorKind::InvalidArgument);
+
+  // describe_export: not a directory; a malformed file is a Data error naming it.
+  CHECK(error_of([&] { tandem::describe_export(tmp / "file"); }).kind() == ErrorKind::Io);
+  CHECK(error_of([&] { tandem::describe_export(tmp / "nothing"); }).kind() == ErrorKind::Io);
+  const std::string v = tandem::export_model(src, base, 0, "savedmodel", false);
+  write_bytes(v + "/saved_model.pb", "\x0a\xff\x01garbage");
+  Error e = error_of([&] { tandem::describe_export(v); });
+  CHECK(e.kind() == ErrorKind::Data);
+  CHECK(std::string(e.what()).find("saved_model.pb") != std::string::npos);
+  fs::create_directories(tmp / "empty");
+  CHECK(tandem::describe_export(tmp / "empty")["formats"] == json::array());
+}
