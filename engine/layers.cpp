@@ -55,7 +55,8 @@ class ConfigReader {
     if (!j_.is_object()) fail("must be a JSON object", "write e.g. {\"type\": \"Dense\", \"units\": 10}");
   }
   [[noreturn]] void fail(const std::string& what, const std::string& hint = "") const {
-    throw_invalid(where_ + ": " + what, hint);
+    throw_invalid(where_ + ": " + what,
+                  hint.empty() ? "README.md, section 'Model specs', lists every layer type and its fields" : hint);
   }
   bool has(const char* key) {
     known_.insert(key);

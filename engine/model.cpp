@@ -135,7 +135,7 @@ Model Model::from_name_or_file(const std::string& model) {
   try {
     spec = json::parse(in);
   } catch (const json::parse_error& e) {
-    throw_invalid(model + ": not valid JSON: " + e.what());
+    throw_invalid(model + ": not valid JSON: " + e.what(), "check the file with e.g. python3 -m json.tool");
   }
   return from_spec(spec, model);
 }

@@ -9,7 +9,7 @@
 namespace tandem {
 
 void TrainOptions::validate(int replicas) const {
-  if (epochs < 0) throw_invalid("--epochs must be at least 0, got " + std::to_string(epochs));
+  if (epochs < 0) throw_invalid("--epochs must be at least 0, got " + std::to_string(epochs), "e.g. --epochs 10");
   if (batch_size <= 0) throw_invalid("--batch-size must be positive, got " + std::to_string(batch_size), "e.g. --batch-size 32");
   if (batch_size > (1 << 20)) throw_invalid("--batch-size " + std::to_string(batch_size) + " is too large");
   if (batch_size % replicas != 0)
@@ -149,7 +149,8 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
                   "' expects " + model_.input_shape().str());
   if (train.num_classes != model_.num_classes())
     throw_invalid("the data has " + std::to_string(train.num_classes) + " classes but model '" + model_.name() +
-                  "' outputs " + std::to_string(model_.num_classes()));
+                      "' outputs " + std::to_string(model_.num_classes()),
+                  "give the last layer \"units\": " + std::to_string(train.num_classes));
   if (train.count == 0) throw_invalid("the training set is empty");
   std::vector<std::unique_ptr<Resident>> data;
   for (Backend* b : backends_) data.push_back(std::make_unique<Resident>(*b, train));

@@ -186,7 +186,7 @@ Command add_train(CLI::App& root) {
   cmd.run = [args]() -> int {
     const TrainArgs& a = *args;
     if (a.threads < 0 || a.threads > 1024) throw_invalid("--threads must be between 1 and 1024");
-    if (a.epochs < 0) throw_invalid("--epochs must be at least 0, got " + std::to_string(a.epochs));
+    if (a.epochs < 0) throw_invalid("--epochs must be at least 0, got " + std::to_string(a.epochs), "e.g. --epochs 10");
     if (a.batch_size <= 0)
       throw_invalid("--batch-size must be positive, got " + std::to_string(a.batch_size), "e.g. --batch-size 32");
     Model model = Model::from_name_or_file(a.model);

@@ -43,7 +43,9 @@ int main(int argc, char** argv) {
       if (c.app->parsed()) return c.run();
     return 2;
   } catch (const tandem::Error& e) {
-    return fail(e.exit_status(), std::string(tandem::error_kind_name(e.kind())) + ": " + e.what(), e.hint());
+    std::string hint = e.hint();
+    if (hint.empty() && e.kind() == tandem::ErrorKind::InvalidArgument) hint = "see 'tandem COMMAND --help'";
+    return fail(e.exit_status(), std::string(tandem::error_kind_name(e.kind())) + ": " + e.what(), hint);
   } catch (const std::bad_alloc&) {
     return fail(1, "out of memory", "try a smaller --batch-size or model");
   } catch (const std::exception& e) {

@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""`tandem export` against real TensorFlow and onnxruntime.
+
+For the mlp and cnn presets and tests/interop/cnn_bn.json: trains a model briefly (one epoch on the
+first 2,000 Fashion-MNIST training images), exports it with `tandem export` to a SavedModel and to
+ONNX, and predicts the 10,000 test images with tf.saved_model.load(...).signatures["serving_default"]
+and with onnxruntime. Both must agree with `tandem predict --json` to max |diff| <= 1e-5 per
+probability, with the same argmax (a mismatch is tolerated only where Tandem's two best
+probabilities are within 1e-5 of each other, i.e. a float tie). Also: onnx.checker (full check),
+`saved_model_cli show --all` and `saved_model_cli run`, every GraphDef node's attributes against
+TensorFlow's op registry (all required ones present, none unknown, none equal to its default), and
+the CLI's versioning (next free version, refusal to overwrite, --overwrite, no temporary directory left).
+
+Usage: export_check.py PATH/TO/tandem      Exits 0 (pass), 1 (fail) or 77 (skipped: no TensorFlow,
+onnxruntime or Fashion-MNIST data)."""
+import gzip
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+try:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.framework import op_def_registry
+except ImportError as e:  # pragma: no cover
+    print(f"SKIP: TensorFlow, onnx or onnxruntime is not installed ({e}); pip install tensorflow-cpu onnx onnxruntime")
+    sys.exit(77)
+
+if len(sys.argv) != 2:
+    sys.exit("usage: export_check.py PATH/TO/tandem")
+TANDEM = os.path.abspath(sys.argv[1])
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.environ.get("TANDEM_DATA", "/usr/share/datasets/fashion-mnist")
+TOL = 1e-5
+TRAIN_IMAGES, SMALL_TEST_IMAGES = 2000, 500
+failures = []
+
+
+def fail(msg):
+    print("FAIL:", msg)
+    failures.append(msg)
+
+
+def run(cmd, expect=0):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if expect is not None and p.returncode != expect:
+        fail(f"{' '.join(cmd)} exited {p.returncode}, expected {expect}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    return p
+
+
+def idx_file(name):
+    for candidate in (os.path.join(DATA, name + ".gz"), os.path.join(DATA, name)):
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def read_idx(name):
+    path = idx_file(name)
+    data = (gzip.open if path.endswith(".gz") else open)(path, "rb").read()
+    ndim = data[3]
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return data[:4 + 4 * ndim], dims, data[4 + 4 * ndim:]
+
+
+def write_subset(dst, name, count):
+    header, dims, body = read_idx(name)
+    per = int(np.prod(dims[1:])) if len(dims) > 1 else 1
+    with gzip.open(os.path.join(dst, name + ".gz"), "wb") as f:
+        f.write(header[:4] + struct.pack(">I", count) + header[8:] + body[:count * per])
+
+
+def test_images():
+    _, dims, body = read_idx("t10k-images-idx3-ubyte")
+    pixels = np.frombuffer(body, dtype=np.uint8).reshape(dims[0], dims[1], dims[2], 1)
+    return pixels.astype(np.float32) / np.float32(255)  # as Tandem feeds its layers: x / 255 in float32
+
+
+def check_graph_attrs(pb_path, tag):
+    """Every node: required attrs present, no unknown attrs, no attr equal to its default."""
+    sm = saved_model_pb2.SavedModel()
+    with open(pb_path, "rb") as f:
+        sm.ParseFromString(f.read())
+    if len(sm.meta_graphs) != 1 or list(sm.meta_graphs[0].meta_info_def.tags) != ["serve"]:
+        fail(f"{tag}: expected one MetaGraphDef tagged exactly ['serve']")
+    graph = sm.meta_graphs[0].graph_def
+    for node in graph.node:
+        op_def = op_def_registry.get(node.op)
+        if op_def is None:
+            fail(f"{tag}: node {node.name}: op {node.op} unknown to TensorFlow {tf.__version__}")
+            continue
+        known = {a.name: a for a in op_def.attr}
+        for name in node.attr:
+            if name not in known:
+                fail(f"{tag}: node {node.name} ({node.op}) has attr '{name}' unknown to the op")
+            elif known[name].HasField("default_value") and known[name].default_value == node.attr[name]:
+                fail(f"{tag}: node {node.name} ({node.op}) writes attr '{name}' equal to its default")
+        for name, a in known.items():
+            if not a.HasField("default_value") and name not in node.attr:
+                fail(f"{tag}: node {node.name} ({node.op}) lacks required attr '{name}'")
+    return len(graph.node), graph.versions.producer
+
+
+def compare(tag, ref, got):
+    diff = float(np.max(np.abs(got - ref)))
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    tie = (top2[:, 1] - top2[:, 0]) <= TOL
+    mismatch = np.argmax(got, axis=1) != np.argmax(ref, axis=1)
+    bad = int(np.sum(mismatch & ~tie))
+    if diff > TOL:
+        fail(f"{tag}: max |diff| {diff:.3e} > {TOL}")
+    if bad:
+        fail(f"{tag}: {bad} predicted classes differ from tandem predict")
+    return diff, int(np.sum(mismatch))
+
+
+def main():
+    if idx_file("t10k-images-idx3-ubyte") is None or idx_file("train-images-idx3-ubyte") is None:
+        print(f"SKIP: Fashion-MNIST not found in {DATA} (set TANDEM_DATA)")
+        return 77
+    print(f"TensorFlow {tf.__version__}, onnxruntime {ort.__version__}, onnx {onnx.__version__}")
+    tmp = tempfile.mkdtemp(prefix="tandem-export-check-")
+    try:
+        small = os.path.join(tmp, "small-data")
+        os.makedirs(small)
+        write_subset(small, "train-images-idx3-ubyte", TRAIN_IMAGES)
+        write_subset(small, "train-labels-idx1-ubyte", TRAIN_IMAGES)
+        write_subset(small, "t10k-images-idx3-ubyte", SMALL_TEST_IMAGES)
+        write_subset(small, "t10k-labels-idx1-ubyte", SMALL_TEST_IMAGES)
+        x = test_images()
+        zeros = os.path.join(tmp, "zeros.npy")
+        np.save(zeros, np.zeros((2,) + x.shape[1:], np.float32))
+        rows = []
+        for model in ("mlp", "cnn", os.path.join(HERE, "cnn_bn.json")):
+            tag = os.path.splitext(os.path.basename(model))[0]
+            failed_before = len(failures)
+            out = os.path.join(tmp, "train-" + tag)
+            if run([TANDEM, "train", "--model", model, "--epochs", "1", "--validation-size", "0", "--data", small,
+                    "--output", out]).returncode != 0:
+                continue
+            src = os.path.join(out, "model", "1")
+            p = run([TANDEM, "predict", src, "--json", "--count", str(len(x)), "--data", DATA])
+            if p.returncode != 0:
+                continue
+            ref = np.array([r["probabilities"] for r in json.loads(p.stdout)], dtype=np.float32)
+
+            base = os.path.join(tmp, "serving", tag)
+            run([TANDEM, "export", src, "--to", base, "--format", "savedmodel"])
+            run([TANDEM, "export", src, "--to", base, "--format", "onnx"])
+            sm_dir, onnx_dir = os.path.join(base, "1"), os.path.join(base, "2")
+            for d, want in ((sm_dir, "saved_model.pb"), (onnx_dir, "model.onnx")):
+                have = sorted(os.listdir(d)) if os.path.isdir(d) else []
+                if have != sorted(["model.json", "weights.tdw", want]):
+                    fail(f"{tag}: {d} holds {have}")
+            if any(n.startswith(".") for n in os.listdir(base)):
+                fail(f"{tag}: temporary entries left in {base}: {os.listdir(base)}")
+            if len(failures) > failed_before:
+                continue
+
+            # The exported tree still serves Tandem's own tools, with the same weights.
+            few = [run([TANDEM, "predict", d, "--json", "--count", "10", "--data", DATA]) for d in (src, sm_dir)]
+            if all(p.returncode == 0 for p in few) and json.loads(few[0].stdout) != json.loads(few[1].stdout):
+                fail(f"{tag}: tandem predict on the exported version differs from the source version")
+
+            # TensorFlow: the serving signature, as TF Serving would call it.
+            nodes, producer = check_graph_attrs(os.path.join(sm_dir, "saved_model.pb"), tag)
+            loaded = tf.saved_model.load(sm_dir)
+            fn = loaded.signatures["serving_default"]
+            tf_out = np.concatenate([fn(input=tf.constant(x[i:i + 1000]))["probabilities"].numpy()
+                                     for i in range(0, len(x), 1000)])
+            tf_diff, tf_ties = compare(f"{tag} TensorFlow", ref, tf_out)
+
+            # onnxruntime.
+            onnx_path = os.path.join(onnx_dir, "model.onnx")
+            onnx.checker.check_model(onnx.load(onnx_path), full_check=True)
+            sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+            if [i.name for i in sess.get_inputs()] != ["input"] or [o.name for o in sess.get_outputs()] != [
+                    "probabilities"]:
+                fail(f"{tag}: ONNX inputs/outputs are {sess.get_inputs()} / {sess.get_outputs()}")
+            ort_out = sess.run(["probabilities"], {"input": x})[0]
+            ort_diff, ort_ties = compare(f"{tag} onnxruntime", ref, ort_out)
+
+            # saved_model_cli, as a user would check a SavedModel before serving it.
+            p = run(["saved_model_cli", "show", "--all", "--dir", sm_dir])
+            if p.returncode == 0 and ("serving_default" not in p.stdout or "probabilities" not in p.stdout):
+                fail(f"{tag}: saved_model_cli show does not list the signature:\n{p.stdout}")
+            p = run(["saved_model_cli", "run", "--dir", sm_dir, "--tag_set", "serve", "--signature_def",
+                     "serving_default", "--inputs", "input=" + zeros])
+            if p.returncode == 0 and "probabilities" not in p.stdout:
+                fail(f"{tag}: saved_model_cli run printed no probabilities:\n{p.stdout}")
+            rows.append((tag, nodes, producer, tf_diff, tf_ties, ort_diff, ort_ties,
+                         float(np.mean(np.argmax(ref, 1) == np.argmax(tf_out, 1)))))
+
+        # Versioning through the CLI.
+        src = os.path.join(tmp, "train-mlp", "model", "1")
+        base = os.path.join(tmp, "serving", "mlp")
+        p = run([TANDEM, "export", src, "--to", base, "--format", "savedmodel", "--version", "1"], expect=2)
+        if "--overwrite" not in p.stderr:
+            fail(f"refusing to overwrite should suggest --overwrite:\n{p.stderr}")
+        p = run([TANDEM, "export", src, "--to", base, "--format", "savedmodel,onnx", "--version", "1", "--overwrite"])
+        if sorted(os.listdir(os.path.join(base, "1"))) != ["model.json", "model.onnx", "saved_model.pb",
+                                                           "weights.tdw"]:
+            fail(f"--overwrite did not replace version 1: {os.listdir(os.path.join(base, '1'))}")
+        p = run([TANDEM, "export", src, "--to", base, "--format", "native"])
+        if not p.stdout.strip().endswith(os.path.join(base, "3")):
+            fail(f"the next free version should be 3: {p.stdout}")
+        run([TANDEM, "export", src, "--to", base, "--format", "tflite"], expect=2)
+        run([TANDEM, "export", src, "--to", base, "--format", "onnx", "--version", "0"], expect=2)
+        run([TANDEM, "export", os.path.join(tmp, "missing"), "--to", base, "--format", "onnx"], expect=2)
+        if sorted(os.listdir(base)) != ["1", "2", "3"]:
+            fail(f"{base} holds {sorted(os.listdir(base))}, expected versions 1, 2, 3 only")
+
+        print(f"{'model':8} {'nodes':>5} {'producer':>8} {'TF max|diff|':>12} {'ties':>4} {'ORT max|diff|':>13} "
+              f"{'ties':>4} {'argmax agree':>12}")
+        for r in rows:
+            print(f"{r[0]:8} {r[1]:5d} {r[2]:8d} {r[3]:12.3e} {r[4]:4d} {r[5]:13.3e} {r[6]:4d} {r[7]:12.4f}")
+        if len(rows) != 3:
+            fail(f"only {len(rows)} of 3 models were checked")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if failures:
+        print(f"{len(failures)} failure(s)")
+        return 1
+    print("OK: SavedModel and ONNX exports agree with tandem predict")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
