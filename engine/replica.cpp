@@ -112,9 +112,11 @@ void Replica::backward(const StepContext& ctx, const std::function<void(size_t)>
   }
 }
 
-void Replica::reset_metrics() {
-  double zero[4] = {0, 0, 0, 0};
-  backend_.upload(metrics_, zero, sizeof(zero));
+void Replica::reset_metrics() { set_metrics(0, 0); }
+
+void Replica::set_metrics(double loss_sum, double correct) {
+  double m[4] = {loss_sum, correct, 0, 0};
+  backend_.upload(metrics_, m, sizeof(m));
 }
 
 void Replica::read_metrics(double* loss_sum, double* correct) {

@@ -45,6 +45,7 @@ class Replica {
   // metrics[0] = summed loss, metrics[1] = correct predictions since the last reset.
   void reset_metrics();
   void read_metrics(double* loss_sum, double* correct);
+  void set_metrics(double loss_sum, double correct);
 
  private:
   float* alloc_floats(size_t n);

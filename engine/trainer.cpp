@@ -163,17 +163,19 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
   const size_t grad_n = model_.trainable_floats();
   using clock = std::chrono::steady_clock;
   std::vector<EpochLog> logs;
+  if (epoch_step_ >= steps) throw_invalid("the checkpoint's position in the epoch is past its end", "resume with the same data and batch size");
 
-  for (; epoch_ < options_.epochs; ++epoch_) {
-    auto t0 = clock::now();
+  while (epoch_ < options_.epochs) {
+    epoch_start_ = clock::now();
     if (cb.on_epoch_begin && rank == 0) cb.on_epoch_begin(epoch_ + 1, options_.epochs, steps);
     const std::vector<int32_t> order = epoch_permutation(train.count, options_.seed, static_cast<uint64_t>(epoch_));
     for (auto& r : replicas_) r->reset_metrics();
+    if (epoch_step_ > 0 && rank == 0) replicas_[0]->set_metrics(resumed_sums_[0], resumed_sums_[1]);
     EpochLog log;
     log.epoch = epoch_ + 1;
-    log.learning_rate = opt_config_.learning_rate(step_);
+    log.learning_rate = opt_config_.learning_rate(step_ - epoch_step_);
     auto last_report = clock::now();
-    for (int64_t s = 0; s < steps; ++s) {
+    for (int64_t s = epoch_step_; s < steps; ++s) {
       const int64_t begin = s * B, b = std::min(B, train.count - begin);
       if (sync_)
         sync_->begin_step(replicas_[0]->backend(), replicas_[0]->grads(), grad_n, static_cast<uint64_t>(step_));
@@ -197,7 +199,9 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
       }
       reduce_and_update();
       ++step_;
+      epoch_step_ = s + 1;
       if (options_.check_replicas_every > 0 && step_ % options_.check_replicas_every == 0) check_replicas();
+      if (cb.after_step) cb.after_step();
       if (cb.on_step && rank == 0) {
         auto now = clock::now();
         if (s + 1 == steps || now - last_report > std::chrono::milliseconds(100)) {
@@ -228,7 +232,8 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
     log.accuracy = sums[1] / double(train.count);
     log.steps = steps;
     log.samples = train.count;
-    log.seconds = std::chrono::duration<double>(clock::now() - t0).count();
+    log.seconds = resumed_seconds_ + std::chrono::duration<double>(clock::now() - epoch_start_).count();
+    resumed_seconds_ = 0;
     if (validation && validation->count > 0) {
       EvalResult v = evaluate(*validation);
       log.val_loss = v.loss;
@@ -238,13 +243,77 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
     if (options_.check_replicas) check_replicas();
     history_.push_back(log);
     logs.push_back(log);
-    if (cb.on_epoch_end) cb.on_epoch_end(log);
-    if (cb.should_stop && cb.should_stop()) {
-      ++epoch_;
-      break;
-    }
+    ++epoch_;
+    epoch_step_ = 0;
+    if (cb.on_epoch_end && rank == 0) cb.on_epoch_end(log);
+    if (cb.after_epoch) cb.after_epoch();
+    if (cb.should_stop && cb.should_stop()) break;
   }
   return logs;
+}
+
+TrainerState Trainer::state() {
+  TrainerState st;
+  st.step = step_;
+  st.epoch = epoch_;
+  st.epoch_step = epoch_step_;
+  double sums[2] = {0, 0};
+  if (epoch_step_ > 0) {
+    for (auto& r : replicas_) {
+      double a, c;
+      r->read_metrics(&a, &c);
+      sums[0] += a;
+      sums[1] += c;
+    }
+  }
+  if (sync_) sync_->all_reduce_metrics(sums, 2);
+  st.epoch_loss_sum = sums[0];
+  st.epoch_correct = sums[1];
+  st.epoch_seconds =
+      epoch_step_ > 0
+          ? resumed_seconds_ + std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start_).count()
+          : 0;
+  st.params = options_.central_storage ? host_params_ : replicas_[0]->weights();
+  Optimizer& opt = options_.central_storage ? *host_optimizer_ : *optimizers_[0];
+  Backend& be = options_.central_storage ? *host_ : replicas_[0]->backend();
+  for (float* slot : opt.slots()) {
+    std::vector<float> v(opt.size());
+    be.download(v.data(), slot, v.size() * sizeof(float));
+    st.slots.push_back(std::move(v));
+  }
+  st.history = history_;
+  return st;
+}
+
+void Trainer::restore(const TrainerState& st) {
+  if (st.params.size() != model_.arena_floats())
+    throw_data("checkpoint holds " + std::to_string(st.params.size()) + " parameters, the model has " +
+               std::to_string(model_.arena_floats()));
+  Optimizer& first = options_.central_storage ? *host_optimizer_ : *optimizers_[0];
+  if (st.slots.size() != first.slots().size())
+    throw_data("checkpoint holds " + std::to_string(st.slots.size()) + " optimizer slots, optimizer '" +
+                   opt_config_.name + "' needs " + std::to_string(first.slots().size()),
+               "resume with the optimizer the run was started with");
+  for (const auto& s : st.slots)
+    if (s.size() != first.size()) throw_data("checkpoint optimizer slot has the wrong size");
+  step_ = st.step;
+  epoch_ = st.epoch;
+  epoch_step_ = st.epoch_step;
+  resumed_sums_[0] = st.epoch_loss_sum;
+  resumed_sums_[1] = st.epoch_correct;
+  resumed_seconds_ = st.epoch_seconds;
+  history_ = st.history;
+  set_weights(st.params);
+  auto load_slots = [&](Optimizer& opt, Backend& be) {
+    for (size_t i = 0; i < st.slots.size(); ++i)
+      be.upload(opt.slots()[i], st.slots[i].data(), st.slots[i].size() * sizeof(float));
+  };
+  if (options_.central_storage) {
+    host_params_ = st.params;
+    load_slots(*host_optimizer_, *host_);
+  } else {
+    for (size_t l = 0; l < replicas_.size(); ++l) load_slots(*optimizers_[l], replicas_[l]->backend());
+  }
 }
 
 EvalResult Trainer::evaluate(const Dataset& data) {

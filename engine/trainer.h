@@ -3,6 +3,7 @@
 // global batch size, gradients are summed over replicas, and every replica applies one identical
 // update.
 #pragma once
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -67,6 +68,22 @@ struct TrainCallbacks {
   std::function<void(int64_t step, int64_t steps, double loss, double accuracy)> on_step;
   std::function<void(const EpochLog&)> on_epoch_end;  // may throw to stop training
   std::function<bool()> should_stop;                  // checked after each epoch
+  // Called on every process after each optimizer step and after each completed epoch, with the
+  // trainer in a consistent state (checkpoints are taken here).
+  std::function<void()> after_step;
+  std::function<void()> after_epoch;
+};
+
+// Everything needed to continue training exactly where it stood. Shuffling and dropout are
+// counter-based (seed, epoch, step), so positions are the whole random state.
+struct TrainerState {
+  int64_t step = 0;        // optimizer updates applied
+  int epoch = 0;           // epochs completed
+  int64_t epoch_step = 0;  // steps done in the current epoch
+  double epoch_loss_sum = 0, epoch_correct = 0, epoch_seconds = 0;  // the current epoch so far
+  std::vector<float> params;               // the whole arena
+  std::vector<std::vector<float>> slots;   // optimizer slots (momentum, or Adam's m and v)
+  std::vector<EpochLog> history;
 };
 
 class Trainer {
@@ -87,6 +104,10 @@ class Trainer {
   void set_weights(const std::vector<float>& arena);
   // Digests of every local replica's weights (bit-identity check).
   std::vector<std::string> replica_digests();
+
+  // Snapshot (collective in a multi-process job: metric sums are combined) and restore.
+  TrainerState state();
+  void restore(const TrainerState& state);
 
   int64_t global_step() const { return step_; }
   int epoch() const { return epoch_; }
@@ -110,6 +131,10 @@ class Trainer {
   void check_replicas();
   int64_t step_ = 0;
   int epoch_ = 0;
+  int64_t epoch_step_ = 0;
+  double resumed_sums_[2] = {0, 0};
+  double resumed_seconds_ = 0;
+  std::chrono::steady_clock::time_point epoch_start_;
   std::vector<EpochLog> history_;
 };
 

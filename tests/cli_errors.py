@@ -2,47 +2,22 @@
 """Bad input to the `tandem` CLI: each case must exit with the documented status (2 = bad input,
 1 = other failure), print one clear error with a hint on stderr, never die from a signal, and never
 lose what an earlier run saved. Also checks that a tiny end-to-end run writes what it promises."""
-import gzip
 import json
 import os
-import random
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testdata import idx_bytes, make_dataset  # noqa: E402
 
 TANDEM = sys.argv[1]
 failures = []
 
 
-def idx_bytes(dims, payload, magic_type=0x08):
-    return bytes([0, 0, magic_type, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + payload
-
-
-def write(path, data, gz=True):
-    if gz:
-        with gzip.open(path + ".gz", "wb") as f:
-            f.write(data)
-    else:
-        with open(path, "wb") as f:
-            f.write(data)
-
-
 def make_data(root, n_train=64, n_test=32, label_max=9, mutate=None):
-    os.makedirs(root, exist_ok=True)
-    rng = random.Random(1)
-    files = {}
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        labels = bytes(rng.randint(0, label_max) for _ in range(n))
-        images = bytes(rng.randint(0, 255) for _ in range(n * 28 * 28))
-        files[f"{split}-images-idx3-ubyte"] = idx_bytes([n, 28, 28], images)
-        files[f"{split}-labels-idx1-ubyte"] = idx_bytes([n], labels)
-    if mutate:
-        mutate(files)
-    for name, data in files.items():
-        write(os.path.join(root, name), data)
-    return root
+    return make_dataset(root, n_train, n_test, label_max=label_max, learnable=False, mutate=mutate, seed=1)
 
 
 def run(args, env=None):

@@ -734,7 +734,7 @@ void check_gather_batch(Backend& ref, Backend& dut, Rand& r) {
     const int64_t rows = r.range(1, 64);
     INFO("gather_batch count " << count << " elems " << elems << " classes " << classes << " rows " << rows
                                << " variant " << variant);
-    std::vector<uint8_t> images(size_t(count) * elems), labels(size_t(count));
+    std::vector<uint8_t> images(static_cast<size_t>(count * elems)), labels(static_cast<size_t>(count));
     for (auto& p : images) p = static_cast<uint8_t>(r.range(0, 255));
     for (auto& l : labels) l = static_cast<uint8_t>(r.range(0, classes - 1));
     std::vector<int32_t> index(rows);

@@ -156,9 +156,14 @@ std::string write_source(const ExportTempDir& tmp, const Model& m, const std::ve
   tandem::ModelVersion v;
   json weights = json::array();
   for (const auto& p : m.params()) weights.push_back({{"name", p.name}, {"shape", p.shape.dims}});
-  v.model_json = json{{"format", "tandem-model"}, {"format_version", 1}, {"name", m.name()},
-                      {"input_shape", m.input_shape().dims}, {"class_names", json::array()}, {"spec", m.spec()},
-                      {"weights", weights}, {"metadata", json::object()}};
+  v.model_json = json{{"format", "tandem-model"},
+                      {"format_version", 1},
+                      {"name", m.name()},
+                      {"input_shape", m.input_shape().dims},
+                      {"class_names", json::array()},
+                      {"spec", m.spec()},
+                      {"weights", weights},
+                      {"metadata", json::object()}};
   v.tensors = tensors;
   const std::string dir = tmp / "src/model/1";
   tandem::write_model_version(dir, v);
@@ -284,13 +289,16 @@ TEST_CASE("protobuf: reading back, and malformed input", "[cpu][export]") {
     CHECK(e.kind() == ErrorKind::Data);
     CHECK(std::string(e.what()).find("thing.pb") != std::string::npos);
   };
-  bad(std::string("\x08", 1));                       // truncated varint value
-  bad(std::string("\x08\x80", 2));                   // varint continues past the end
-  bad(std::string("\x12\x05" "abc", 5));             // length past the end
-  bad(std::string("\x0b", 1));                       // wire type 3 (groups)
-  bad(std::string("\x00\x01", 2));                   // field number 0
-  bad(std::string("\x0d\x01\x02", 3));               // truncated fixed32
-  bad(std::string("\x08") + std::string(10, '\xff') + "\x01");  // varint over 10 bytes
+  bad(std::string("\x08", 1));      // truncated varint value
+  bad(std::string("\x08\x80", 2));  // varint continues past the end
+  bad(
+      std::string("\x12\x05"
+                  "abc",
+                  5));                                                   // length past the end
+  bad(std::string("\x0b", 1));                                           // wire type 3 (groups)
+  bad(std::string("\x00\x01", 2));                                       // field number 0
+  bad(std::string("\x0d\x01\x02", 3));                                   // truncated fixed32
+  bad(std::string("\x08") + std::string(10, '\xff') + "\x01");           // varint over 10 bytes
   bad(std::string("\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f", 11));  // over 64 bits
   CHECK(proto::parse_message("", "x").empty());
 }
@@ -418,8 +426,8 @@ TEST_CASE("savedmodel: layer names TensorFlow would reject get a valid prefix", 
   CHECK(g.find("layer_hidden/MatMul"));    // "_hidden" -> "layer_hidden"
   CHECK(g.find("layer_hidden_1/MatMul"));  // the real "layer_hidden" is not confused with it
   CHECK(g.find("layer-x.y/Softmax"));
-  CHECK(tf_ops(g) == std::vector<std::string>{"Placeholder", "MatMul", "BiasAdd", "Relu", "MatMul", "BiasAdd",
-                                              "MatMul", "BiasAdd", "Softmax"});
+  CHECK(tf_ops(g) == std::vector<std::string>{"Placeholder", "MatMul", "BiasAdd", "Relu", "MatMul", "BiasAdd", "MatMul",
+                                              "BiasAdd", "Softmax"});
   CHECK(g.input.shape == std::vector<int64_t>{-1, 4});  // a flat input needs no Reshape
   // The kernels still come from the right tensors.
   CHECK(g.find("layer_hidden/kernel")->attrs.at("value").tensor.shape == std::vector<int64_t>{4, 3});
@@ -469,8 +477,7 @@ TEST_CASE("savedmodel: encoded SavedModel reads back", "[cpu][export]") {
   const json& sig = d["signatures"]["serving_default"];
   CHECK(sig["method_name"] == "tensorflow/serving/predict");
   CHECK(sig["inputs"]["input"] == json{{"name", "input:0"}, {"dtype", "DT_FLOAT"}, {"shape", {-1, 28, 28, 1}}});
-  CHECK(sig["outputs"]["probabilities"] ==
-        json{{"name", "out/Softmax:0"}, {"dtype", "DT_FLOAT"}, {"shape", {-1, 10}}});
+  CHECK(sig["outputs"]["probabilities"] == json{{"name", "out/Softmax:0"}, {"dtype", "DT_FLOAT"}, {"shape", {-1, 10}}});
 
   // Truncation anywhere is a Data error, never a crash.
   for (size_t cut : {size_t{1}, size_t{5}, pb.size() / 2, pb.size() - 1}) {
@@ -487,9 +494,8 @@ TEST_CASE("onnx: the graph built for every layer type", "[cpu][export]") {
   const ox::Graph g = ox::build_graph(m, tensors);
   std::vector<std::string> ops;
   for (const auto& n : g.nodes) ops.push_back(n.op_type);
-  CHECK(ops == std::vector<std::string>{"Transpose", "Conv", "Relu", "Mul", "Add", "Relu", "MaxPool", "Conv",
-                                        "MaxPool", "Transpose", "Flatten", "MatMul", "Mul", "Add", "Relu", "Gemm",
-                                        "Softmax"});
+  CHECK(ops == std::vector<std::string>{"Transpose", "Conv", "Relu", "Mul", "Add", "Relu", "MaxPool", "Conv", "MaxPool",
+                                        "Transpose", "Flatten", "MatMul", "Mul", "Add", "Relu", "Gemm", "Softmax"});
   CHECK(g.nodes.front().attribute("perm")->ints == std::vector<int64_t>{0, 3, 1, 2});
   CHECK(g.nodes[9].attribute("perm")->ints == std::vector<int64_t>{0, 2, 3, 1});  // back to NHWC before Flatten
   CHECK(g.nodes.front().inputs[0] == "input");
@@ -511,20 +517,21 @@ TEST_CASE("onnx: the graph built for every layer type", "[cpu][export]") {
   CHECK(c1.attribute("pads")->ints == std::vector<int64_t>{1, 1, 1, 1});
   const ox::Initializer* k2 = g.initializer("c2/kernel");
   REQUIRE(k2);
-  CHECK(k2->dims == std::vector<int64_t>{6, 4, 3, 2});  // O, I, H, W
+  CHECK(k2->dims == std::vector<int64_t>{6, 4, 3, 2});           // O, I, H, W
   const NamedTensor& hwio = tensor_named(tensors, "c2/kernel");  // (3, 2, 4, 6)
   std::vector<float> oihw(hwio.values.size());
   std::memcpy(oihw.data(), k2->raw_data.data(), k2->raw_data.size());
   for (int h = 0; h < 3; ++h)
     for (int w = 0; w < 2; ++w)
       for (int i = 0; i < 4; ++i)
-        for (int o = 0; o < 6; ++o) CHECK(oihw[((o * 4 + i) * 3 + h) * 2 + w] == hwio.values[((h * 2 + w) * 4 + i) * 6 + o]);
+        for (int o = 0; o < 6; ++o)
+          CHECK(oihw[((o * 4 + i) * 3 + h) * 2 + w] == hwio.values[((h * 2 + w) * 4 + i) * 6 + o]);
   // c2: input 14x14, kernel 3x2, stride 2, same: out 7x7, total pads H = 6*2+3-14 = 1, W = 6*2+2-14 = 0.
   const ox::Node& c2 = g.nodes[7];
   CHECK(c2.inputs.size() == 2);  // no bias
   CHECK(c2.attribute("strides")->ints == std::vector<int64_t>{2, 2});
   CHECK(c2.attribute("pads")->ints == std::vector<int64_t>{0, 0, 1, 0});  // top, left, bottom, right
-  CHECK(g.nodes[6].attribute("pads") == nullptr);  // valid pooling
+  CHECK(g.nodes[6].attribute("pads") == nullptr);                         // valid pooling
   // p2: input 7x7, pool 3, stride 2, same: out 4x4, total 3*2+3-7 = 2 -> 1 before, 1 after.
   CHECK(g.nodes[8].attribute("pads")->ints == std::vector<int64_t>{1, 1, 1, 1});
 
@@ -545,8 +552,10 @@ TEST_CASE("onnx: the graph built for every layer type", "[cpu][export]") {
   CHECK(d["nodes"] == 17);
   CHECK(d["initializers"] == g.initializers.size());
   CHECK(d["ops"]["Transpose"] == 2);
-  CHECK(d["inputs"] == json::array({json{{"name", "input"}, {"dtype", "FLOAT"}, {"shape", {-1, 28, 28, 1}},
-                                         {"dim_params", {"batch", "", "", ""}}}}));
+  CHECK(
+      d["inputs"] ==
+      json::array({json{
+          {"name", "input"}, {"dtype", "FLOAT"}, {"shape", {-1, 28, 28, 1}}, {"dim_params", {"batch", "", "", ""}}}}));
   CHECK(d["outputs"][0]["name"] == "probabilities");
   CHECK(d["outputs"][0]["shape"] == json::array({-1, 10}));
   Error e = error_of([&] { ox::describe_onnx(bytes.substr(0, bytes.size() / 3), "model.onnx"); });

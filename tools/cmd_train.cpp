@@ -5,11 +5,13 @@
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <optional>
 #include <thread>
 
 #include "dist/bucketed_allreduce.h"
 #include "dist/communicator.h"
 #include "engine/errors.h"
+#include "export/checkpoint.h"
 #include "engine/progress.h"
 #include "engine/trainer.h"
 #include "export/atomic_file.h"
@@ -46,7 +48,20 @@ struct TrainArgs {
   bool no_overlap = false;
   int64_t check_replicas = -1;  // -1 = off; 0 = at the end of every epoch; N = every N steps too
   double collective_timeout = 300;
+  std::string checkpoint_every;  // "epoch" or a number of steps
+  int keep_checkpoints = 3;
+  std::string resume;
+  std::string save_best;  // val_loss | val_accuracy
+  int early_stopping = 0;
 };
+
+// --save-best / --early-stopping: the monitored value of an epoch, and whether it improved.
+double monitored(const EpochLog& l, const std::string& metric) {
+  return metric == "val_accuracy" ? l.val_accuracy : l.val_loss;
+}
+bool improves(double value, double best, const std::string& metric) {
+  return metric == "val_accuracy" ? value > best : value < best;
+}
 
 std::string iso_time_now() {
   std::time_t t = std::time(nullptr);
@@ -177,6 +192,16 @@ Command add_train(CLI::App& root) {
   c->add_flag("--no-overlap", args->no_overlap, "all-reduce after backward instead of during it");
   c->add_option("--check-replicas", args->check_replicas,
                 "verify all replicas hold bit-identical weights every N steps (0: at each epoch end)");
+  c->add_option("--checkpoint-every", args->checkpoint_every,
+                "commit a checkpoint every N steps, or at every epoch end with 'epoch' (needs --output)");
+  c->add_option("--keep-checkpoints", args->keep_checkpoints, "committed checkpoints to keep")->capture_default_str();
+  c->add_option("--resume", args->resume,
+                "continue the run whose --output was DIR from its latest committed checkpoint (same arguments; "
+                "--epochs may grow)");
+  c->add_option("--save-best", args->save_best,
+                "val_loss or val_accuracy: keep the best epoch's weights in DIR/best_model and save them as the model");
+  c->add_option("--early-stopping", args->early_stopping,
+                "stop after PATIENCE epochs without improvement of the monitored metric (--save-best, else val_loss)");
   c->add_option("--collective-timeout", args->collective_timeout,
                 "seconds a rank may be missing from a collective before the job is aborted")
       ->capture_default_str();
@@ -189,17 +214,47 @@ Command add_train(CLI::App& root) {
     if (a.epochs < 0) throw_invalid("--epochs must be at least 0, got " + std::to_string(a.epochs), "e.g. --epochs 10");
     if (a.batch_size <= 0)
       throw_invalid("--batch-size must be positive, got " + std::to_string(a.batch_size), "e.g. --batch-size 32");
+    std::string output = a.output;
+    if (!a.resume.empty()) {
+      if (!output.empty() && fs::path(output).lexically_normal() != fs::path(a.resume).lexically_normal())
+        throw_invalid("--resume " + a.resume + " and --output " + output + " name different directories",
+                      "--resume DIR continues in DIR; drop --output");
+      output = a.resume;
+      if (!fs::is_directory(output))
+        throw_io("--resume: '" + output + "' is not a directory", "give the --output DIR of the run to continue");
+    }
+    int64_t checkpoint_steps = 0;
+    bool checkpoint_epochs = false;
+    if (!a.checkpoint_every.empty()) {
+      if (output.empty()) throw_invalid("--checkpoint-every needs --output DIR (checkpoints go to DIR/checkpoints)");
+      if (a.checkpoint_every == "epoch") {
+        checkpoint_epochs = true;
+      } else {
+        char* end = nullptr;
+        long long v = std::strtoll(a.checkpoint_every.c_str(), &end, 10);
+        if (*end != '\0' || v <= 0)
+          throw_invalid("--checkpoint-every must be a positive number of steps or 'epoch', got '" +
+                        a.checkpoint_every + "'");
+        checkpoint_steps = v;
+      }
+    }
+    if (!a.save_best.empty() && a.save_best != "val_loss" && a.save_best != "val_accuracy")
+      throw_invalid("--save-best must be val_loss or val_accuracy, got '" + a.save_best + "'");
+    if (a.early_stopping < 0) throw_invalid("--early-stopping must be a positive number of epochs");
+    if ((!a.save_best.empty() || a.early_stopping > 0) && a.validation_size == 0)
+      throw_invalid("--save-best and --early-stopping monitor validation metrics", "use --validation-size > 0");
+    const std::string monitor = a.save_best.empty() ? "val_loss" : a.save_best;
     Model model = Model::from_name_or_file(a.model);
     Placement placement = place_replicas(a);
     const bool rank0 = !placement.comm || placement.comm->rank() == 0;
     std::vector<Backend*> backends;
     for (auto& b : placement.backends) backends.push_back(b.get());
     // Refuse an unusable output directory before spending time on training.
-    if (!a.output.empty() && rank0) {
+    if (!output.empty() && rank0) {
       std::error_code ec;
-      fs::create_directories(a.output, ec);
-      if (ec || !fs::is_directory(a.output))
-        throw_io("cannot create output directory '" + a.output + "'", "choose a writable --output DIR");
+      fs::create_directories(output, ec);
+      if (ec || !fs::is_directory(output))
+        throw_io("cannot create output directory '" + output + "'", "choose a writable --output DIR");
     }
 
     LabelledData data = load_fashion_mnist(resolve_data_dir(a.data));
@@ -239,8 +294,87 @@ Command add_train(CLI::App& root) {
     }
 
     Trainer trainer(model, backends, options, opt, sync.get());
+
+    // What a resumed run must share with the original (the replica count may change: shuffling,
+    // dropout and the global batch do not depend on it).
+    const json identity{{"model", model.spec()},       {"batch_size", a.batch_size},
+                        {"seed", a.seed},              {"optimizer", opt.name},
+                        {"lr", opt.lr},                {"momentum", opt.momentum},
+                        {"nesterov", opt.nesterov},    {"schedule", opt.schedule.type},
+                        {"decay_rate", opt.schedule.decay_rate}, {"decay_steps", opt.schedule.decay_steps},
+                        {"one_hot", a.one_hot},        {"train_samples", train.count},
+                        {"validation_samples", validation.count}, {"central_storage", options.central_storage}};
+    const std::string ckpt_root = output.empty() ? "" : (fs::path(output) / "checkpoints").string();
+    if (!a.resume.empty()) {
+      std::optional<Checkpoint> ck = read_latest_checkpoint(ckpt_root);
+      if (ck) {
+        require_same_identity(ck->identity, identity, ck->dir);
+        trainer.restore(ck->state);
+        if (rank0)
+          std::printf("resuming from %s: epoch %d, step %lld\n", ck->dir.c_str(), ck->state.epoch + 1,
+                      static_cast<long long>(ck->state.step));
+      } else if (rank0) {
+        std::printf("no committed checkpoint in %s yet: starting from the beginning\n", ckpt_root.c_str());
+      }
+    }
+    std::unique_ptr<CheckpointWriter> checkpoints;
+    if ((checkpoint_steps || checkpoint_epochs) && rank0) checkpoints = std::make_unique<CheckpointWriter>(ckpt_root, a.keep_checkpoints);
+    auto commit_checkpoint = [&] {
+      TrainerState st = trainer.state();  // collective in a multi-process job
+      if (placement.comm) placement.comm->barrier();
+      if (checkpoints) checkpoints->write(st, identity);
+    };
+
+    // The best epoch so far (for --save-best), recovered from a resumed run's history.
+    const std::string best_dir = output.empty() ? "" : (fs::path(output) / "best_model").string();
+    double best = monitor == "val_accuracy" ? -1e300 : 1e300;
+    int best_epoch = 0;
+    std::vector<float> best_weights;
+    for (const auto& l : trainer.history())
+      if (improves(monitored(l, monitor), best, monitor)) {
+        best = monitored(l, monitor);
+        best_epoch = l.epoch;
+      }
+    if (!a.save_best.empty() && best_epoch > 0 && fs::is_directory(best_dir))
+      best_weights = model.from_tensors(read_model_version(best_dir).tensors, best_dir);
+
     KerasProgress progress(stdout, ::isatty(STDOUT_FILENO) == 1 && !launched_by_mpi());
-    std::vector<EpochLog> logs = trainer.fit(train, validation.count ? &validation : nullptr, progress.callbacks());
+    TrainCallbacks callbacks = progress.callbacks();
+    callbacks.after_step = [&] {
+      if (checkpoint_steps && trainer.global_step() % checkpoint_steps == 0) commit_checkpoint();
+    };
+    callbacks.after_epoch = [&] {
+      const EpochLog& l = trainer.history().back();
+      if (improves(monitored(l, monitor), best, monitor)) {
+        best = monitored(l, monitor);
+        best_epoch = l.epoch;
+        if (!a.save_best.empty()) {
+          best_weights = trainer.weights();
+          if (rank0 && !output.empty()) {
+            ModelVersion v;
+            v.model_json = model_json(model, data.class_names,
+                                      json{{"epoch", l.epoch}, {"monitor", monitor}, {"value", best}});
+            v.tensors = model.to_tensors(best_weights);
+            write_model_version(best_dir, v, true);
+          }
+        }
+      }
+      if (checkpoint_epochs) commit_checkpoint();
+    };
+    callbacks.should_stop = [&] {
+      if (a.early_stopping <= 0) return false;
+      bool stop = trainer.history().back().epoch - best_epoch >= a.early_stopping;
+      if (stop && rank0)
+        std::printf("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)\n", monitor.c_str(),
+                    a.early_stopping, best, best_epoch);
+      return stop;
+    };
+    trainer.fit(train, validation.count ? &validation : nullptr, callbacks);
+    if (!a.save_best.empty() && !best_weights.empty()) {
+      trainer.set_weights(best_weights);
+      if (rank0) std::printf("restored the best weights: epoch %d, %s %.4f\n", best_epoch, monitor.c_str(), best);
+    }
+    const std::vector<EpochLog>& logs = trainer.history();
     EvalResult test = trainer.evaluate(data.test);
     if (rank0) std::printf("test_loss: %.4f - test_accuracy: %.4f\n", test.loss, test.accuracy);
 
@@ -251,7 +385,7 @@ Command add_train(CLI::App& root) {
       train_samples += l.samples;
     }
     const double samples_per_second = train_seconds > 0 ? double(train_samples) / train_seconds : 0;
-    if (a.output.empty() || !rank0) return 0;
+    if (output.empty() || !rank0) return 0;
 
     json metadata{{"tandem_version", TANDEM_VERSION},
                   {"created", iso_time_now()},
@@ -267,7 +401,7 @@ Command add_train(CLI::App& root) {
     ModelVersion version;
     version.model_json = model_json(model, data.class_names, metadata);
     version.tensors = model.to_tensors(trainer.weights());
-    const std::string model_dir = (fs::path(a.output) / "model").string();
+    const std::string model_dir = (fs::path(output) / "model").string();
     const int64_t v = next_version(model_dir);
     const std::string version_dir = (fs::path(model_dir) / std::to_string(v)).string();
     write_model_version(version_dir, version);
@@ -283,10 +417,10 @@ Command add_train(CLI::App& root) {
       history["epoch_seconds"].push_back(l.seconds);
       history["learning_rate"].push_back(l.learning_rate);
     }
-    write_file_atomic((fs::path(a.output) / "history.json").string(), history.dump(2) + "\n");
+    write_file_atomic((fs::path(output) / "history.json").string(), history.dump(2) + "\n");
     json metrics{{"test_loss", test.loss},
                  {"test_accuracy", test.accuracy},
-                 {"epochs", a.epochs},
+                 {"epochs", logs.size()},
                  {"samples_per_second", samples_per_second},
                  {"train_seconds", train_seconds},
                  {"batch_size", a.batch_size},
@@ -294,7 +428,7 @@ Command add_train(CLI::App& root) {
                  {"strategy", a.strategy},
                  {"replicas", trainer.replicas_total()},
                  {"model_version_dir", version_dir}};
-    write_file_atomic((fs::path(a.output) / "metrics.json").string(), metrics.dump(2) + "\n");
+    write_file_atomic((fs::path(output) / "metrics.json").string(), metrics.dump(2) + "\n");
     std::printf("saved model version %s\n", version_dir.c_str());
     return 0;
   };

@@ -11,17 +11,17 @@
 
 usage: mpi_checks.py TANDEM [equivalence|kill|mismatch|stall ...]
 """
-import gzip
 import json
 import os
-import random
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from testdata import make_dataset  # noqa: E402
 
 TANDEM = os.path.abspath(sys.argv[1])
 WHICH = sys.argv[2:] or ["equivalence", "kill", "mismatch", "stall"]
@@ -31,23 +31,6 @@ if not MPIRUN:
     sys.exit(77)
 MPI = [MPIRUN, "--oversubscribe", "--allow-run-as-root", "--mca", "btl_vader_single_copy_mechanism", "none"]
 failures = []
-
-
-def make_data(root, n_train, n_test):
-    os.makedirs(root, exist_ok=True)
-    rng = random.Random(7)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        labels = [rng.randint(0, 9) for _ in range(n)]
-        # Learnable: the label shows as a bright band, plus noise.
-        images = bytearray(rng.getrandbits(6) for _ in range(n * 784))
-        for i, l in enumerate(labels):
-            for x in range(28):
-                images[i * 784 + (2 + 2 * l) * 28 + x] = 200
-        for name, data in ((f"{split}-images-idx3-ubyte", struct.pack(">IIII", 0x803, n, 28, 28) + bytes(images)),
-                           (f"{split}-labels-idx1-ubyte", struct.pack(">II", 0x801, n) + bytes(labels))):
-            with gzip.open(os.path.join(root, name + ".gz"), "wb") as f:
-                f.write(data)
-    return root
 
 
 def run(cmd, timeout=600, env=None):
@@ -71,7 +54,7 @@ def check(name, ok, detail=""):
 
 tmp = tempfile.mkdtemp(prefix="tandem-mpi-")
 try:
-    data = make_data(os.path.join(tmp, "data"), 576, 64)
+    data = make_dataset(os.path.join(tmp, "data"), 576, 64)
     base = ["train", "--data", data, "--validation-size", "64", "--threads", "1", "--seed", "11",
             "--check-replicas", "3"]
 
