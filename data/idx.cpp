@@ -345,12 +345,12 @@ void write_idx(const std::string& path, const std::vector<uint32_t>& dims, const
                       std::to_string(data.size()) + " data bytes",
                   "the product of the dimensions must equal the number of bytes");
 
-  std::vector<uint8_t> header(4 + 4 * dims.size());
-  header[0] = 0;
-  header[1] = 0;
-  header[2] = 0x08;
-  header[3] = static_cast<uint8_t>(dims.size());
-  for (size_t i = 0; i < dims.size(); ++i) store_be32(header.data() + 4 + 4 * i, dims[i]);
+  std::vector<uint8_t> header{0, 0, 0x08, static_cast<uint8_t>(dims.size())};
+  for (uint32_t d : dims) {
+    uint8_t be[4];
+    store_be32(be, d);
+    header.insert(header.end(), be, be + 4);
+  }
 
   const std::string hint = "check that the directory exists and is writable";
   if (gzip) {
