@@ -37,7 +37,10 @@ std::vector<Bucket> plan_buckets(const Model& model, size_t bucket_bytes) {
 
 BucketedAllReduce::BucketedAllReduce(Communicator& comm, const Model& model, size_t bucket_bytes, bool overlap,
                                      double timeout_s)
-    : comm_(comm), buckets_(plan_buckets(model, bucket_bytes)), overlap_(overlap), timeout_s_(timeout_s) {
+    : BucketedAllReduce(comm, plan_buckets(model, bucket_bytes), overlap, timeout_s) {}
+
+BucketedAllReduce::BucketedAllReduce(Communicator& comm, std::vector<Bucket> buckets, bool overlap, double timeout_s)
+    : comm_(comm), buckets_(std::move(buckets)), overlap_(overlap), timeout_s_(timeout_s) {
   if (overlap_ && comm_.size() > 1) thread_ = std::thread([this] { comm_loop(); });
 }
 

@@ -25,6 +25,8 @@ std::vector<Bucket> plan_buckets(const Model& model, size_t bucket_bytes);
 class BucketedAllReduce final : public GradientSync {
  public:
   BucketedAllReduce(Communicator& comm, const Model& model, size_t bucket_bytes, bool overlap, double timeout_s);
+  // Explicit buckets (benchmarks).
+  BucketedAllReduce(Communicator& comm, std::vector<Bucket> buckets, bool overlap, double timeout_s);
   ~BucketedAllReduce() override;
 
   int world_size() const override { return comm_.size(); }

@@ -39,6 +39,7 @@ struct TrainArgs {
   uint64_t seed = 42;
   int threads = 0;
   int64_t validation_size = 5000;
+  int64_t train_samples = 0;  // 0 = all
   bool one_hot = false;
   std::string output;
   std::string device = "cpu";
@@ -180,6 +181,8 @@ Command add_train(CLI::App& root) {
   c->add_option("--threads", args->threads, "CPU threads (default: all cores)");
   c->add_option("--validation-size", args->validation_size, "first N training images held out for validation")
       ->capture_default_str();
+  c->add_option("--train-samples", args->train_samples,
+                 "train on only the first N training images after the split (quick runs, benchmarks)");
   c->add_flag("--one-hot", args->one_hot, "one-hot labels with categorical cross-entropy");
   c->add_option("--output", args->output, "write DIR/model/<version>/, DIR/history.json and DIR/metrics.json");
   c->add_option("--device", args->device, "cpu or gpu:N (default and multi-worker strategies)")
@@ -259,6 +262,8 @@ Command add_train(CLI::App& root) {
 
     LabelledData data = load_fashion_mnist(resolve_data_dir(a.data));
     auto [train, validation] = split_validation(data.train, a.validation_size);
+    if (a.train_samples < 0) throw_invalid("--train-samples must be positive");
+    if (a.train_samples > 0 && a.train_samples < train.count) train = train.slice(0, a.train_samples);
     const int64_t steps_per_epoch = (train.count + a.batch_size - 1) / a.batch_size;
     OptimizerConfig opt = optimizer_config(a, steps_per_epoch);
     TrainOptions options;

@@ -1,0 +1,81 @@
+// allreduce_bench: bus bandwidth of Tandem's bucketed gradient all-reduce (the path a training
+// step takes: per-step rendezvous, then buckets of --bucket-mb reduced on the communication
+// thread) against a raw MPI_Allreduce of the same buffer, as nccl-tests reports it:
+// algbw = bytes / time, busbw = algbw * 2(n-1)/n.
+//   mpirun -np 2 build/benchmarks/allreduce_bench [--bucket-mb 25] [--iters 20]
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "engine/errors.h"
+
+#ifdef TANDEM_HAVE_MPI
+#include <mpi.h>
+
+#include "dist/bucketed_allreduce.h"
+#include "dist/communicator.h"
+
+using namespace tandem;
+
+int main(int argc, char** argv) {
+  double bucket_mb = 25;
+  int iters = 20;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--bucket-mb")) bucket_mb = std::atof(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--iters")) iters = std::atoi(argv[i + 1]);
+  }
+  try {
+    auto comm = make_mpi_communicator(true);
+    const int n = comm->size();
+    auto cpu = make_cpu_backend(1);
+    if (comm->rank() == 0)
+      std::printf("# %d ranks (%s), bucket %.0f MiB, %d iterations; busbw = algbw * 2(n-1)/n\n"
+                  "%10s %12s %12s %12s %12s %8s\n",
+                  n, comm->name().c_str(), bucket_mb, iters, "bytes", "tandem_us", "tandem_busbw", "mpi_us",
+                  "mpi_busbw", "ratio");
+    for (size_t bytes : {size_t(1) << 20, size_t(4) << 20, size_t(16) << 20, size_t(64) << 20}) {
+      const size_t floats = bytes / sizeof(float);
+      std::vector<float> buf(floats, 1.0f);
+      std::vector<Bucket> buckets;
+      const size_t per = static_cast<size_t>(bucket_mb * 1048576.0 / sizeof(float));
+      for (size_t end = floats; end > 0;) {
+        size_t begin = end > per ? end - per : 0;
+        buckets.push_back({begin, end});
+        end = begin;
+      }
+      BucketedAllReduce sync(*comm, buckets, true, 300);
+      auto time_it = [&](auto&& fn) {
+        fn();  // warm-up
+        MPI_Barrier(MPI_COMM_WORLD);
+        auto t0 = std::chrono::steady_clock::now();
+        for (int it = 0; it < iters; ++it) fn();
+        MPI_Barrier(MPI_COMM_WORLD);
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
+      };
+      uint64_t step = 0;
+      double t_tandem = time_it([&] {
+        sync.begin_step(*cpu, buf.data(), floats, step++);
+        sync.all_reduce_gradients(*cpu, buf.data(), floats);
+      });
+      double t_mpi = time_it(
+          [&] { MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(floats), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); });
+      auto busbw = [&](double t) { return double(bytes) / t * 2.0 * (n - 1) / n / 1e9; };
+      if (comm->rank() == 0)
+        std::printf("%10zu %12.1f %12.2f %12.1f %12.2f %8.3f\n", bytes, t_tandem * 1e6, busbw(t_tandem),
+                    t_mpi * 1e6, busbw(t_mpi), t_mpi / t_tandem);
+    }
+  } catch (const Error& e) {
+    std::fprintf(stderr, "allreduce_bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
+#else
+int main() {
+  std::fprintf(stderr, "allreduce_bench needs a build with MPI (apt-get install libopenmpi-dev)\n");
+  return 2;
+}
+#endif
