@@ -76,8 +76,8 @@ bool gpu_or_skip() {
   std::printf("SKIPPED: no GPU\n");
   std::fflush(stdout);
   const auto& specs = Catch::getCurrentContext().getConfig()->getTestsOrTags();
-  const bool single_named = specs.size() == 1 && specs[0].find('[') == std::string::npos &&
-                            specs[0].find('*') == std::string::npos;
+  const bool single_named =
+      specs.size() == 1 && specs[0].find('[') == std::string::npos && specs[0].find('*') == std::string::npos;
   if (single_named) std::exit(77);
   WARN("SKIPPED: no GPU");
   return false;
@@ -131,8 +131,8 @@ void run_cpu_threads(const std::string& op, const Check& check) {
   check(*oracle, *cpu3, r);
 }
 
-#define CONFORMANCE_CASES(op, fn)                                                            \
-  TEST_CASE("conformance: " op, "[gpu][conformance]") { run_gpu(op, fn); }                  \
+#define CONFORMANCE_CASES(op, fn)                                          \
+  TEST_CASE("conformance: " op, "[gpu][conformance]") { run_gpu(op, fn); } \
   TEST_CASE("conformance (cpu threads): " op, "[cpu][conformance]") { run_cpu_threads(op, fn); }
 
 // ---- buffers ------------------------------------------------------------------------------------
@@ -170,7 +170,8 @@ class DevBuf {
 // The same buffer on the oracle (r) and on the backend under test (d).
 struct Twin {
   DevBuf r, d;
-  Twin(Backend& ref, Backend& dut, size_t bytes) : r(ref, std::max<size_t>(bytes, 4)), d(dut, std::max<size_t>(bytes, 4)) {}
+  Twin(Backend& ref, Backend& dut, size_t bytes)
+      : r(ref, std::max<size_t>(bytes, 4)), d(dut, std::max<size_t>(bytes, 4)) {}
   template <class T>
   void put(const std::vector<T>& v) {
     r.put(v);
@@ -247,8 +248,8 @@ Tol sum_tol(int64_t k) { return Tol{2e-6 * std::sqrt(double(std::max<int64_t>(k,
 
 void check_memory(Backend& ref, Backend& dut, Rand& r) {
   // Round trips of odd sizes, below and above the GPU's pinned-staging threshold (1 MiB).
-  for (size_t bytes : {size_t(1), size_t(7), size_t(4096 + 3), size_t(1 << 20), size_t((1 << 20) + 5),
-                       size_t(3 << 20)}) {
+  for (size_t bytes :
+       {size_t(1), size_t(7), size_t(4096 + 3), size_t(1 << 20), size_t((1 << 20) + 5), size_t(3 << 20)}) {
     std::vector<uint8_t> host(bytes);
     for (auto& b : host) b = static_cast<uint8_t>(r.range(0, 255));
     DevBuf buf(dut, bytes);
@@ -362,8 +363,8 @@ void check_gemm(Backend& ref, Backend& dut, Rand& r) {
 }
 
 void check_bias(Backend& ref, Backend& dut, Rand& r) {
-  const int shapes[][2] = {{1, 1}, {r.range(1, 64), r.range(1, 40)}, {256, 300}, {r.range(1000, 20000), r.range(1, 130)},
-                           {25088, 64}};
+  const int shapes[][2] = {
+      {1, 1}, {r.range(1, 64), r.range(1, 40)}, {256, 300}, {r.range(1000, 20000), r.range(1, 130)}, {25088, 64}};
   for (auto& s : shapes) {
     const int64_t rows = s[0];
     const int cols = s[1];
@@ -534,8 +535,7 @@ PoolGeometry pool_geometry(int n, int h, int w, int c, int ph, int pw, int sh, i
 void check_maxpool(Backend& ref, Backend& dut, Rand& r) {
   std::vector<PoolGeometry> cases = {
       pool_geometry(4, 28, 28, 64, 2, 2, 2, 2, false),  // cnn max_pooling2d
-      pool_geometry(3, 14, 14, 128, 2, 2, 2, 2, false),
-      pool_geometry(2, 7, 7, 3, 3, 3, 2, 2, true),   // padded windows
+      pool_geometry(3, 14, 14, 128, 2, 2, 2, 2, false), pool_geometry(2, 7, 7, 3, 3, 3, 2, 2, true),  // padded windows
       pool_geometry(2, 6, 5, 2, 3, 3, 1, 1, true),   // overlapping windows: gradients add up
       pool_geometry(2, 7, 9, 4, 3, 2, 2, 3, false),  // leftover rows/columns
   };
@@ -578,8 +578,8 @@ void check_dropout(Backend& ref, Backend& dut, Rand& r) {
     p.rows = r.range(1, 64);
     p.cols = i == 0 ? 6272 : r.range(1, 3000);
     p.layer = r.rng.below(12);
-    INFO("dropout rate " << p.rate << " seed " << p.seed << " step " << p.step << " first " << p.first_sample << " rows "
-                         << p.rows << " cols " << p.cols << " layer " << p.layer);
+    INFO("dropout rate " << p.rate << " seed " << p.seed << " step " << p.step << " first " << p.first_sample
+                         << " rows " << p.rows << " cols " << p.cols << " layer " << p.layer);
     const size_t n = size_t(p.rows) * p.cols;
     Twin x(ref, dut, n * 4), y(ref, dut, n * 4), mask(ref, dut, n * 4), dy(ref, dut, n * 4), dx(ref, dut, n * 4);
     x.put(r.vec(n));
@@ -655,8 +655,7 @@ void check_batchnorm(Backend& ref, Backend& dut, Rand& r) {
 
     y.poison(n);
     ref.batchnorm_forward_infer(p, x.r.f(), gamma.r.f(), beta.r.f(), mm.r.f(), mv.r.f(), y.r.f());
-    dut.batchnorm_forward_infer(p, x.d.f(), gamma.d.f(), beta.d.f(), mm.d.f(), mv.d.f(),
-                                y.d.f());
+    dut.batchnorm_forward_infer(p, x.d.f(), gamma.d.f(), beta.d.f(), mm.d.f(), mv.d.f(), y.d.f());
     expect_twin(y, n, Tol{2e-5, 2e-5}, "batchnorm_forward_infer");
   }
 }
@@ -748,10 +747,10 @@ void check_gather_batch(Backend& ref, Backend& dut, Rand& r) {
     lo.poison_i32(rows);
     oh.poison(size_t(rows) * classes);
     const bool want_labels = variant != 2, want_onehot = variant != 1;
-    ref.gather_batch(im.r.u8(), lb.r.u8(), ix.r.i32(), rows, elems, classes, x.r.f(), want_labels ? lo.r.i32() : nullptr,
-                     want_onehot ? oh.r.f() : nullptr);
-    dut.gather_batch(im.d.u8(), lb.d.u8(), ix.d.i32(), rows, elems, classes, x.d.f(), want_labels ? lo.d.i32() : nullptr,
-                     want_onehot ? oh.d.f() : nullptr);
+    ref.gather_batch(im.r.u8(), lb.r.u8(), ix.r.i32(), rows, elems, classes, x.r.f(),
+                     want_labels ? lo.r.i32() : nullptr, want_onehot ? oh.r.f() : nullptr);
+    dut.gather_batch(im.d.u8(), lb.d.u8(), ix.d.i32(), rows, elems, classes, x.d.f(),
+                     want_labels ? lo.d.i32() : nullptr, want_onehot ? oh.d.f() : nullptr);
     expect_twin(x, size_t(rows) * elems, kExact, "gathered images / 255");
     if (want_labels) expect_equal_i32(lo.r.get<int32_t>(rows), lo.d.get<int32_t>(rows), "gathered labels");
     if (want_onehot) expect_twin(oh, size_t(rows) * classes, kExact, "one-hot targets");
@@ -944,13 +943,22 @@ void check_trainer_steps(Backend& ref, Backend& dut, Rand& r) {
   }
 }
 
-// The model's output is the dropout layer's output: masks must agree bit for bit.
+// Dropout followed by an identity Dense layer: the model's output is the dropout layer's output
+// exactly (products with 1 and 0 are exact), so the masks must agree bit for bit.
 void check_dropout_model(Backend& ref, Backend& dut, Rand& r) {
   Model model = test::model_from(R"({"input_shape": [8, 8, 3], "layers": [{"type": "Flatten"},
-      {"type": "Dropout", "rate": 0.4}]})");
+      {"type": "Dropout", "rate": 0.4}, {"type": "Dense", "units": 192, "activation": "softmax"}]})");
   Dataset data = image_data(40, 8, 8, 3, static_cast<int>(model.num_classes()), r);
+  std::vector<float> w = model.initial_weights(1);
+  for (const auto& p : model.params()) {
+    std::fill(w.begin() + p.offset, w.begin() + p.offset + p.shape.numel(), 0.f);
+    if (p.shape.rank() == 2)
+      for (int64_t i = 0; i < p.shape[0]; ++i) w[p.offset + i * p.shape[1] + i] = 1.f;
+  }
   Resident rd_ref(ref, data), rd_dut(dut, data);
   Replica a(model, ref, 16), b(model, dut, 16);
+  a.set_weights(w);
+  b.set_weights(w);
   std::vector<int32_t> index(16);
   for (auto& i : index) i = r.range(0, 39);
   StepContext ctx;
@@ -970,6 +978,9 @@ void check_dropout_model(Backend& ref, Backend& dut, Rand& r) {
     reps[i]->backend().download(out[i].data(), y, out[i].size() * 4);
   }
   expect_close(out[0], out[1], kExact, "dropout layer output");
+  size_t zeros = 0;
+  for (float v : out[0]) zeros += v == 0.f;
+  CHECK(double(zeros) / double(out[0].size()) > 0.3);  // the mask did drop (rate 0.4)
 }
 
 }  // namespace

@@ -12,6 +12,9 @@
 #include "dist/communicator.h"
 #include "engine/errors.h"
 #include "export/checkpoint.h"
+#ifdef TANDEM_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 #include "engine/progress.h"
 #include "engine/trainer.h"
 #include "export/atomic_file.h"
@@ -43,6 +46,7 @@ struct TrainArgs {
   bool one_hot = false;
   std::string output;
   std::string device = "cpu";
+  std::string precision = "fp32";
   std::string strategy = "default";
   std::string devices;
   double bucket_mb = 25;
@@ -115,6 +119,19 @@ std::vector<Device> parse_devices(const std::string& list) {
   return out;
 }
 
+// A backend for one replica, with the requested GPU precision.
+std::unique_ptr<Backend> make_replica_backend(const Device& d, int threads, const std::string& precision) {
+  if (precision != "fp32" && precision != "tf32")
+    throw_invalid("--precision must be fp32 or tf32, got '" + precision + "'");
+  if (precision == "tf32" && d.kind == DeviceKind::Cpu)
+    throw_invalid("--precision tf32 applies to GPUs only", "drop --precision, or use --device gpu:N");
+  std::unique_ptr<Backend> b = make_backend(d, threads);
+#ifdef TANDEM_HAVE_CUDA
+  if (d.kind == DeviceKind::Gpu) cuda_set_precision(*b, parse_gpu_precision(precision));
+#endif
+  return b;
+}
+
 Placement place_replicas(const TrainArgs& a) {
   Placement p;
   const std::string& s = a.strategy;
@@ -129,7 +146,7 @@ Placement place_replicas(const TrainArgs& a) {
     Device d = Device::parse(a.device);
     if (d.kind == DeviceKind::Gpu) d.index = p.comm->local_rank();  // one GPU per local rank
     int threads = a.threads ? a.threads : std::max(1, default_threads() / p.comm->local_size());
-    p.backends.push_back(make_backend(d, threads));
+    p.backends.push_back(make_replica_backend(d, threads, a.precision));
     return p;
   }
   std::vector<Device> devices;
@@ -142,7 +159,7 @@ Placement place_replicas(const TrainArgs& a) {
   }
   int total = a.threads ? a.threads : default_threads();
   int per = std::max(1, total / static_cast<int>(devices.size()));
-  for (const auto& d : devices) p.backends.push_back(make_backend(d, per));
+  for (const auto& d : devices) p.backends.push_back(make_replica_backend(d, per, a.precision));
   return p;
 }
 
@@ -186,6 +203,8 @@ Command add_train(CLI::App& root) {
   c->add_flag("--one-hot", args->one_hot, "one-hot labels with categorical cross-entropy");
   c->add_option("--output", args->output, "write DIR/model/<version>/, DIR/history.json and DIR/metrics.json");
   c->add_option("--device", args->device, "cpu or gpu:N (default and multi-worker strategies)")
+      ->capture_default_str();
+  c->add_option("--precision", args->precision, "GPU math: fp32, or tf32 (TF32 tensor cores in cuBLAS/cuDNN)")
       ->capture_default_str();
   c->add_option("--strategy", args->strategy, "default, mirrored, central-storage or multi-worker (under mpirun)")
       ->capture_default_str();

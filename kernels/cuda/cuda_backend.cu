@@ -5,10 +5,10 @@
 // shape and the temporary workspace of a cuDNN algorithm search.
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <cmath>
 #include <map>
 #include <vector>
 
@@ -34,10 +34,8 @@ std::string cuda_hint(cudaError_t e) {
     case cudaErrorMemoryAllocation:
       return "the GPU is out of memory: use a smaller --batch-size, or free the GPU (nvidia-smi shows who uses it)";
     case cudaErrorInsufficientDriver:
-    case cudaErrorNoDevice:
-      return "no usable GPU/driver on this machine: use --device cpu";
-    case cudaErrorInvalidDevice:
-      return "choose an existing GPU (nvidia-smi -L lists them), or use --device cpu";
+    case cudaErrorNoDevice: return "no usable GPU/driver on this machine: use --device cpu";
+    case cudaErrorInvalidDevice: return "choose an existing GPU (nvidia-smi -L lists them), or use --device cpu";
     case cudaErrorIllegalAddress:
     case cudaErrorMisalignedAddress:
     case cudaErrorLaunchFailure:
@@ -46,18 +44,16 @@ std::string cuda_hint(cudaError_t e) {
     case cudaErrorUnsupportedPtxVersion:
       return "this binary was not built for this GPU: rebuild with -DCMAKE_CUDA_ARCHITECTURES=<your sm> "
              "(90 for H100/H200)";
-    case cudaErrorDevicesUnavailable:
-      return "the GPU is busy or in exclusive-process mode: check nvidia-smi";
-    default:
-      return "check nvidia-smi and the driver; rerun with CUDA_LAUNCH_BLOCKING=1 to locate the failing call";
+    case cudaErrorDevicesUnavailable: return "the GPU is busy or in exclusive-process mode: check nvidia-smi";
+    default: return "check nvidia-smi and the driver; rerun with CUDA_LAUNCH_BLOCKING=1 to locate the failing call";
   }
 }
 
 void throw_cuda(cudaError_t e, const char* call, const char* file, int line) {
-  throw Error(ErrorKind::Device,
-              "CUDA error at " + where(call, file, line) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
-                  ")",
-              cuda_hint(e));
+  throw Error(
+      ErrorKind::Device,
+      "CUDA error at " + where(call, file, line) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")",
+      cuda_hint(e));
 }
 
 void warn_cuda(cudaError_t e, const char* call, const char* file, int line) {
@@ -66,10 +62,11 @@ void warn_cuda(cudaError_t e, const char* call, const char* file, int line) {
 }
 
 void throw_cublas(cublasStatus_t s, const char* call, const char* file, int line) {
-  std::string hint = s == CUBLAS_STATUS_ALLOC_FAILED ? "the GPU is out of memory: use a smaller --batch-size"
-                     : s == CUBLAS_STATUS_NOT_INITIALIZED
-                         ? "cuBLAS could not start: check the driver (nvidia-smi) and that libcublas matches the toolkit"
-                         : "this is likely a Tandem bug (bad GEMM arguments); please report it";
+  std::string hint =
+      s == CUBLAS_STATUS_ALLOC_FAILED ? "the GPU is out of memory: use a smaller --batch-size"
+      : s == CUBLAS_STATUS_NOT_INITIALIZED
+          ? "cuBLAS could not start: check the driver (nvidia-smi) and that libcublas matches the toolkit"
+          : "this is likely a Tandem bug (bad GEMM arguments); please report it";
   throw Error(ErrorKind::Device,
               "cuBLAS error at " + where(call, file, line) + ": " + cublasGetStatusName(s) + " (" +
                   cublasGetStatusString(s) + ")",
@@ -138,7 +135,7 @@ size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 constexpr size_t kStageBytes = size_t(1) << 20;  // uploads up to this size go through pinned staging
 constexpr int kStages = 4;
-constexpr size_t kCublasWorkspace = size_t(32) << 20;  // recommended for Hopper
+constexpr size_t kCublasWorkspace = size_t(32) << 20;     // recommended for Hopper
 constexpr size_t kIm2colBudgetFloats = size_t(32) << 20;  // 128 MiB of columns per chunk
 
 bool verbose() {
@@ -229,8 +226,8 @@ class CudaBackend final : public Backend {
                           float* dbeta) override;
 
   void softmax(const float* logits, float* probs, int64_t rows, int cols) override;
-  void softmax_cross_entropy(const float* logits, const int32_t* labels, const float* onehot, int64_t rows,
-                             int cols, float grad_scale, float* dlogits, double* metrics) override;
+  void softmax_cross_entropy(const float* logits, const int32_t* labels, const float* onehot, int64_t rows, int cols,
+                             float grad_scale, float* dlogits, double* metrics) override;
   void gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* index, int64_t rows,
                     int64_t sample_elems, int num_classes, float* x, int32_t* labels_out, float* onehot) override;
   void sgd_update(const SgdParams& p, float* w, const float* g, float* velocity, size_t n) override;
@@ -515,20 +512,27 @@ ConvPlan& CudaBackend::conv_plan(const ConvGeometry& g) {
   TANDEM_CUDNN_CHECK(cudnnCreateTensorDescriptor(&plan.yd));
   TANDEM_CUDNN_CHECK(cudnnCreateFilterDescriptor(&plan.wd));
   TANDEM_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&plan.cd));
-  TANDEM_CUDNN_CHECK(cudnnSetFilter4dDescriptor(plan.wd, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, g.k, g.c, g.kh, g.kw));
-  TANDEM_CUDNN_CHECK(cudnnSetTensor4dDescriptor(plan.yd, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, g.n, g.k, g.oh, g.ow));
+  // Geometries cuDNN refuses (descriptor errors) take the im2col path instead of failing.
+  const bool described = cudnnSetFilter4dDescriptor(plan.wd, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, g.k, g.c, g.kh,
+                                                    g.kw) == CUDNN_STATUS_SUCCESS &&
+                         cudnnSetTensor4dDescriptor(plan.yd, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, g.n, g.k, g.oh,
+                                                    g.ow) == CUDNN_STATUS_SUCCESS;
   // cuDNN pads symmetrically. TensorFlow's "same" padding puts the odd extra row/column at the
   // end; when that changes the output size the input is zero-padded explicitly instead.
   auto try_geometry = [&](int h, int w, int pt, int pl) {
-    TANDEM_CUDNN_CHECK(cudnnSetTensor4dDescriptor(plan.xd, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, g.n, g.c, h, w));
-    TANDEM_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(plan.cd, pt, pl, g.sh, g.sw, 1, 1, CUDNN_CROSS_CORRELATION,
-                                                       CUDNN_DATA_FLOAT));
+    if (cudnnSetTensor4dDescriptor(plan.xd, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, g.n, g.c, h, w) !=
+            CUDNN_STATUS_SUCCESS ||
+        cudnnSetConvolution2dDescriptor(plan.cd, pt, pl, g.sh, g.sw, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT) !=
+            CUDNN_STATUS_SUCCESS)
+      return false;
     int on = 0, oc = 0, oh = 0, ow = 0;
     if (cudnnGetConvolution2dForwardOutputDim(plan.cd, plan.xd, plan.wd, &on, &oc, &oh, &ow) != CUDNN_STATUS_SUCCESS)
       return false;
     return on == g.n && oc == g.k && oh == g.oh && ow == g.ow;
   };
-  if (try_geometry(g.h, g.w, g.pad_top, g.pad_left)) {
+  if (!described) {
+    plan.cudnn = false;
+  } else if (try_geometry(g.h, g.w, g.pad_top, g.pad_left)) {
     plan.cudnn = true;
   } else {
     plan.hp = (g.oh - 1) * g.sh + g.kh;
@@ -560,8 +564,7 @@ void CudaBackend::conv_forward_im2col(const ConvGeometry& g, const float* x, con
   for (int s0 = 0; s0 < g.n; s0 += chunk) {
     int ns = std::min(chunk, g.n - s0);
     cuda_kernels::im2col(stream_, g, x + int64_t(s0) * g.h * g.w * g.c, ns, col);
-    gemm(false, false, ns * g.oh * g.ow, g.k, kk, 1.f, col, kk, w, g.k, 0.f, y + int64_t(s0) * g.oh * g.ow * g.k,
-         g.k);
+    gemm(false, false, ns * g.oh * g.ow, g.k, kk, 1.f, col, kk, w, g.k, 0.f, y + int64_t(s0) * g.oh * g.ow * g.k, g.k);
   }
 }
 
@@ -575,8 +578,7 @@ void CudaBackend::conv_backward_data_im2col(const ConvGeometry& g, const float* 
   float* col = static_cast<float*>(scratch(sizeof(float) * size_t(chunk) * g.oh * g.ow * kk));
   for (int s0 = 0; s0 < g.n; s0 += chunk) {
     int ns = std::min(chunk, g.n - s0);
-    gemm(false, true, ns * g.oh * g.ow, kk, g.k, 1.f, dy + int64_t(s0) * g.oh * g.ow * g.k, g.k, w, g.k, 0.f, col,
-         kk);
+    gemm(false, true, ns * g.oh * g.ow, kk, g.k, 1.f, dy + int64_t(s0) * g.oh * g.ow * g.k, g.k, w, g.k, 0.f, col, kk);
     cuda_kernels::col2im(stream_, g, col, ns, dx + int64_t(s0) * g.h * g.w * g.c);
   }
 }
@@ -629,8 +631,9 @@ size_t max_workspace(const Perf* perf, int count) {
   return std::min(m, kFindWorkspaceCap);
 }
 
+// Verbose mode logs every choice; a fallback to im2col (no usable cuDNN algorithm) is always noted.
 void report_choice(const char* what, const ConvGeometry& g, const AlgoChoice& c, float ms) {
-  if (!verbose()) return;
+  if (!verbose() && c.state != AlgoState::Im2col) return;
   std::fprintf(stderr,
                "tandem: conv %s n=%d %dx%dx%d k=%dx%dx%d s=%dx%d pad=%d,%d -> %s algo %d ws %.1f MiB (%.3f ms)\n", what,
                g.n, g.h, g.w, g.c, g.kh, g.kw, g.k, g.sh, g.sw, g.pad_top, g.pad_left,
@@ -664,8 +667,9 @@ void CudaBackend::search_forward(ConvPlan& plan, const ConvGeometry& g, const fl
   TANDEM_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(cudnn_, &max_count));
   std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(std::max(max_count, 1));
   int returned = 0;
-  TANDEM_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(cudnn_, plan.xd, plan.wd, plan.cd, plan.yd, max_count,
-                                                            &returned, perf.data()));
+  if (cudnnGetConvolutionForwardAlgorithm_v7(cudnn_, plan.xd, plan.wd, plan.cd, plan.yd, max_count, &returned,
+                                             perf.data()) != CUDNN_STATUS_SUCCESS)
+    returned = 0;  // no heuristics: search with no workspace
   size_t ws_size = 0;
   void* ws = find_workspace(max_workspace(perf.data(), returned), &ws_size);
   cudnnStatus_t st = cudnnFindConvolutionForwardAlgorithmEx(cudnn_, plan.xd, x, plan.wd, w, plan.cd, plan.yd, y,
@@ -683,12 +687,13 @@ void CudaBackend::search_backward_data(ConvPlan& plan, const ConvGeometry& g, co
   TANDEM_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(cudnn_, &max_count));
   std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(std::max(max_count, 1));
   int returned = 0;
-  TANDEM_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnn_, plan.wd, plan.yd, plan.cd, plan.xd,
-                                                                 max_count, &returned, perf.data()));
+  if (cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnn_, plan.wd, plan.yd, plan.cd, plan.xd, max_count, &returned,
+                                                  perf.data()) != CUDNN_STATUS_SUCCESS)
+    returned = 0;  // no heuristics: search with no workspace
   size_t ws_size = 0;
   void* ws = find_workspace(max_workspace(perf.data(), returned), &ws_size);
-  cudnnStatus_t st = cudnnFindConvolutionBackwardDataAlgorithmEx(cudnn_, plan.wd, w, plan.yd, dy, plan.cd, plan.xd,
-                                                                 dx, max_count, &returned, perf.data(), ws, ws_size);
+  cudnnStatus_t st = cudnnFindConvolutionBackwardDataAlgorithmEx(cudnn_, plan.wd, w, plan.yd, dy, plan.cd, plan.xd, dx,
+                                                                 max_count, &returned, perf.data(), ws, ws_size);
   if (ws) TANDEM_CUDA_CHECK(cudaFree(ws));
   if (st != CUDNN_STATUS_SUCCESS || !choose_algo(perf.data(), returned, ws_size, &plan.bwd_data))
     plan.bwd_data.state = AlgoState::Im2col;
@@ -702,8 +707,9 @@ void CudaBackend::search_backward_filter(ConvPlan& plan, const ConvGeometry& g, 
   TANDEM_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(cudnn_, &max_count));
   std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(std::max(max_count, 1));
   int returned = 0;
-  TANDEM_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnn_, plan.xd, plan.yd, plan.cd, plan.wd,
-                                                                   max_count, &returned, perf.data()));
+  if (cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnn_, plan.xd, plan.yd, plan.cd, plan.wd, max_count, &returned,
+                                                    perf.data()) != CUDNN_STATUS_SUCCESS)
+    returned = 0;  // no heuristics: search with no workspace
   size_t ws_size = 0;
   void* ws = find_workspace(max_workspace(perf.data(), returned), &ws_size);
   cudnnStatus_t st = cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnn_, plan.xd, x, plan.yd, dy, plan.cd, plan.wd,
@@ -792,9 +798,10 @@ void CudaBackend::conv2d_backward_data(const ConvGeometry& g, const float* dy, c
       }
       const float one = 1.f, zero = 0.f;
       TANDEM_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.cd, plan.bwd_data.math));
-      TANDEM_CUDNN_CHECK(cudnnConvolutionBackwardData(
-          cudnn_, &one, plan.wd, wt, plan.yd, dy, plan.cd, static_cast<cudnnConvolutionBwdDataAlgo_t>(plan.bwd_data.algo),
-          base + cs.workspace_off, plan.bwd_data.workspace, &zero, plan.xd, dxout));
+      TANDEM_CUDNN_CHECK(cudnnConvolutionBackwardData(cudnn_, &one, plan.wd, wt, plan.yd, dy, plan.cd,
+                                                      static_cast<cudnnConvolutionBwdDataAlgo_t>(plan.bwd_data.algo),
+                                                      base + cs.workspace_off, plan.bwd_data.workspace, &zero, plan.xd,
+                                                      dxout));
       if (plan.padded)
         cuda_kernels::crop_nhwc(stream_, dxp, g.n, plan.hp, plan.wp, g.c, dx, g.h, g.w, g.pad_top, g.pad_left);
       return;
@@ -832,10 +839,10 @@ void CudaBackend::conv2d_backward_filter(const ConvGeometry& g, const float* x, 
       }
       const float one = 1.f, zero = 0.f;
       TANDEM_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.cd, plan.bwd_filter.math));
-      TANDEM_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
-          cudnn_, &one, plan.xd, xin, plan.yd, dy, plan.cd,
-          static_cast<cudnnConvolutionBwdFilterAlgo_t>(plan.bwd_filter.algo), base + cs.workspace_off,
-          plan.bwd_filter.workspace, &zero, plan.wd, dwt));
+      TANDEM_CUDNN_CHECK(
+          cudnnConvolutionBackwardFilter(cudnn_, &one, plan.xd, xin, plan.yd, dy, plan.cd,
+                                         static_cast<cudnnConvolutionBwdFilterAlgo_t>(plan.bwd_filter.algo),
+                                         base + cs.workspace_off, plan.bwd_filter.workspace, &zero, plan.wd, dwt));
       cuda_kernels::transpose(stream_, dwt, dw, g.k, ksize);  // KRSC -> HWIO
       return;
     }
@@ -865,8 +872,8 @@ void CudaBackend::batchnorm_forward_train(const BatchNormParams& p, const float*
   if (p.channels <= 0) return;
   bind();
   void* s = scratch(cuda_kernels::batchnorm_scratch_bytes(p.rows, p.channels));
-  cuda_kernels::batchnorm_forward_train(stream_, p, x, gamma, beta, moving_mean, moving_var, y, save_mean,
-                                        save_inv_std, s);
+  cuda_kernels::batchnorm_forward_train(stream_, p, x, gamma, beta, moving_mean, moving_var, y, save_mean, save_inv_std,
+                                        s);
 }
 void CudaBackend::batchnorm_forward_infer(const BatchNormParams& p, const float* x, const float* gamma,
                                           const float* beta, const float* moving_mean, const float* moving_var,
@@ -889,8 +896,8 @@ void CudaBackend::softmax(const float* logits, float* probs, int64_t rows, int c
   bind();
   cuda_kernels::softmax(stream_, logits, probs, rows, cols);
 }
-void CudaBackend::softmax_cross_entropy(const float* logits, const int32_t* labels, const float* onehot,
-                                        int64_t rows, int cols, float grad_scale, float* dlogits, double* metrics) {
+void CudaBackend::softmax_cross_entropy(const float* logits, const int32_t* labels, const float* onehot, int64_t rows,
+                                        int cols, float grad_scale, float* dlogits, double* metrics) {
   bind();
   cuda_kernels::softmax_cross_entropy(stream_, logits, labels, onehot, rows, cols, grad_scale, dlogits, metrics);
 }
@@ -923,8 +930,8 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index, const CudaBackendOp
   if (device_index < 0 || device_index >= count)
     throw Error(ErrorKind::Device,
                 "device gpu:" + std::to_string(device_index) + " does not exist: this machine has " +
-                    std::to_string(count) + (count == 1 ? " GPU (gpu:0)" : " GPUs (gpu:0 .. gpu:" +
-                                                                              std::to_string(count - 1) + ")"),
+                    std::to_string(count) +
+                    (count == 1 ? " GPU (gpu:0)" : " GPUs (gpu:0 .. gpu:" + std::to_string(count - 1) + ")"),
                 "choose --device gpu:0" + std::string(count > 1 ? " .. gpu:" + std::to_string(count - 1) : "") +
                     ", or use --device cpu");
   return std::make_unique<CudaBackend>(device_index, options);

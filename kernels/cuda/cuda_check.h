@@ -30,38 +30,35 @@ void warn_cuda(cudaError_t e, const char* call, const char* file, int line);
 
 }  // namespace tandem::cuda_detail
 
-#define TANDEM_CUDA_CHECK(call)                                                            \
-  do {                                                                                     \
-    cudaError_t tandem_err_ = (call);                                                      \
-    if (tandem_err_ != cudaSuccess)                                                        \
-      ::tandem::cuda_detail::throw_cuda(tandem_err_, #call, __FILE__, __LINE__);           \
+#define TANDEM_CUDA_CHECK(call)                                                                                \
+  do {                                                                                                         \
+    cudaError_t tandem_err_ = (call);                                                                          \
+    if (tandem_err_ != cudaSuccess) ::tandem::cuda_detail::throw_cuda(tandem_err_, #call, __FILE__, __LINE__); \
   } while (0)
 
-#define TANDEM_CUDA_WARN(call)                                                             \
-  do {                                                                                     \
-    cudaError_t tandem_err_ = (call);                                                      \
-    if (tandem_err_ != cudaSuccess)                                                        \
-      ::tandem::cuda_detail::warn_cuda(tandem_err_, #call, __FILE__, __LINE__);            \
+#define TANDEM_CUDA_WARN(call)                                                                                \
+  do {                                                                                                        \
+    cudaError_t tandem_err_ = (call);                                                                         \
+    if (tandem_err_ != cudaSuccess) ::tandem::cuda_detail::warn_cuda(tandem_err_, #call, __FILE__, __LINE__); \
   } while (0)
 
-#define TANDEM_CUBLAS_CHECK(call)                                                          \
-  do {                                                                                     \
-    cublasStatus_t tandem_st_ = (call);                                                    \
-    if (tandem_st_ != CUBLAS_STATUS_SUCCESS)                                               \
-      ::tandem::cuda_detail::throw_cublas(tandem_st_, #call, __FILE__, __LINE__);          \
+#define TANDEM_CUBLAS_CHECK(call)                                                 \
+  do {                                                                            \
+    cublasStatus_t tandem_st_ = (call);                                           \
+    if (tandem_st_ != CUBLAS_STATUS_SUCCESS)                                      \
+      ::tandem::cuda_detail::throw_cublas(tandem_st_, #call, __FILE__, __LINE__); \
   } while (0)
 
-#define TANDEM_CUDNN_CHECK(call)                                                           \
-  do {                                                                                     \
-    cudnnStatus_t tandem_st_ = (call);                                                     \
-    if (tandem_st_ != CUDNN_STATUS_SUCCESS)                                                \
-      ::tandem::cuda_detail::throw_cudnn(tandem_st_, #call, __FILE__, __LINE__);           \
+#define TANDEM_CUDNN_CHECK(call)                                                                                       \
+  do {                                                                                                                 \
+    cudnnStatus_t tandem_st_ = (call);                                                                                 \
+    if (tandem_st_ != CUDNN_STATUS_SUCCESS) ::tandem::cuda_detail::throw_cudnn(tandem_st_, #call, __FILE__, __LINE__); \
   } while (0)
 
 // Launch a kernel on `stream` and check the launch (asynchronous faults surface at the next
 // checked synchronising call, named there).
-#define TANDEM_LAUNCH(kernel, grid, block, shmem, stream, ...)                             \
-  do {                                                                                     \
-    kernel<<<(grid), (block), (shmem), (stream)>>>(__VA_ARGS__);                           \
-    TANDEM_CUDA_CHECK(cudaGetLastError());                                                 \
+#define TANDEM_LAUNCH(kernel, grid, block, shmem, stream, ...)   \
+  do {                                                           \
+    kernel<<<(grid), (block), (shmem), (stream)>>>(__VA_ARGS__); \
+    TANDEM_CUDA_CHECK(cudaGetLastError());                       \
   } while (0)

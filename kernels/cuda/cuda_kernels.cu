@@ -1,9 +1,9 @@
 // Tandem's own CUDA kernels. They compute the same math as kernels/cpu/cpu_backend.cpp; where the
 // CPU evaluates a float expression step by step, the kernels use the _rn intrinsics so that nvcc
 // does not contract it into FMAs (the optimizer updates then match the CPU bit for bit).
-#include <algorithm>
 #include <math_constants.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/rng.h"
@@ -22,9 +22,7 @@ unsigned grid_for(int64_t n, int block = kBlock) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min(g, kMaxGrid)));
 }
 
-__device__ __forceinline__ int64_t global_index() {
-  return int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-}
+__device__ __forceinline__ int64_t global_index() { return int64_t(blockIdx.x) * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ int64_t global_stride() { return int64_t(gridDim.x) * blockDim.x; }
 
 // ---- elementwise ------------------------------------------------------------------------------
@@ -58,8 +56,7 @@ __global__ void scale_matrix_kernel(float* c, int m, int n, int ldc, float beta)
   }
 }
 __global__ void bias_add_kernel(float* y, const float* bias, int64_t total, int cols) {
-  for (int64_t i = global_index(); i < total; i += global_stride())
-    y[i] = __fadd_rn(y[i], bias[i % cols]);
+  for (int64_t i = global_index(); i < total; i += global_stride()) y[i] = __fadd_rn(y[i], bias[i % cols]);
 }
 
 // ---- deterministic per-column reductions --------------------------------------------------------
@@ -145,8 +142,7 @@ void column_partials(cudaStream_t s, Op op, int64_t rows, int cols, const Reduce
   dim3 grid(static_cast<unsigned>((cols + kRedCols - 1) / kRedCols), static_cast<unsigned>(plan.chunks));
   dim3 block(kRedCols, kRedRows);
   auto kernel = column_partial_kernel<NV, Op>;
-  TANDEM_LAUNCH(kernel, grid, block, 0, s, op, rows, cols, plan.rows_per_chunk,
-                plan.chunks, partial);
+  TANDEM_LAUNCH(kernel, grid, block, 0, s, op, rows, cols, plan.rows_per_chunk, plan.chunks, partial);
 }
 
 __device__ __forceinline__ double chunk_sum(const double* partial, int v, int chunks, int cols, int c) {
@@ -473,9 +469,7 @@ __global__ void im2col_kernel(ConvGeometry g, const float* x, float* col, int64_
     const int rem = static_cast<int>(r % plane);
     const int oy = rem / g.ow, ox = rem % g.ow;
     const int iy = oy * g.sh - g.pad_top + ky, ix = ox * g.sw - g.pad_left + kx;
-    col[i] = (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w)
-                 ? 0.f
-                 : x[((s * g.h + iy) * g.w + ix) * g.c + c];
+    col[i] = (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) ? 0.f : x[((s * g.h + iy) * g.w + ix) * g.c + c];
   }
 }
 
@@ -592,8 +586,8 @@ void dropout_forward(cudaStream_t s, const DropoutParams& p, const float* x, flo
   if (total <= 0) return;
   const float keep_scale = p.rate < 1.f ? 1.f / (1.f - p.rate) : 0.f;
   const uint64_t seed = p.seed ^ (p.layer * 0x9E3779B97F4A7C15ull);
-  TANDEM_LAUNCH(dropout_kernel, grid_for(total), kBlock, 0, s, p.rate, seed, p.step, p.first_sample, p.cols,
-                keep_scale, x, y, mask, total);
+  TANDEM_LAUNCH(dropout_kernel, grid_for(total), kBlock, 0, s, p.rate, seed, p.step, p.first_sample, p.cols, keep_scale,
+                x, y, mask, total);
 }
 
 size_t batchnorm_scratch_bytes(int64_t rows, int channels) {
@@ -616,21 +610,21 @@ void batchnorm_forward_train(cudaStream_t s, const BatchNormParams& p, const flo
                 save_mean, save_inv_std, moving_mean, moving_var);
   const int64_t total = p.rows * C;
   if (total > 0)
-    TANDEM_LAUNCH(bn_normalize_kernel, grid_for(total), kBlock, 0, s, x, save_mean, save_inv_std, gamma, beta, y,
-                  total, C);
+    TANDEM_LAUNCH(bn_normalize_kernel, grid_for(total), kBlock, 0, s, x, save_mean, save_inv_std, gamma, beta, y, total,
+                  C);
 }
 
 void batchnorm_forward_infer(cudaStream_t s, const BatchNormParams& p, const float* x, const float* gamma,
                              const float* beta, const float* moving_mean, const float* moving_var, float* y) {
   const int64_t total = p.rows * p.channels;
   if (total > 0)
-    TANDEM_LAUNCH(bn_infer_kernel, grid_for(total), kBlock, 0, s, x, gamma, beta, moving_mean, moving_var,
-                  p.epsilon, y, total, p.channels);
+    TANDEM_LAUNCH(bn_infer_kernel, grid_for(total), kBlock, 0, s, x, gamma, beta, moving_mean, moving_var, p.epsilon, y,
+                  total, p.channels);
 }
 
-void batchnorm_backward(cudaStream_t s, const BatchNormParams& p, const float* x, const float* dy,
-                        const float* gamma, const float* save_mean, const float* save_inv_std, float* dx,
-                        float* dgamma, float* dbeta, void* scratch) {
+void batchnorm_backward(cudaStream_t s, const BatchNormParams& p, const float* x, const float* dy, const float* gamma,
+                        const float* save_mean, const float* save_inv_std, float* dx, float* dgamma, float* dbeta,
+                        void* scratch) {
   const int C = p.channels;
   if (C <= 0) return;
   const ReducePlan plan = reduce_plan(p.rows, C);
@@ -638,12 +632,11 @@ void batchnorm_backward(cudaStream_t s, const BatchNormParams& p, const float* x
   size_t red = (column_reduce_scratch_bytes(p.rows, C, 3) + 255) / 256 * 256;
   float* coef = reinterpret_cast<float*>(static_cast<char*>(scratch) + red);
   column_partials<3>(s, BatchNormBackwardOp{x, dy, save_mean, save_inv_std, C}, p.rows, C, plan, partial);
-  TANDEM_LAUNCH(bn_backward_finalize, grid_for(C), kBlock, 0, s, partial, plan.chunks, C, p.rows, dgamma, dbeta,
-                coef);
+  TANDEM_LAUNCH(bn_backward_finalize, grid_for(C), kBlock, 0, s, partial, plan.chunks, C, p.rows, dgamma, dbeta, coef);
   const int64_t total = p.rows * C;
   if (total > 0)
-    TANDEM_LAUNCH(bn_backward_dx_kernel, grid_for(total), kBlock, 0, s, x, dy, gamma, save_mean, save_inv_std, coef,
-                  dx, total, C);
+    TANDEM_LAUNCH(bn_backward_dx_kernel, grid_for(total), kBlock, 0, s, x, dy, gamma, save_mean, save_inv_std, coef, dx,
+                  total, C);
 }
 
 void softmax(cudaStream_t s, const float* logits, float* probs, int64_t rows, int cols) {
@@ -663,8 +656,8 @@ void gather_batch(cudaStream_t s, const uint8_t* images, const uint8_t* labels, 
                   int64_t sample_elems, int num_classes, float* x, int32_t* labels_out, float* onehot) {
   if (rows <= 0) return;
   if (sample_elems > 0)
-    TANDEM_LAUNCH(gather_images_kernel, grid_for(rows * sample_elems), kBlock, 0, s, images, index, rows,
-                  sample_elems, x);
+    TANDEM_LAUNCH(gather_images_kernel, grid_for(rows * sample_elems), kBlock, 0, s, images, index, rows, sample_elems,
+                  x);
   if (labels_out || onehot)
     TANDEM_LAUNCH(gather_labels_kernel, grid_for(rows), kBlock, 0, s, labels, index, rows, num_classes, labels_out,
                   onehot);
@@ -675,8 +668,8 @@ void sgd_update(cudaStream_t s, const SgdParams& p, float* w, const float* g, fl
   if (p.momentum == 0.f)
     TANDEM_LAUNCH(sgd_plain_kernel, grid_for(int64_t(n)), kBlock, 0, s, p.lr, w, g, int64_t(n));
   else
-    TANDEM_LAUNCH(sgd_momentum_kernel, grid_for(int64_t(n)), kBlock, 0, s, p.lr, p.momentum, p.nesterov, w, g,
-                  velocity, int64_t(n));
+    TANDEM_LAUNCH(sgd_momentum_kernel, grid_for(int64_t(n)), kBlock, 0, s, p.lr, p.momentum, p.nesterov, w, g, velocity,
+                  int64_t(n));
 }
 
 void adam_update(cudaStream_t s, const AdamParams& p, float alpha, float* w, const float* g, float* m, float* v,
@@ -711,8 +704,7 @@ void pad_nhwc(cudaStream_t s, const float* x, int n, int h, int w, int c, float*
 void crop_nhwc(cudaStream_t s, const float* xp, int n, int hp, int wp, int c, float* x, int h, int w, int top,
                int left) {
   const int64_t total = int64_t(n) * h * w * c;
-  if (total > 0)
-    TANDEM_LAUNCH(crop_kernel, grid_for(total), kBlock, 0, s, xp, hp, wp, c, x, h, w, top, left, total);
+  if (total > 0) TANDEM_LAUNCH(crop_kernel, grid_for(total), kBlock, 0, s, xp, hp, wp, c, x, h, w, top, left, total);
 }
 
 }  // namespace tandem::cuda_kernels

@@ -38,9 +38,9 @@ void batchnorm_forward_train(cudaStream_t s, const BatchNormParams& p, const flo
                              float* save_inv_std, void* scratch);
 void batchnorm_forward_infer(cudaStream_t s, const BatchNormParams& p, const float* x, const float* gamma,
                              const float* beta, const float* moving_mean, const float* moving_var, float* y);
-void batchnorm_backward(cudaStream_t s, const BatchNormParams& p, const float* x, const float* dy,
-                        const float* gamma, const float* save_mean, const float* save_inv_std, float* dx,
-                        float* dgamma, float* dbeta, void* scratch);
+void batchnorm_backward(cudaStream_t s, const BatchNormParams& p, const float* x, const float* dy, const float* gamma,
+                        const float* save_mean, const float* save_inv_std, float* dx, float* dgamma, float* dbeta,
+                        void* scratch);
 
 void softmax(cudaStream_t s, const float* logits, float* probs, int64_t rows, int cols);
 void softmax_cross_entropy(cudaStream_t s, const float* logits, const int32_t* labels, const float* onehot,
