@@ -119,20 +119,23 @@ bool rename_no_replace(const fs::path& from, const fs::path& to) {
   return ::rename(from.c_str(), to.c_str()) == 0;
 }
 
-constexpr const char* kOverwriteHint = "pass --overwrite to replace it, or omit --version to write the next free version";
+constexpr const char* kOverwriteHint =
+    "pass --overwrite to replace it, or omit --version to write the next free version";
 
 // Moves the finished temporary directory into place. With `overwrite`, an existing version is
 // renamed aside, the new one renamed in, and the old one deleted (restored if the rename fails).
-void commit(const fs::path& tmp, const fs::path& target, const fs::path& parent, bool overwrite) {
-  if (rename_no_replace(tmp, target)) return;
+// Returns false, changing nothing, if the version exists (it may have appeared since it was
+// checked: another export) and !overwrite.
+bool commit(const fs::path& tmp, const fs::path& target, const fs::path& parent, bool overwrite) {
+  if (rename_no_replace(tmp, target)) return true;
   int err = errno;
   const bool exists = err == EEXIST || err == ENOTEMPTY;
-  if (exists && !overwrite) throw_invalid("model version " + target.string() + " already exists", kOverwriteHint);
+  if (exists && !overwrite) return false;
   if (!exists)
     throw_io("cannot rename '" + tmp.string() + "' to '" + target.string() + "': " + errno_text(err),
              "check the permissions of " + parent.string());
-  const fs::path old =
-      parent / (".tmp-export-" + target.filename().string() + "-old-" + std::to_string(::getpid()) + "-" + random_hex());
+  const fs::path old = parent / (".tmp-export-" + target.filename().string() + "-old-" + std::to_string(::getpid()) +
+                                 "-" + random_hex());
   if (::rename(target.c_str(), old.c_str()) != 0) {
     err = errno;
     throw_io("cannot move the old model version '" + target.string() + "' aside: " + errno_text(err),
@@ -146,6 +149,7 @@ void commit(const fs::path& tmp, const fs::path& target, const fs::path& parent,
   }
   std::error_code ignored;  // committed; a leftover hidden .tmp- directory would be harmless
   fs::remove_all(old, ignored);
+  return true;
 }
 
 bool is_file(const fs::path& p) {
@@ -193,8 +197,7 @@ std::vector<std::string> parse_export_formats(const std::string& format) {
     item.erase(item.find_last_not_of(" \t") + 1);
     std::transform(item.begin(), item.end(), item.begin(), [](unsigned char ch) { return std::tolower(ch); });
     if (item.empty()) {
-      if (format.find_first_not_of(" \t,") == std::string::npos)
-        throw_invalid("--format is empty", kFormatHint);
+      if (format.find_first_not_of(" \t,") == std::string::npos) throw_invalid("--format is empty", kFormatHint);
       throw_invalid("--format '" + format + "' has an empty entry", kFormatHint);
     }
     auto it = std::find(kFormats.begin(), kFormats.end(), item);
@@ -244,8 +247,9 @@ std::string export_model(const std::string& src_version_dir, const std::string& 
   if (ec || !fs::is_directory(parent, ec))
     throw_io("cannot create model directory '" + parent.string() + "'" + (ec ? ": " + ec.message() : ""),
              "--to must name a directory you may write to, e.g. --to serving/fashion_mnist");
-  if (version == 0) version = next_version(parent.string());
-  const fs::path target = parent / std::to_string(version);
+  const bool next_free = version == 0;
+  if (next_free) version = next_version(parent.string());
+  fs::path target = parent / std::to_string(version);
   if (path_exists(target)) {
     if (!overwrite) throw_invalid("model version " + target.string() + " already exists", kOverwriteHint);
     if (!fs::is_directory(target, ec))
@@ -266,7 +270,13 @@ std::string export_model(const std::string& src_version_dir, const std::string& 
     fault_point("files-written");
     fsync_directory(tmp);
     fault_point("before-commit");
-    commit(tmp, target, parent, overwrite);
+    for (int attempt = 0; !commit(tmp, target, parent, overwrite); ++attempt) {
+      // Another export took this version meanwhile: take the next free one, or refuse.
+      if (!next_free || attempt >= 16)
+        throw_invalid("model version " + target.string() + " already exists", kOverwriteHint);
+      version = next_version(parent.string());
+      target = parent / std::to_string(version);
+    }
     fsync_directory(parent);
   } catch (...) {
     std::error_code ignored;

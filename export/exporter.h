@@ -39,13 +39,15 @@ std::string export_model(const std::string& src_version_dir, const std::string& 
 // Describes the exported formats present in a version directory:
 //   {"version_dir": DIR, "formats": ["native", "savedmodel", "onnx"] (those present, maybe none),
 //    "native": {"files": [...], "name", "input_shape", "class_names"},
-//    "savedmodel": {"file", "bytes", "tags", "producer", "nodes", "ops": {op: count},
+//    "savedmodel": {"file", "bytes", "schema_version", "meta_graphs", "tags", "producer", "nodes",
+//                   "ops": {op: count}, "variables": whether a variables/ directory exists,
 //                   "signatures": {"serving_default": {"method_name",
 //                       "inputs": {"input": {"name": "input:0", "dtype": "DT_FLOAT", "shape": [-1, 28, 28, 1]}},
 //                       "outputs": {"probabilities": {...}}}}},
 //    "onnx": {"file", "bytes", "ir_version", "opset", "producer_name", "producer_version", "nodes",
 //             "initializers", "ops": {op: count},
-//             "inputs": [{"name": "input", "dtype": "FLOAT", "shape": [-1, 28, 28, 1], "dim_params": ["batch", "", "", ""]}],
+//             "inputs": [{"name": "input", "dtype": "FLOAT", "shape": [-1, 28, 28, 1],
+//                         "dim_params": ["batch", "", "", ""]}],
 //             "outputs": [...]}}
 // A symbolic dimension (TF's -1, ONNX's dim_param) is -1 in "shape". The files are parsed, not
 // trusted: a malformed saved_model.pb or model.onnx throws Error(Data) naming the file.

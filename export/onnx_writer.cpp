@@ -171,14 +171,13 @@ class GraphBuilder {
     }
     if (type == "Flatten") {
       if (layer.input_shape().rank() == 1) return x;
-      x = to_nhwc(p, x);  // (H, W, C) order, as the Dense kernel's rows expect
+      x = to_nhwc(p, x);                            // (H, W, C) order, as the Dense kernel's rows expect
       return node("Flatten", p + "/Flatten", {x});  // axis defaults to 1
     }
     if (type == "BatchNormalization") {
-      const FoldedBatchNorm bn = fold_batch_norm(tensor(p + "/gamma").values, tensor(p + "/beta").values,
-                                                 tensor(p + "/moving_mean").values,
-                                                 tensor(p + "/moving_variance").values,
-                                                 static_cast<float>(c.at("epsilon").get<double>()));
+      const FoldedBatchNorm bn =
+          fold_batch_norm(tensor(p + "/gamma").values, tensor(p + "/beta").values, tensor(p + "/moving_mean").values,
+                          tensor(p + "/moving_variance").values, static_cast<float>(c.at("epsilon").get<double>()));
       const int64_t C = static_cast<int64_t>(bn.scale.size());
       const std::vector<int64_t> dims = nchw_ ? std::vector<int64_t>{C, 1, 1} : std::vector<int64_t>{C};
       x = node("Mul", p + "/Mul", {x, initializer(p + "/scale", dims, bn.scale)});
@@ -307,7 +306,7 @@ struct Reader {
     if (f.type != proto::WireType::Bytes) wrong(what);
     return f.bytes;
   }
-  std::string str(const proto::Field& f, const char* what) const { return std::string(bytes(f, what)); }
+  std::string str(const proto::Field& f, const char* what) const { return proto::printable(bytes(f, what)); }
   int64_t integer(const proto::Field& f, const char* what) const {
     if (f.type != proto::WireType::Varint) wrong(what);
     return f.as_int64();
@@ -344,9 +343,15 @@ struct Reader {
 
 json describe_onnx(const std::string& data, const std::string& where) {
   const Reader r{where};
-  json out{{"file", kOnnxFileName}, {"bytes", data.size()}, {"producer_name", ""}, {"producer_version", ""},
-           {"nodes", 0},        {"initializers", 0},        {"ops", json::object()},
-           {"inputs", json::array()}, {"outputs", json::array()}};
+  json out{{"file", kOnnxFileName},
+           {"bytes", data.size()},
+           {"producer_name", ""},
+           {"producer_version", ""},
+           {"nodes", 0},
+           {"initializers", 0},
+           {"ops", json::object()},
+           {"inputs", json::array()},
+           {"outputs", json::array()}};
   bool has_graph = false;
   for (const proto::Field& f : r.fields(data)) {
     if (f.number == 1) out["ir_version"] = r.integer(f, "ModelProto.ir_version");

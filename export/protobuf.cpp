@@ -214,6 +214,23 @@ std::vector<int64_t> repeated_int64(const std::vector<Field>& fields, uint32_t n
   return out;
 }
 
+std::string printable(std::string_view bytes) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size());
+  for (char ch : bytes) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out.push_back(ch);
+    } else {
+      out += "\\x";
+      out.push_back(digits[c >> 4]);
+      out.push_back(digits[c & 15]);
+    }
+  }
+  return out;
+}
+
 const Field* find_field(const std::vector<Field>& fields, uint32_t number) {
   const Field* found = nullptr;
   for (const Field& f : fields)

@@ -30,15 +30,15 @@ size_t varint_size(uint64_t value);
 
 class Writer {
  public:
-  Writer& uint(uint32_t field, uint64_t value);   // uint32, uint64, enums
-  Writer& int64(uint32_t field, int64_t value);   // int32, int64 (negative: 10 bytes)
+  Writer& uint(uint32_t field, uint64_t value);  // uint32, uint64, enums
+  Writer& int64(uint32_t field, int64_t value);  // int32, int64 (negative: 10 bytes)
   Writer& boolean(uint32_t field, bool value);
   Writer& fixed32(uint32_t field, uint32_t value);
   Writer& fixed64(uint32_t field, uint64_t value);
   Writer& float32(uint32_t field, float value);
   Writer& float64(uint32_t field, double value);
   Writer& bytes(uint32_t field, std::string_view value);  // string and bytes
-  Writer& message(uint32_t field, const Writer& nested);   // nested message (written even when empty)
+  Writer& message(uint32_t field, const Writer& nested);  // nested message (written even when empty)
   // Packed repeated scalars (proto3's default for repeated numeric fields). Nothing is written for
   // an empty list, as protobuf does.
   Writer& packed_int64(uint32_t field, const std::vector<int64_t>& values);
@@ -80,6 +80,9 @@ std::vector<Field> parse_message(std::string_view data, const std::string& where
 std::vector<int64_t> unpack_varints(std::string_view data, const std::string& where);
 // Every value of a repeated int64 field `number` in `fields`, packed or not.
 std::vector<int64_t> repeated_int64(const std::vector<Field>& fields, uint32_t number, const std::string& where);
+// A string field's bytes made safe to show and to put in JSON: printable ASCII is kept, any other
+// byte becomes "\xNN" (names in files Tandem did not write may hold anything, even invalid UTF-8).
+std::string printable(std::string_view bytes);
 // The last occurrence of field `number` (protobuf's rule for singular fields), or nullptr.
 const Field* find_field(const std::vector<Field>& fields, uint32_t number);
 

@@ -86,7 +86,8 @@ class GraphBuilder {
   Graph build() {
     std::vector<int64_t> in_shape{-1};
     for (int64_t d : model_.input_shape().dims) in_shape.push_back(d);
-    NodeDef ph{"input", "Placeholder", {}, {{"dtype", AttrValue::type(DT_FLOAT)}, {"shape", AttrValue::shape(in_shape)}}};
+    NodeDef ph{
+        "input", "Placeholder", {}, {{"dtype", AttrValue::type(DT_FLOAT)}, {"shape", AttrValue::shape(in_shape)}}};
     std::string cur = add(std::move(ph));
     graph_.input = TensorInfo{"input", cur + ":0", DT_FLOAT, in_shape};
     for (const auto& layer : model_.layers()) cur = add_layer(*layer, cur);
@@ -106,7 +107,8 @@ class GraphBuilder {
   }
   std::string constant(const std::string& name, TensorValue value) {
     const int dtype = value.dtype;
-    return op(name, "Const", {}, {{"dtype", AttrValue::type(dtype)}, {"value", AttrValue::tensor_value(std::move(value))}});
+    return op(name, "Const", {},
+              {{"dtype", AttrValue::type(dtype)}, {"value", AttrValue::tensor_value(std::move(value))}});
   }
   std::string float_constant(const std::string& name, const std::vector<int64_t>& shape,
                              const std::vector<float>& values) {
@@ -182,10 +184,9 @@ class GraphBuilder {
     }
     if (type == "BatchNormalization") {
       const std::string p = prefix_for(name);
-      const FoldedBatchNorm bn = fold_batch_norm(tensor(name + "/gamma").values, tensor(name + "/beta").values,
-                                                 tensor(name + "/moving_mean").values,
-                                                 tensor(name + "/moving_variance").values,
-                                                 static_cast<float>(c.at("epsilon").get<double>()));
+      const FoldedBatchNorm bn = fold_batch_norm(
+          tensor(name + "/gamma").values, tensor(name + "/beta").values, tensor(name + "/moving_mean").values,
+          tensor(name + "/moving_variance").values, static_cast<float>(c.at("epsilon").get<double>()));
       const int64_t channels = static_cast<int64_t>(bn.scale.size());
       x = op(p + "/Mul", "Mul", {x, float_constant(p + "/scale", {channels}, bn.scale)}, {{"T", float_type()}});
       return op(p + "/AddV2", "AddV2", {x, float_constant(p + "/shift", {channels}, bn.shift)}, {{"T", float_type()}});
@@ -320,7 +321,7 @@ struct Reader {
       throw_data(where + ": " + what + " has the wrong wire type", "the file is not a SavedModel; re-export the model");
     return f.bytes;
   }
-  std::string str(const proto::Field& f, const char* what) const { return std::string(bytes(f, what)); }
+  std::string str(const proto::Field& f, const char* what) const { return proto::printable(bytes(f, what)); }
   int64_t integer(const proto::Field& f, const char* what) const {
     if (f.type != proto::WireType::Varint)
       throw_data(where + ": " + what + " has the wrong wire type", "the file is not a SavedModel; re-export the model");

@@ -49,10 +49,10 @@ struct TensorValue {
 struct AttrValue {
   enum class Kind { Type, Int, String, Shape, IntList, Tensor };
   Kind kind = Kind::Int;
-  int64_t i = 0;               // Type (a DataType) or Int
-  std::string s;               // String
-  std::vector<int64_t> list;   // Shape dims (-1 unknown) or IntList
-  TensorValue tensor;          // Tensor
+  int64_t i = 0;              // Type (a DataType) or Int
+  std::string s;              // String
+  std::vector<int64_t> list;  // Shape dims (-1 unknown) or IntList
+  TensorValue tensor;         // Tensor
 
   static AttrValue type(int dtype);
   static AttrValue integer(int64_t v);

@@ -578,6 +578,33 @@ TEST_CASE("export: weights that do not belong to the model are refused", "[cpu][
   CHECK(error_of([&] { ox::build_graph(m, tensors); }).kind() == ErrorKind::Data);
 }
 
+TEST_CASE("export: describing mutated files never crashes", "[cpu][export]") {
+  const Model m = Model::from_spec(json::parse(R"({"input_shape": [4, 4, 1], "layers": [
+      {"type": "Conv2D", "name": "c", "filters": 2, "kernel_size": 3, "padding": "same"},
+      {"type": "Flatten"}, {"type": "Dense", "units": 3, "activation": "softmax"}]})"),
+                                   "test spec");
+  const auto tensors = weights_of(m);
+  const std::string files[2] = {sm::encode_saved_model(sm::build_graph(m, tensors)),
+                                ox::encode_model(ox::build_graph(m, tensors))};
+  std::mt19937 rng(11);
+  int parsed = 0, refused = 0;
+  for (int round = 0; round < 400; ++round) {
+    std::string bytes = files[round % 2];
+    const int flips = 1 + static_cast<int>(rng() % 4);
+    for (int k = 0; k < flips; ++k) bytes[rng() % bytes.size()] = static_cast<char>(rng() & 0xff);
+    if (rng() % 4 == 0) bytes.resize(rng() % bytes.size());
+    try {
+      const json d = round % 2 ? ox::describe_onnx(bytes, "f") : sm::describe_saved_model(bytes, "f");
+      CHECK_NOTHROW(d.dump());  // any name read from the file is valid UTF-8 JSON
+      ++parsed;
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::Data);
+      ++refused;
+    }
+  }
+  CHECK(parsed + refused == 400);
+}
+
 // ---- export_model: versioned, atomic directories ----------------------------------------------------
 
 TEST_CASE("export: formats", "[cpu][export]") {
@@ -661,6 +688,25 @@ TEST_CASE("export: a failure leaves nothing behind", "[cpu][export]") {
       CHECK(file_bytes(base + "/1/weights.tdw") == old_weights);
     }
   }
+}
+
+TEST_CASE("export: a version taken by a concurrent export meanwhile", "[cpu][export]") {
+  ExportTempDir tmp;
+  const Model m = all_layers_model();
+  const std::string src = write_source(tmp, m, weights_of(m));
+  const std::string base = tmp / "serving/all";
+  // Another writer creates the version between the check and the commit.
+  tandem::set_export_fault_hook_for_testing([&](const std::string& s) {
+    if (s == "before-commit" && !fs::exists(base + "/1")) fs::create_directories(base + "/1");
+  });
+  const std::string v = tandem::export_model(src, base, 0, "onnx", false);
+  CHECK(v == base + "/2");  // the next free version instead
+  fs::remove_all(base);
+  Error e = error_of([&] { tandem::export_model(src, base, 1, "onnx", false); });  // an explicit version: refused
+  tandem::set_export_fault_hook_for_testing({});
+  CHECK(e.kind() == ErrorKind::InvalidArgument);
+  CHECK(entries(base) == std::vector<std::string>{"1"});
+  CHECK(entries(base + "/1").empty());  // the other writer's version, untouched
 }
 
 TEST_CASE("export: bad input", "[cpu][export]") {

@@ -24,6 +24,7 @@ Command add_evaluate(CLI::App& root);
 Command add_predict(CLI::App& root);
 Command add_summary(CLI::App& root);
 Command add_inspect(CLI::App& root);
+Command add_export(CLI::App& root);
 
 int default_threads();
 // A trained model reloaded from a version directory.

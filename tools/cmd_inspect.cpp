@@ -5,6 +5,7 @@
 #include <map>
 
 #include "engine/errors.h"
+#include "export/exporter.h"
 #include "tools/cli.h"
 
 namespace tandem::cli {
@@ -72,6 +73,7 @@ Command add_inspect(CLI::App& root) {
                    out["parameters"] = total;
                    out["digest"] = weights_digest(v.tensors);
                    out["verified"] = true;
+                   out["export"] = describe_export(a->dir);
                    if (!a->compare.empty()) {
                      ModelVersion o = read_model_version(a->compare);
                      Diff d = compare(v.tensors, o.tensors, a->dir, a->compare);
@@ -93,6 +95,9 @@ Command add_inspect(CLI::App& root) {
                                  out["tensors"][i]["crc32c"].get<std::string>().c_str());
                    std::printf("parameters: %lld\nall checksums verified\ndigest: %s\n", static_cast<long long>(total),
                                out["digest"].get<std::string>().c_str());
+                   const json& ex = out["export"];
+                   if (ex.contains("formats") && !ex["formats"].empty())
+                     std::printf("exported formats: %s\n%s\n", ex["formats"].dump().c_str(), ex.dump(2).c_str());
                    if (out.contains("compare"))
                      std::printf("compare with %s\nmax_abs_diff: %.6e\nmax_rel_diff: %.6e (worst: %s)\nidentical: %s\n",
                                  a->compare.c_str(), out["compare"]["max_abs_diff"].get<double>(),

@@ -1,7 +1,8 @@
 // tandem: the command-line entry point. Each subcommand lives in its own file:
 //   cmd_train.cpp     defines: train (fit Fashion-MNIST, evaluate, save a model version)
 //   cmd_model.cpp     defines: evaluate, predict, summary (work on a saved model version)
-//   cmd_inspect.cpp   defines: inspect (tensors, checksums, digest, --compare)
+//   cmd_inspect.cpp   defines: inspect (tensors, checksums, digest, --compare, exported formats)
+//   cmd_export.cpp    defines: export (SavedModel / ONNX / native versions for serving)
 // Only this file catches errors: one clear message, exit 2 for bad input and 1 otherwise.
 #include <cstdio>
 #include <exception>
@@ -30,7 +31,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::vector<tandem::cli::Command> commands = {
       tandem::cli::add_train(app),   tandem::cli::add_evaluate(app), tandem::cli::add_predict(app),
-      tandem::cli::add_summary(app), tandem::cli::add_inspect(app),
+      tandem::cli::add_summary(app), tandem::cli::add_inspect(app),  tandem::cli::add_export(app),
   };
   try {
     app.parse(argc, argv);

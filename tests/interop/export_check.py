@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`tandem export` against real TensorFlow and onnxruntime.
 
-For the mlp and cnn presets and tests/interop/cnn_bn.json: trains a model briefly (one epoch on the
+For the mlp and cnn presets, tests/interop/cnn_bn.json and EDGE_SPEC below: trains a model briefly (one epoch on the
 first 2,000 Fashion-MNIST training images), exports it with `tandem export` to a SavedModel and to
 ONNX, and predicts the 10,000 test images with tf.saved_model.load(...).signatures["serving_default"]
 and with onnxruntime. Both must agree with `tandem predict --json` to max |diff| <= 1e-5 per
@@ -42,6 +42,25 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.environ.get("TANDEM_DATA", "/usr/share/datasets/fashion-mnist")
 TOL = 1e-5
 TRAIN_IMAGES, SMALL_TEST_IMAGES = 2000, 500
+# The cases the presets miss: asymmetric "same" padding (TF pads the extra row at the bottom/right),
+# strided "same" pooling, convolution without bias, a Softmax layer, Activation and ReLU layers.
+EDGE_SPEC = {
+    "name": "edge",
+    "input_shape": [28, 28, 1],
+    "layers": [
+        {"type": "Conv2D", "filters": 8, "kernel_size": [4, 3], "padding": "same", "activation": "relu"},
+        {"type": "MaxPool2D", "pool_size": 3, "strides": 2, "padding": "same"},
+        {"type": "BatchNormalization"},
+        {"type": "Conv2D", "filters": 8, "kernel_size": 3, "strides": 2, "padding": "same", "use_bias": False},
+        {"type": "Activation", "activation": "relu"},
+        {"type": "Dropout", "rate": 0.3},
+        {"type": "Flatten"},
+        {"type": "Dense", "units": 16, "use_bias": False},
+        {"type": "ReLU"},
+        {"type": "Dense", "units": 10},
+        {"type": "Softmax"},
+    ],
+}
 failures = []
 
 
@@ -139,8 +158,12 @@ def main():
         x = test_images()
         zeros = os.path.join(tmp, "zeros.npy")
         np.save(zeros, np.zeros((2,) + x.shape[1:], np.float32))
+        edge = os.path.join(tmp, "edge.json")
+        with open(edge, "w") as f:
+            json.dump(EDGE_SPEC, f)
         rows = []
-        for model in ("mlp", "cnn", os.path.join(HERE, "cnn_bn.json")):
+        models = ("mlp", "cnn", os.path.join(HERE, "cnn_bn.json"), edge)
+        for model in models:
             tag = os.path.splitext(os.path.basename(model))[0]
             failed_before = len(failures)
             out = os.path.join(tmp, "train-" + tag)
@@ -223,8 +246,8 @@ def main():
               f"{'ties':>4} {'argmax agree':>12}")
         for r in rows:
             print(f"{r[0]:8} {r[1]:5d} {r[2]:8d} {r[3]:12.3e} {r[4]:4d} {r[5]:13.3e} {r[6]:4d} {r[7]:12.4f}")
-        if len(rows) != 3:
-            fail(f"only {len(rows)} of 3 models were checked")
+        if len(rows) != len(models):
+            fail(f"only {len(rows)} of {len(models)} models were checked")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if failures:
