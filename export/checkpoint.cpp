@@ -1,6 +1,5 @@
 #include "export/checkpoint.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 
 #include "engine/errors.h"
 #include "export/atomic_file.h"
+#include "export/posix_file.h"
 #include "export/weights_file.h"
 
 namespace tandem {
@@ -23,18 +23,16 @@ namespace {
 
 constexpr const char* kPrefix = "ckpt-";
 
-void fsync_dir(const fs::path& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
-
 json log_to_json(const EpochLog& l) {
-  return json{{"epoch", l.epoch},   {"loss", l.loss},           {"accuracy", l.accuracy},
-              {"val_loss", l.val_loss}, {"val_accuracy", l.val_accuracy}, {"has_val", l.has_val},
-              {"seconds", l.seconds}, {"steps", l.steps},       {"samples", l.samples},
+  return json{{"epoch", l.epoch},
+              {"loss", l.loss},
+              {"accuracy", l.accuracy},
+              {"val_loss", l.val_loss},
+              {"val_accuracy", l.val_accuracy},
+              {"has_val", l.has_val},
+              {"seconds", l.seconds},
+              {"steps", l.steps},
+              {"samples", l.samples},
               {"learning_rate", l.learning_rate}};
 }
 
@@ -98,12 +96,12 @@ std::string CheckpointWriter::write(const TrainerState& st, const json& identity
                {"history", history},
                {"identity", identity}};
     write_file_atomic((tmp / "state.json").string(), state.dump(1) + "\n");
-    fsync_dir(tmp);
+    fsync_directory(tmp);
     // The commit: one rename. A checkpoint of the same step left by a killed run holds the same
     // bits (training is deterministic), so it is replaced.
     if (fs::exists(final_dir)) fs::remove_all(final_dir);
     fs::rename(tmp, final_dir);
-    fsync_dir(root_);
+    fsync_directory(root_);
   } catch (const fs::filesystem_error& e) {
     fs::remove_all(tmp, ec);
     throw_io(std::string("cannot write checkpoint in '") + root_ + "': " + e.what(), "is the disk full?");
@@ -112,7 +110,7 @@ std::string CheckpointWriter::write(const TrainerState& st, const json& identity
     throw;
   }
   write_file_atomic((fs::path(root_) / "latest").string(), std::string(name) + "\n");
-  fsync_dir(root_);
+  fsync_directory(root_);
   // Prune: keep the newest `keep_` committed checkpoints.
   std::vector<std::string> all;
   for (const auto& e : fs::directory_iterator(root_, ec)) {

@@ -1,24 +1,19 @@
 #include "export/exporter.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
-#include <chrono>
 #include <cmath>
-#include <cstdio>
-#include <cstring>
 #include <filesystem>
-#include <random>
 
 #include "engine/errors.h"
 #include "engine/model.h"
 #include "export/atomic_file.h"
 #include "export/model_dir.h"
 #include "export/onnx_writer.h"
+#include "export/posix_file.h"
 #include "export/savedmodel_writer.h"
 
 namespace tandem {
@@ -41,116 +36,8 @@ void fault_point(const char* stage) {
   if (fault_hook()) fault_hook()(stage);
 }
 
-std::string errno_text(int err) { return std::strerror(err); }
-
-std::string random_hex() {
-  uint64_t r = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-  try {
-    std::random_device rd;
-    r ^= (uint64_t{rd()} << 32) ^ rd();
-  } catch (const std::exception&) {
-    // No entropy source: the clock alone makes a collision unlikely, and mkdir retries on one.
-  }
-  char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(r));
-  return buf;
-}
-
-bool path_exists(const fs::path& p) {
-  struct stat st {};
-  return ::lstat(p.c_str(), &st) == 0;
-}
-
-// Writes a new file (it must not exist) in full and fsyncs it.
-void write_new_file_synced(const fs::path& path, const std::string& bytes) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    const int err = errno;
-    throw_io("cannot create '" + path.string() + "': " + errno_text(err), "check the output directory's permissions");
-  }
-  const char* p = bytes.data();
-  size_t left = bytes.size();
-  while (left > 0) {
-    const ssize_t n = ::write(fd, p, left);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      throw_io("cannot write '" + path.string() + "': " + errno_text(err), "check free disk space");
-    }
-    p += n;
-    left -= static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0) {
-    const int err = errno;
-    ::close(fd);
-    throw_io("cannot flush '" + path.string() + "' to disk: " + errno_text(err), "check free disk space");
-  }
-  if (::close(fd) != 0) {
-    const int err = errno;
-    throw_io("cannot write '" + path.string() + "': " + errno_text(err), "check free disk space");
-  }
-}
-
-void fsync_directory(const fs::path& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    throw_io("cannot open directory '" + dir.string() + "': " + errno_text(err), "check its permissions");
-  }
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  if (rc != 0 && err != EINVAL)  // EINVAL: the file system cannot sync directories
-    throw_io("cannot flush directory '" + dir.string() + "' to disk: " + errno_text(err),
-             "check the health of the file system");
-}
-
-// Renames `from` to `to` unless `to` exists; false with errno = EEXIST if it does.
-bool rename_no_replace(const fs::path& from, const fs::path& to) {
-#ifdef RENAME_NOREPLACE
-  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return true;
-  if (errno != EINVAL && errno != ENOSYS) return false;
-#endif
-  if (path_exists(to)) {  // no exclusive rename on this file system: check, then rename
-    errno = EEXIST;
-    return false;
-  }
-  return ::rename(from.c_str(), to.c_str()) == 0;
-}
-
 constexpr const char* kOverwriteHint =
     "pass --overwrite to replace it, or omit --version to write the next free version";
-
-// Moves the finished temporary directory into place. With `overwrite`, an existing version is
-// renamed aside, the new one renamed in, and the old one deleted (restored if the rename fails).
-// Returns false, changing nothing, if the version exists (it may have appeared since it was
-// checked: another export) and !overwrite.
-bool commit(const fs::path& tmp, const fs::path& target, const fs::path& parent, bool overwrite) {
-  if (rename_no_replace(tmp, target)) return true;
-  int err = errno;
-  const bool exists = err == EEXIST || err == ENOTEMPTY;
-  if (exists && !overwrite) return false;
-  if (!exists)
-    throw_io("cannot rename '" + tmp.string() + "' to '" + target.string() + "': " + errno_text(err),
-             "check the permissions of " + parent.string());
-  const fs::path old = parent / (".tmp-export-" + target.filename().string() + "-old-" + std::to_string(::getpid()) +
-                                 "-" + random_hex());
-  if (::rename(target.c_str(), old.c_str()) != 0) {
-    err = errno;
-    throw_io("cannot move the old model version '" + target.string() + "' aside: " + errno_text(err),
-             "check the permissions of " + parent.string());
-  }
-  if (::rename(tmp.c_str(), target.c_str()) != 0) {
-    err = errno;
-    ::rename(old.c_str(), target.c_str());  // best effort: put the old version back
-    throw_io("cannot rename '" + tmp.string() + "' to '" + target.string() + "': " + errno_text(err),
-             "check the permissions of " + parent.string());
-  }
-  std::error_code ignored;  // committed; a leftover hidden .tmp- directory would be harmless
-  fs::remove_all(old, ignored);
-  return true;
-}
 
 bool is_file(const fs::path& p) {
   std::error_code ec;
@@ -256,21 +143,16 @@ std::string export_model(const std::string& src_version_dir, const std::string& 
       throw_invalid("'" + target.string() + "' exists and is not a directory", "remove it or choose another --version");
   }
 
-  fs::path tmp;
-  for (int attempt = 0;; ++attempt) {
-    tmp = parent / (".tmp-export-" + std::to_string(version) + "-" + std::to_string(::getpid()) + "-" + random_hex());
-    if (::mkdir(tmp.c_str(), 0755) == 0) break;
-    const int err = errno;
-    if (err != EEXIST || attempt >= 8)
-      throw_io("cannot create temporary directory '" + tmp.string() + "': " + errno_text(err),
-               "check that you may write to " + parent.string());
-  }
+  const fs::path tmp = make_temp_directory(parent, ".tmp-export-" + std::to_string(version));
   try {
     for (const auto& [name, bytes] : files) write_new_file_synced(tmp / name, bytes);
     fault_point("files-written");
     fsync_directory(tmp);
     fault_point("before-commit");
-    for (int attempt = 0; !commit(tmp, target, parent, overwrite); ++attempt) {
+    auto commit = [&] {
+      return commit_directory(tmp, target, parent, ".tmp-export-" + target.filename().string(), overwrite);
+    };
+    for (int attempt = 0; !commit(); ++attempt) {
       // Another export took this version meanwhile: take the next free one, or refuse.
       if (!next_free || attempt >= 16)
         throw_invalid("model version " + target.string() + " already exists", kOverwriteHint);

@@ -13,14 +13,11 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
-#include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <limits>
-#include <random>
 
 #include "engine/errors.h"
+#include "export/posix_file.h"
 
 namespace tandem {
 namespace {
@@ -30,80 +27,6 @@ namespace fs = std::filesystem;
 constexpr const char* kVersionDirHint = "a model version directory looks like BASE/NAME/1";
 constexpr const char* kInconsistentHint =
     "model.json and weights.tdw do not belong together; re-export the model or restore it from a backup";
-
-std::string errno_text(int err) { return std::strerror(err); }
-
-class FileDescriptor {
- public:
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-  ~FileDescriptor() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  int release() {
-    int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-
- private:
-  int fd_;
-};
-
-std::string random_hex() {
-  uint64_t r = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-  try {
-    std::random_device rd;
-    r ^= (uint64_t{rd()} << 32) ^ rd();
-  } catch (const std::exception&) {
-    // No entropy source: the clock alone still makes a collision unlikely, and mkdir retries on one.
-  }
-  char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(r));
-  return buf;
-}
-
-// Writes a new file (it must not exist) and fsyncs it.
-void write_new_file_synced(const fs::path& path, const std::string& text) {
-  FileDescriptor fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (fd.get() < 0) {
-    const int err = errno;
-    throw_io("cannot create '" + path.string() + "': " + errno_text(err), "check the output directory's permissions");
-  }
-  const char* p = text.data();
-  size_t left = text.size();
-  while (left > 0) {
-    const ssize_t n = ::write(fd.get(), p, left);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      throw_io("cannot write '" + path.string() + "': " + errno_text(err), "check free disk space");
-    }
-    p += n;
-    left -= static_cast<size_t>(n);
-  }
-  if (::fsync(fd.get()) != 0 || ::close(fd.release()) != 0) {
-    const int err = errno;
-    throw_io("cannot flush '" + path.string() + "' to disk: " + errno_text(err),
-             "check free disk space and the health of the file system");
-  }
-}
-
-// Makes a directory's entries (a rename, a new file) durable.
-void fsync_directory(const fs::path& dir) {
-  FileDescriptor fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    const int err = errno;
-    throw_io("cannot open directory '" + dir.string() + "': " + errno_text(err), "check its permissions");
-  }
-  if (::fsync(fd.get()) != 0 && errno != EINVAL) {  // EINVAL: the file system cannot sync directories
-    const int err = errno;
-    throw_io("cannot flush directory '" + dir.string() + "' to disk: " + errno_text(err),
-             "check the health of the file system");
-  }
-}
 
 std::string read_text_file(const fs::path& path, const char* hint) {
   FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -215,51 +138,6 @@ void check_weights_match(const std::vector<DeclaredTensor>& declared, const std:
                 hint);
 }
 
-bool path_exists(const fs::path& p) {
-  struct stat st {};
-  return ::lstat(p.c_str(), &st) == 0;
-}
-
-// Renames `from` to `to` unless `to` exists. Returns false (errno = EEXIST) if it does.
-bool rename_no_replace(const fs::path& from, const fs::path& to) {
-#ifdef RENAME_NOREPLACE
-  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return true;
-  if (errno != EINVAL && errno != ENOSYS) return false;  // else no exclusive rename here: check, then rename
-#endif
-  if (path_exists(to)) {
-    errno = EEXIST;
-    return false;
-  }
-  return ::rename(from.c_str(), to.c_str()) == 0;
-}
-
-void commit_version(const fs::path& tmp, const fs::path& target, const fs::path& parent, const std::string& base,
-                    bool overwrite) {
-  if (rename_no_replace(tmp, target)) return;
-  int err = errno;
-  const bool exists = err == EEXIST || err == ENOTEMPTY;
-  if (exists && !overwrite)
-    throw_invalid("model version " + target.string() + " already exists", "--overwrite or choose another --version");
-  if (!exists)
-    throw_io("cannot rename '" + tmp.string() + "' to '" + target.string() + "': " + errno_text(err),
-             "check the permissions of " + parent.string());
-
-  const fs::path old = parent / (".tmp-" + base + "-old-" + std::to_string(::getpid()) + "-" + random_hex());
-  if (::rename(target.c_str(), old.c_str()) != 0) {
-    err = errno;
-    throw_io("cannot move the old model version '" + target.string() + "' aside: " + errno_text(err),
-             "check the permissions of " + parent.string());
-  }
-  if (::rename(tmp.c_str(), target.c_str()) != 0) {
-    err = errno;
-    ::rename(old.c_str(), target.c_str());  // best effort: put the old version back
-    throw_io("cannot rename '" + tmp.string() + "' to '" + target.string() + "': " + errno_text(err),
-             "check the permissions of " + parent.string());
-  }
-  std::error_code ignored;  // the new version is committed; a leftover hidden .tmp- directory is harmless
-  fs::remove_all(old, ignored);
-}
-
 }  // namespace
 
 void write_model_version(const std::string& version_dir, const ModelVersion& version, bool overwrite) {
@@ -295,20 +173,13 @@ void write_model_version(const std::string& version_dir, const ModelVersion& ver
       throw_invalid("'" + target.string() + "' exists and is not a directory", "remove it or choose another --version");
   }
 
-  fs::path tmp;
-  for (int attempt = 0;; ++attempt) {
-    tmp = parent / (".tmp-" + base + "-" + std::to_string(::getpid()) + "-" + random_hex());
-    if (::mkdir(tmp.c_str(), 0755) == 0) break;
-    const int err = errno;
-    if (err != EEXIST || attempt >= 8)
-      throw_io("cannot create temporary directory '" + tmp.string() + "': " + errno_text(err),
-               "check that you may write to " + parent.string());
-  }
+  const fs::path tmp = make_temp_directory(parent, ".tmp-" + base);
   try {
     write_new_file_synced(tmp / kModelJsonName, json_text);
     write_weights_file((tmp / kWeightsFileName).string(), version.tensors);
     fsync_directory(tmp);
-    commit_version(tmp, target, parent, base, overwrite);
+    if (!commit_directory(tmp, target, parent, ".tmp-" + base, overwrite))
+      throw_invalid("model version " + target.string() + " already exists", "--overwrite or choose another --version");
     fsync_directory(parent);
   } catch (...) {
     std::error_code ignored;

@@ -41,6 +41,7 @@
 #include <unordered_set>
 
 #include "engine/errors.h"
+#include "export/posix_file.h"
 
 namespace tandem {
 namespace {
@@ -191,7 +192,7 @@ bool byte_size_of(const std::vector<uint64_t>& dims, uint64_t* bytes) {
 uint64_t align_up(uint64_t v) { return (v + kAlignment - 1) / kAlignment * kAlignment; }
 
 // 'name' for messages; invalid names are shown with \xNN escapes.
-std::string quoted(const std::string& name) {
+std::string quoted_name(const std::string& name) {
   if (is_valid_name(name)) return "'" + name + "'";
   std::string out = "'";
   for (unsigned char c : name) {
@@ -208,27 +209,6 @@ std::string quoted(const std::string& name) {
 }
 
 // ---- POSIX file helpers ------------------------------------------------------------------------
-
-class FileDescriptor {
- public:
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-  ~FileDescriptor() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  int release() {
-    int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-
- private:
-  int fd_;
-};
-
-std::string errno_text(int err) { return std::strerror(err); }
 
 void write_all(int fd, const void* data, size_t size, const std::string& path) {
   const char* p = static_cast<const char*>(data);
@@ -295,7 +275,7 @@ std::vector<uint64_t> check_tensors_for_writing(const std::string& path, const s
   std::vector<uint64_t> sizes;
   sizes.reserve(tensors.size());
   for (const NamedTensor& t : tensors) {
-    const std::string where = "tensor " + quoted(t.name) + " for " + path;
+    const std::string where = "tensor " + quoted_name(t.name) + " for " + path;
     if (t.name.empty() || t.name.size() > kMaxNameBytes)
       throw_invalid("cannot write " + where + ": names must have 1.." + std::to_string(kMaxNameBytes) + " bytes",
                     "give every weight a non-empty, reasonably short name such as 'dense_1/kernel'");
@@ -303,7 +283,7 @@ std::vector<uint64_t> check_tensors_for_writing(const std::string& path, const s
       throw_invalid("cannot write " + where + ": the name is not valid UTF-8 or contains a control character",
                     "use printable UTF-8 names such as 'dense_1/kernel'");
     if (!seen.insert(t.name).second)
-      throw_invalid("cannot write " + path + ": two tensors are named " + quoted(t.name),
+      throw_invalid("cannot write " + path + ": two tensors are named " + quoted_name(t.name),
                     "tensor names must be unique");
     if (t.shape.rank() > kMaxRank)
       throw_invalid("cannot write " + where + ": rank " + std::to_string(t.shape.rank()) + " exceeds the maximum of " +
@@ -466,12 +446,12 @@ std::vector<NamedTensor> read_weights_file(const std::string& path) {
                  kCorruptHint);
     e.name = table.bytes(name_len, "a tensor name");
     if (!is_valid_name(e.name))
-      throw_data(path + ": the tensor name " + quoted(e.name) + " at byte " + std::to_string(entry_offset + 2) +
+      throw_data(path + ": the tensor name " + quoted_name(e.name) + " at byte " + std::to_string(entry_offset + 2) +
                      " is not valid UTF-8 or contains a control character",
                  kCorruptHint);
     if (!names.insert(e.name).second)
-      throw_data(path + ": tensor " + quoted(e.name) + " appears twice in the tensor table", kCorruptHint);
-    const std::string where = "tensor " + quoted(e.name) + " of " + path;
+      throw_data(path + ": tensor " + quoted_name(e.name) + " appears twice in the tensor table", kCorruptHint);
+    const std::string where = "tensor " + quoted_name(e.name) + " of " + path;
     const uint8_t dtype = table.u8("a dtype");
     if (dtype != static_cast<uint8_t>(DType::F32))
       throw_data(where + " has dtype " + std::to_string(dtype) + "; format version 1 stores float32 (1) only",
@@ -509,7 +489,7 @@ std::vector<NamedTensor> read_weights_file(const std::string& path) {
     if (e.offset > file_size || e.byte_size > file_size - e.offset)
       throw_truncated(
           path, file_size,
-          "tensor " + quoted(e.name) + " needs bytes " + std::to_string(e.offset) + ".." +
+          "tensor " + quoted_name(e.name) + " needs bytes " + std::to_string(e.offset) + ".." +
               (e.offset > std::numeric_limits<uint64_t>::max() - e.byte_size ? std::string("(beyond 2^64)")
                                                                              : std::to_string(e.offset + e.byte_size)));
   }
@@ -529,9 +509,9 @@ std::vector<NamedTensor> read_weights_file(const std::string& path) {
   for (size_t k = 0; k < order.size(); ++k) {
     const TableEntry& e = entries[order[k]];
     if (e.offset < end)
-      throw_data(
-          path + ": the data of tensors " + quoted(entries[order[k - 1]].name) + " and " + quoted(e.name) + " overlap",
-          kCorruptHint);
+      throw_data(path + ": the data of tensors " + quoted_name(entries[order[k - 1]].name) + " and " +
+                     quoted_name(e.name) + " overlap",
+                 kCorruptHint);
     end = e.offset + e.byte_size;  // in range: checked against file_size above
   }
   if (file_size > end)
@@ -560,7 +540,7 @@ std::vector<NamedTensor> read_weights_file(const std::string& path) {
     t.values.resize(static_cast<size_t>(e.byte_size / 4));
     read_at(fd.get(), t.values.data(), static_cast<size_t>(e.byte_size), e.offset, path);
     if (crc32c(t.values.data(), static_cast<size_t>(e.byte_size)) != e.crc)
-      throw_data("checksum mismatch in tensor " + quoted(e.name) + " of " + path + ": the file is corrupted",
+      throw_data("checksum mismatch in tensor " + quoted_name(e.name) + " of " + path + ": the file is corrupted",
                  kCorruptHint);
     pos = std::max(pos, e.offset + e.byte_size);
   }

@@ -1,15 +1,10 @@
 // Export formats: the protobuf wire encoder, the SavedModel and ONNX graphs built per layer type,
 // BatchNormalization folding, and `tandem export`'s atomic versioned directories.
 // (Agreement of the exported models with TensorFlow and onnxruntime: tests/interop/export_check.py.)
-#include <unistd.h>
-
-#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <random>
 #include <set>
@@ -24,6 +19,7 @@
 #include "export/onnx_writer.h"
 #include "export/protobuf.h"
 #include "export/savedmodel_writer.h"
+#include "temp_dir.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -32,31 +28,12 @@ using tandem::ErrorKind;
 using tandem::Model;
 using tandem::NamedTensor;
 using tandem::Shape;
+using namespace tandem::test;  // temp_dir.h: TempDir, write_bytes
 namespace proto = tandem::proto;
 namespace sm = tandem::savedmodel;
 namespace ox = tandem::onnx;
 
 namespace {
-
-class ExportTempDir {
- public:
-  ExportTempDir() {
-    std::random_device rd;
-    path_ = fs::temp_directory_path() /
-            ("tandem-test-formats-" + std::to_string(::getpid()) + "-" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path_);
-  }
-  ~ExportTempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  ExportTempDir(const ExportTempDir&) = delete;
-  ExportTempDir& operator=(const ExportTempDir&) = delete;
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
 
 std::string hex(const std::string& bytes) {
   static const char* digits = "0123456789abcdef";
@@ -69,27 +46,12 @@ std::string hex(const std::string& bytes) {
   return out;
 }
 
-std::string file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
-}
+// This file's names for the shared helpers of temp_dir.h.
+std::string file_bytes(const std::string& path) { return tandem::test::read_bytes(path); }
 
 template <typename F>
 Error error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  FAIL("expected a tandem::Error");
-  return Error(ErrorKind::Internal, "unreachable");
+  return tandem::test::catch_error(std::forward<F>(f));
 }
 
 // Every layer type, both paddings, strides, with and without bias, BN on images and on vectors.
@@ -152,7 +114,7 @@ std::vector<std::string> attr_keys(const sm::NodeDef& n) {
 }
 
 // A source model version on disk, as `tandem train` writes it.
-std::string write_source(const ExportTempDir& tmp, const Model& m, const std::vector<NamedTensor>& tensors) {
+std::string write_source(const TempDir& tmp, const Model& m, const std::vector<NamedTensor>& tensors) {
   tandem::ModelVersion v;
   json weights = json::array();
   for (const auto& p : m.params()) weights.push_back({{"name", p.name}, {"shape", p.shape.dims}});
@@ -170,12 +132,7 @@ std::string write_source(const ExportTempDir& tmp, const Model& m, const std::ve
   return dir;
 }
 
-std::vector<std::string> entries(const std::string& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
-  std::sort(out.begin(), out.end());
-  return out;
-}
+std::vector<std::string> entries(const std::string& dir) { return tandem::test::entries_of(dir); }
 
 }  // namespace
 
@@ -619,7 +576,7 @@ TEST_CASE("export: formats", "[cpu][export]") {
 }
 
 TEST_CASE("export: writes versions, next free version, refuses to overwrite", "[cpu][export]") {
-  ExportTempDir tmp;
+  TempDir tmp;
   const Model m = all_layers_model();
   const std::string src = write_source(tmp, m, weights_of(m));
   const std::string base = tmp / "serving/all";
@@ -666,7 +623,7 @@ TEST_CASE("export: writes versions, next free version, refuses to overwrite", "[
 }
 
 TEST_CASE("export: a failure leaves nothing behind", "[cpu][export]") {
-  ExportTempDir tmp;
+  TempDir tmp;
   const Model m = all_layers_model();
   const std::string src = write_source(tmp, m, weights_of(m));
   const std::string base = tmp / "serving/all";
@@ -691,7 +648,7 @@ TEST_CASE("export: a failure leaves nothing behind", "[cpu][export]") {
 }
 
 TEST_CASE("export: a version taken by a concurrent export meanwhile", "[cpu][export]") {
-  ExportTempDir tmp;
+  TempDir tmp;
   const Model m = all_layers_model();
   const std::string src = write_source(tmp, m, weights_of(m));
   const std::string base = tmp / "serving/all";
@@ -710,7 +667,7 @@ TEST_CASE("export: a version taken by a concurrent export meanwhile", "[cpu][exp
 }
 
 TEST_CASE("export: bad input", "[cpu][export]") {
-  ExportTempDir tmp;
+  TempDir tmp;
   const Model m = all_layers_model();
   const std::string src = write_source(tmp, m, weights_of(m));
   const std::string base = tmp / "serving/all";

@@ -1,12 +1,8 @@
 // Native model format: CRC32C, weights.tdw round trip and corruption detection, versioned model directories.
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <random>
 #include <string>
@@ -15,48 +11,16 @@
 #include "engine/errors.h"
 #include "export/model_dir.h"
 #include "export/weights_file.h"
+#include "temp_dir.h"
 
 namespace fs = std::filesystem;
 using tandem::Error;
 using tandem::ErrorKind;
 using tandem::NamedTensor;
 using tandem::Shape;
+using namespace tandem::test;  // temp_dir.h: TempDir, read_bytes, write_bytes, entries_of, catch_error
 
 namespace {
-
-// A fresh directory under the system temp dir, removed with everything in it at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::random_device rd;
-    path_ = fs::temp_directory_path() /
-            ("tandem-test-export-" + std::to_string(::getpid()) + "-" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
-}
 
 NamedTensor make_tensor(const std::string& name, Shape shape, float start) {
   NamedTensor t;
@@ -95,17 +59,6 @@ bool same_bits(const std::vector<NamedTensor>& a, const std::vector<NamedTensor>
       return false;
   }
   return true;
-}
-
-template <typename F>
-Error catch_error(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  FAIL("expected a tandem::Error");
-  return Error(ErrorKind::Internal, "unreachable");
 }
 
 // ---- an independent encoder of the documented format, for crafted (and valid) files ----------
@@ -248,13 +201,6 @@ tandem::ModelVersion sample_version(float start = 0.0f) {
   v.tensors = {make_tensor("dense/kernel", Shape{4, 3}, start), make_tensor("dense/bias", Shape{3}, start + 1.0f)};
   v.model_json = model_json_for(v.tensors);
   return v;
-}
-
-std::vector<std::string> entries_of(const fs::path& dir) {
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
 }
 
 bool has_temp_entries(const fs::path& dir) {
