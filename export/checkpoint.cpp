@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <thread>
+#include <utility>
 
 #include "engine/errors.h"
 #include "export/atomic_file.h"
@@ -66,6 +67,26 @@ CheckpointWriter::CheckpointWriter(std::string root, int keep) : root_(std::move
   if (ec) throw_io("cannot create checkpoint directory '" + root_ + "': " + ec.message());
   for (const auto& e : fs::directory_iterator(root_, ec))
     if (e.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(e.path(), ec);
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  if (worker_.joinable()) worker_.join();
+}
+
+void CheckpointWriter::wait() {
+  if (worker_.joinable()) worker_.join();
+  if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+}
+
+void CheckpointWriter::write_async(TrainerState state, json identity) {
+  wait();
+  worker_ = std::thread([this, st = std::move(state), id = std::move(identity)] {
+    try {
+      write(st, id);
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+  });
 }
 
 std::string CheckpointWriter::write(const TrainerState& st, const json& identity) {

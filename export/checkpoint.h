@@ -5,7 +5,9 @@
 #pragma once
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <exception>
 #include <string>
+#include <thread>
 
 #include "engine/trainer.h"
 
@@ -21,12 +23,22 @@ class CheckpointWriter {
  public:
   // `root` is DIR/checkpoints; created if needed. Stale temporary directories are removed.
   CheckpointWriter(std::string root, int keep);
+  ~CheckpointWriter();  // waits for a write in flight
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
   // Writes and commits a checkpoint; returns its directory.
   std::string write(const TrainerState& state, const nlohmann::json& identity);
+  // The same on a background thread, so training continues while the files are written and
+  // synced; waits for the previous write first. A failed write is rethrown by the next call or
+  // by wait().
+  void write_async(TrainerState state, nlohmann::json identity);
+  void wait();
 
  private:
   std::string root_;
   int keep_;
+  std::thread worker_;
+  std::exception_ptr error_;
 };
 
 // The checkpoint `latest` points to, or nullopt when `root` holds none. Errors name the file.

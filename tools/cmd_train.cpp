@@ -346,7 +346,7 @@ Command add_train(CLI::App& root) {
     auto commit_checkpoint = [&] {
       TrainerState st = trainer.state();  // collective in a multi-process job
       if (placement.comm) placement.comm->barrier();
-      if (checkpoints) checkpoints->write(st, identity);
+      if (checkpoints) checkpoints->write_async(std::move(st), identity);
     };
 
     // The best epoch so far (for --save-best), recovered from a resumed run's history.
@@ -394,6 +394,7 @@ Command add_train(CLI::App& root) {
       return stop;
     };
     trainer.fit(train, validation.count ? &validation : nullptr, callbacks);
+    if (checkpoints) checkpoints->wait();  // the last checkpoint is committed before we go on
     if (!a.save_best.empty() && !best_weights.empty()) {
       trainer.set_weights(best_weights);
       if (rank0) std::printf("restored the best weights: epoch %d, %s %.4f\n", best_epoch, monitor.c_str(), best);
