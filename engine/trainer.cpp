@@ -115,6 +115,16 @@ void Trainer::reduce_and_update() {
   }
 }
 
+void Trainer::local_metric_sums(double* sums) {
+  sums[0] = sums[1] = 0;
+  for (auto& r : replicas_) {
+    double loss_sum, correct;
+    r->read_metrics(&loss_sum, &correct);
+    sums[0] += loss_sum;
+    sums[1] += correct;
+  }
+}
+
 void Trainer::check_replicas() {
   auto digests = replica_digests();
   for (size_t l = 1; l < digests.size(); ++l)
@@ -206,13 +216,9 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
         auto now = clock::now();
         if (s + 1 == steps || now - last_report > std::chrono::milliseconds(100)) {
           last_report = now;
-          double loss_sum = 0, correct = 0;
-          for (auto& r : replicas_) {
-            double a, c;
-            r->read_metrics(&a, &c);
-            loss_sum += a;
-            correct += c;
-          }
+          double m[2];
+          local_metric_sums(m);
+          const double loss_sum = m[0], correct = m[1];
           int64_t seen = std::min(train.count, (s + 1) * B);
           int64_t local_seen = seen * local / n;  // samples this process has seen
           cb.on_step(s + 1, steps, loss_sum / double(std::max<int64_t>(1, local_seen)),
@@ -220,13 +226,8 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
         }
       }
     }
-    double sums[2] = {0, 0};
-    for (auto& r : replicas_) {
-      double a, c;
-      r->read_metrics(&a, &c);
-      sums[0] += a;
-      sums[1] += c;
-    }
+    double sums[2];
+    local_metric_sums(sums);
     if (sync_) sync_->all_reduce_metrics(sums, 2);
     log.loss = sums[0] / double(train.count);
     log.accuracy = sums[1] / double(train.count);
@@ -258,14 +259,7 @@ TrainerState Trainer::state() {
   st.epoch = epoch_;
   st.epoch_step = epoch_step_;
   double sums[2] = {0, 0};
-  if (epoch_step_ > 0) {
-    for (auto& r : replicas_) {
-      double a, c;
-      r->read_metrics(&a, &c);
-      sums[0] += a;
-      sums[1] += c;
-    }
-  }
+  if (epoch_step_ > 0) local_metric_sums(sums);
   if (sync_) sync_->all_reduce_metrics(sums, 2);
   st.epoch_loss_sum = sums[0];
   st.epoch_correct = sums[1];

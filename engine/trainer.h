@@ -129,6 +129,7 @@ class Trainer {
   std::unique_ptr<Optimizer> host_optimizer_;
   void reduce_and_update();
   void check_replicas();
+  void local_metric_sums(double* sums);  // {loss sum, correct} over this process's replicas
   int64_t step_ = 0;
   int epoch_ = 0;
   int64_t epoch_step_ = 0;
