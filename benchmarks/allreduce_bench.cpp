@@ -1,8 +1,9 @@
 // allreduce_bench: bus bandwidth of Tandem's bucketed gradient all-reduce (the path a training
-// step takes: per-step rendezvous, then buckets of --bucket-mb reduced on the communication
+// step takes: buckets of --bucket-mb reduced on the communication
 // thread) against a raw MPI_Allreduce of the same buffer, as nccl-tests reports it:
 // algbw = bytes / time, busbw = algbw * 2(n-1)/n.
-//   mpirun -np 2 build/benchmarks/allreduce_bench [--bucket-mb 25] [--iters 20]
+//   mpirun -np 2 build/benchmarks/allreduce_bench [--bucket-mb 25] [--iters 20] [--rounds 7]
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -22,19 +23,20 @@ using namespace tandem;
 
 int main(int argc, char** argv) {
   double bucket_mb = 25;
-  int iters = 20;
+  int iters = 20, rounds = 7;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--bucket-mb")) bucket_mb = std::atof(argv[i + 1]);
     if (!std::strcmp(argv[i], "--iters")) iters = std::atoi(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--rounds")) rounds = std::max(1, std::atoi(argv[i + 1]));
   }
   try {
     auto comm = make_mpi_communicator(true);
     const int n = comm->size();
     auto cpu = make_cpu_backend(1);
     if (comm->rank() == 0)
-      std::printf("# %d ranks (%s), bucket %.0f MiB, %d iterations; busbw = algbw * 2(n-1)/n\n"
+      std::printf("# %d ranks (%s), bucket %.0f MiB, median of %d rounds of %d iterations; busbw = algbw * 2(n-1)/n\n"
                   "%10s %12s %12s %12s %12s %8s\n",
-                  n, comm->name().c_str(), bucket_mb, iters, "bytes", "tandem_us", "tandem_busbw", "mpi_us",
+                  n, comm->name().c_str(), bucket_mb, rounds, iters, "bytes", "tandem_us", "tandem_busbw", "mpi_us",
                   "mpi_busbw", "ratio");
     for (size_t bytes : {size_t(1) << 20, size_t(4) << 20, size_t(16) << 20, size_t(64) << 20}) {
       const size_t floats = bytes / sizeof(float);
@@ -55,13 +57,27 @@ int main(int argc, char** argv) {
         MPI_Barrier(MPI_COMM_WORLD);
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
       };
+      // Alternate the two in rounds and keep each one's median: this VM's speed drifts between
+      // runs by more than the difference being measured.
       uint64_t step = 0;
-      double t_tandem = time_it([&] {
-        sync.begin_step(*cpu, buf.data(), floats, step++);
-        sync.all_reduce_gradients(*cpu, buf.data(), floats);
-      });
-      double t_mpi = time_it(
-          [&] { MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(floats), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); });
+      std::vector<double> tandem_t, mpi_t;
+      for (int round = 0; round < rounds; ++round) {
+        tandem_t.push_back(time_it([&] {
+          // As backward does: every bucket but the first layer's is handed to the communication
+          // thread as it is finished, then the step waits for all of them.
+          sync.begin_step(*cpu, buf.data(), floats, step++);
+          for (size_t b = 0; b + 1 < buckets.size(); ++b) sync.layer_done(buckets[b].begin);
+          sync.all_reduce_gradients(*cpu, buf.data(), floats);
+        }));
+        mpi_t.push_back(time_it([&] {
+          MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(floats), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        }));
+      }
+      auto median = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+      };
+      const double t_tandem = median(tandem_t), t_mpi = median(mpi_t);
       auto busbw = [&](double t) { return double(bytes) / t * 2.0 * (n - 1) / n / 1e9; };
       if (comm->rank() == 0)
         std::printf("%10zu %12.1f %12.2f %12.1f %12.2f %8.3f\n", bytes, t_tandem * 1e6, busbw(t_tandem),

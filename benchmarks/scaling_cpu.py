@@ -8,6 +8,7 @@ and the step time with the bucketed all-reduce overlapping backward vs after it 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import tempfile
 
@@ -27,25 +28,36 @@ def main():
     ap.add_argument("--per-replica-batch", type=int, default=64)
     ap.add_argument("--samples", type=int, default=2560)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     mpi = ["mpirun", "--oversubscribe", "--allow-run-as-root", "--bind-to", "core", "-np", "2"]
     common = ["train", "--model", a.model, "--threads", "1", "--epochs", str(a.epochs),
               "--train-samples", str(a.samples), "--optimizer", "sgd"]
-    one = run([a.tandem] + common + ["--batch-size", str(a.per_replica_batch)])
-    two = run(mpi + [a.tandem] + common + ["--batch-size", str(2 * a.per_replica_batch),
-                                           "--strategy", "multi-worker"])
-    two_no = run(mpi + [a.tandem] + common + ["--batch-size", str(2 * a.per_replica_batch),
-                                              "--strategy", "multi-worker", "--no-overlap"])
-    sps = lambda secs: a.samples * len(secs) / sum(secs)
-    steps = a.samples / (2 * a.per_replica_batch)
-    s1, s2, s2n = sps(one), sps(two), sps(two_no)
+    configs = {
+        "1 rank": [a.tandem] + common + ["--batch-size", str(a.per_replica_batch)],
+        "2 ranks": mpi + [a.tandem] + common + ["--batch-size", str(2 * a.per_replica_batch),
+                                                "--strategy", "multi-worker"],
+        "2 ranks --no-overlap": mpi + [a.tandem] + common + ["--batch-size", str(2 * a.per_replica_batch),
+                                                             "--strategy", "multi-worker", "--no-overlap"],
+    }
+    # This VM's speed drifts by ~10% between runs: the configurations take turns, in a rotated
+    # order, and each keeps the median of its repeats.
+    sps = {k: [] for k in configs}
+    names = list(configs)
+    for rep in range(a.repeats):
+        for k in names[rep % len(names):] + names[:rep % len(names)]:
+            secs = run(configs[k])
+            sps[k].append(a.samples * len(secs) / sum(secs))
+    med = {k: statistics.median(v) for k, v in sps.items()}
     print(f"{a.model}, per-replica batch {a.per_replica_batch}, {a.samples} samples/epoch, "
-          f"epochs after the first of {a.epochs}, 1 thread per rank")
-    print(f"  1 rank : {s1:8.1f} samples/s")
-    print(f"  2 ranks: {s2:8.1f} samples/s  efficiency {s2 / (2 * s1) * 100:.1f}%  (overlap on)")
-    print(f"  2 ranks: {s2n:8.1f} samples/s  efficiency {s2n / (2 * s1) * 100:.1f}%  (--no-overlap)")
-    print(f"  step time 2 ranks: overlap {sum(two) / len(two) / steps * 1e3:.1f} ms, "
-          f"no overlap {sum(two_no) / len(two_no) / steps * 1e3:.1f} ms")
+          f"epochs after the first of {a.epochs}, 1 thread per rank, median of {a.repeats} interleaved runs")
+    s1 = med["1 rank"]
+    print(f"  1 rank : {s1:8.1f} samples/s   runs {', '.join(f'{x:.1f}' for x in sps['1 rank'])}")
+    for k, label in (("2 ranks", "overlap on"), ("2 ranks --no-overlap", "--no-overlap")):
+        runs = ", ".join(f"{x:.1f}" for x in sps[k])
+        print(f"  2 ranks: {med[k]:8.1f} samples/s  efficiency {med[k] / (2 * s1) * 100:.1f}%  ({label})  runs {runs}")
+    print(f"  step time 2 ranks: overlap {2 * a.per_replica_batch / med['2 ranks'] * 1e3:.1f} ms, "
+          f"no overlap {2 * a.per_replica_batch / med['2 ranks --no-overlap'] * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":

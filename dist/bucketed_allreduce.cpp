@@ -40,7 +40,8 @@ BucketedAllReduce::BucketedAllReduce(Communicator& comm, const Model& model, siz
     : BucketedAllReduce(comm, plan_buckets(model, bucket_bytes), overlap, timeout_s) {}
 
 BucketedAllReduce::BucketedAllReduce(Communicator& comm, std::vector<Bucket> buckets, bool overlap, double timeout_s)
-    : comm_(comm), buckets_(std::move(buckets)), overlap_(overlap), timeout_s_(timeout_s) {
+    : comm_(comm), buckets_(std::move(buckets)), overlap_(overlap) {
+  comm_.start_watchdog(timeout_s);
   if (overlap_ && comm_.size() > 1) thread_ = std::thread([this] { comm_loop(); });
 }
 
@@ -68,9 +69,7 @@ bool should_stall(int rank, uint64_t step) {
 void BucketedAllReduce::begin_step(Backend& backend, float* grads, size_t n, uint64_t step) {
   if (comm_.size() == 1) return;
   while (should_stall(comm_.rank(), step)) std::this_thread::sleep_for(std::chrono::seconds(1));
-  // Every rank must reach this step before anyone blocks in a collective: a rank that does not
-  // arrive in time is named and the job aborted (the stall watchdog).
-  comm_.rendezvous(step, timeout_s_);
+  comm_.note_step(step);  // names the step in a stall report
   host_memory_ = backend.device().kind == DeviceKind::Cpu;
   grads_ = grads;
   next_ready_ = 0;
@@ -122,10 +121,21 @@ void BucketedAllReduce::comm_loop() {
 void BucketedAllReduce::all_reduce_gradients(Backend& backend, float* grads, size_t n) {
   if (comm_.size() == 1) return;
   if (active_) {
-    layer_done(0);  // anything not yet handed over
     std::unique_lock<std::mutex> lock(mu_);
-    cv_done_.wait(lock, [this] { return done_ == buckets_.size(); });
     active_ = false;
+    if (done_ == next_ready_ && next_ready_ < buckets_.size()) {
+      // The thread is idle: reduce what is left here rather than pay two thread hand-offs on
+      // the step's critical path. Order is kept: everything handed over has completed.
+      const size_t from = next_ready_;
+      next_ready_ = done_ = buckets_.size();
+      lock.unlock();
+      for (size_t i = from; i < buckets_.size(); ++i) reduce_bucket(i);
+      lock.lock();
+    } else {
+      while (next_ready_ < buckets_.size()) queue_.push_back(next_ready_++);
+      cv_.notify_one();
+      cv_done_.wait(lock, [this] { return done_ == buckets_.size(); });
+    }
     if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
     return;
   }
@@ -147,14 +157,18 @@ void BucketedAllReduce::all_reduce_metrics(double* values, int count) {
 }
 
 void BucketedAllReduce::require_agreement(const std::string& what, const std::string& value) {
+  require_same_on_all_ranks(comm_, what, value);
+}
+
+void require_same_on_all_ranks(Communicator& comm, const std::string& what, const std::string& value) {
   // Compare fixed-size digests of the values, gathered from every rank.
   char mine[32] = {0};
   std::snprintf(mine, sizeof(mine), "%08x%08x", crc32c(value.data(), value.size()),
                 crc32c(value.data(), value.size(), 0x5bd1e995u));
-  std::vector<char> all(sizeof(mine) * static_cast<size_t>(comm_.size()));
-  comm_.all_gather(mine, sizeof(mine), all.data());
+  std::vector<char> all(sizeof(mine) * static_cast<size_t>(comm.size()));
+  comm.all_gather(mine, sizeof(mine), all.data());
   std::string bad;
-  for (int r = 1; r < comm_.size(); ++r)
+  for (int r = 1; r < comm.size(); ++r)
     if (std::memcmp(all.data() + r * sizeof(mine), all.data(), sizeof(mine)) != 0)
       bad += (bad.empty() ? "" : ", ") + std::to_string(r);
   if (!bad.empty())

@@ -22,8 +22,13 @@ struct Bucket {
 // from the last layer backwards (the order in which backward produces them).
 std::vector<Bucket> plan_buckets(const Model& model, size_t bucket_bytes);
 
+// Throws Error(Communication) naming the ranks whose `value` differs from rank 0's (compared as
+// digests gathered from every rank).
+void require_same_on_all_ranks(Communicator& comm, const std::string& what, const std::string& value);
+
 class BucketedAllReduce final : public GradientSync {
  public:
+  // `timeout_s`: the communicator's stall watchdog (--collective-timeout).
   BucketedAllReduce(Communicator& comm, const Model& model, size_t bucket_bytes, bool overlap, double timeout_s);
   // Explicit buckets (benchmarks).
   BucketedAllReduce(Communicator& comm, std::vector<Bucket> buckets, bool overlap, double timeout_s);
@@ -44,7 +49,6 @@ class BucketedAllReduce final : public GradientSync {
   Communicator& comm_;
   std::vector<Bucket> buckets_;
   bool overlap_;
-  double timeout_s_;
   // Current step's state.
   float* grads_ = nullptr;
   bool host_memory_ = true;

@@ -1,6 +1,7 @@
 #include <cstdlib>
 
 #include "dist/communicator.h"
+#include "dist/nccl_sync.h"
 #include "engine/errors.h"
 
 namespace tandem {
@@ -19,6 +20,18 @@ std::unique_ptr<Communicator> make_mpi_communicator(bool) {
 }
 void abort_job_if_distributed(int) {}
 int distributed_rank() { return -1; }
+#endif
+
+#ifndef TANDEM_HAVE_NCCL
+bool nccl_available() { return false; }
+std::unique_ptr<GradientSync> make_nccl_gradient_sync(Communicator&, const Model&, Backend&, size_t, bool, double) {
+  throw_error(ErrorKind::Communication, "this build of Tandem has no NCCL support",
+              "build with CUDA and NCCL (tools/setup.sh finds them under /usr/local/cuda)");
+}
+std::unique_ptr<LocalReduce> make_nccl_local_reduce(const std::vector<Backend*>&) {
+  throw_error(ErrorKind::Communication, "this build of Tandem has no NCCL support",
+              "build with CUDA and NCCL (tools/setup.sh finds them under /usr/local/cuda)");
+}
 #endif
 
 }  // namespace tandem

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@ class Communicator {
   virtual int size() const = 0;
   virtual int local_rank() const = 0;  // rank within the node
   virtual int local_size() const = 0;
+  virtual int nodes() const = 0;
   // In-place sum over all ranks; every rank ends with bit-identical values.
   virtual void all_reduce_sum(float* data, size_t n) = 0;
   virtual void all_reduce_sum(double* data, size_t n) = 0;
@@ -25,9 +27,25 @@ class Communicator {
   // Every rank contributes `bytes`; `out` receives size()*bytes in rank order.
   virtual void all_gather(const void* in, size_t bytes, void* out) = 0;
   virtual void barrier() = 0;
-  // A barrier that gives up after `timeout_s`: rank 0 then names the ranks that have not arrived
-  // (the usual hang: a rank stuck or gone before the collective) and the job is aborted.
-  virtual void rendezvous(uint64_t tag, double timeout_s) = 0;
+  // The two halves of the hierarchical algorithm, for device all-reduces that do the in-node part
+  // themselves (NCCL): a broadcast from local rank 0 to its node, and an in-place sum over the
+  // ranks with this rank's local rank on every node.
+  virtual void node_broadcast(void* data, size_t bytes) = 0;
+  virtual void cross_node_all_reduce_sum(float* data, size_t n) = 0;
+  // The stall watchdog. Collectives are numbered as each rank enters them, and `note_step` labels
+  // the ones that follow with a training step. Once `start_watchdog(timeout_s)` has run, a
+  // collective that ranks have waited in for more than `timeout_s` makes rank 0 name the ranks
+  // that have not reached it (the usual hang: a rank stuck or gone before a collective) and abort
+  // the whole job. It costs a collective nothing: a background thread reports each rank's count
+  // to rank 0 a few times a second.
+  virtual void start_watchdog(double timeout_s) = 0;
+  virtual void note_step(uint64_t step) = 0;
+  // On rank 0 with the watchdog running: the ranks last heard of before `step` ("" if none, or
+  // not known on this rank). For collectives the communicator does not run itself (NCCL).
+  virtual std::string ranks_behind(uint64_t step) = 0;
+  // Runs before the job is aborted by the watchdog or abort(), e.g. ncclCommAbort. One hook;
+  // an empty function removes it.
+  virtual void set_abort_hook(std::function<void()> hook) = 0;
   // Ends the whole job (all ranks) with `code`. Never returns.
   [[noreturn]] virtual void abort(int code) = 0;
 };

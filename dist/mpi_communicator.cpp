@@ -2,9 +2,12 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -37,12 +40,18 @@ struct MpiSession {
     int initialized = 0;
     MPI_Initialized(&initialized);
     if (!initialized) {
-      int provided = 0;
-      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
+      // The communication thread shares cores with the compute threads: an MPI that spins while
+      // it waits for the other ranks takes CPU from backward. OpenMPI yields when asked to (this
+      // is what it does by itself when oversubscribed); a value the user set wins.
+      setenv("OMPI_MCA_mpi_yield_when_idle", "1", 0);
+      // MULTIPLE: the watchdog thread talks to rank 0 while another thread is in a collective.
+      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
       if (provided < MPI_THREAD_SERIALIZED)
         throw Error(ErrorKind::Communication, "the MPI library does not support MPI_THREAD_SERIALIZED",
                     "use an MPI built with thread support (OpenMPI is)");
       owned = true;
+    } else {
+      MPI_Query_thread(&provided);
     }
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   }
@@ -52,6 +61,7 @@ struct MpiSession {
     if (owned && !finalized) MPI_Finalize();
   }
   bool owned = false;
+  int provided = 0;
 };
 
 MpiSession& session() {
@@ -87,15 +97,15 @@ class MpiCommunicator final : public Communicator {
     MPI_CHECK(MPI_Comm_rank(node_, &local_rank_));
     MPI_CHECK(MPI_Comm_size(node_, &local_size_));
     MPI_CHECK(MPI_Comm_split(world_, local_rank_, rank_, &cross_));
-    int nodes = 0;
-    MPI_CHECK(MPI_Comm_size(cross_, &nodes));
+    MPI_CHECK(MPI_Comm_size(cross_, &nodes_));
     // Two levels only help (and only work) with several nodes of equal size.
     int min_local = 0, max_local = 0;
     MPI_CHECK(MPI_Allreduce(&local_size_, &min_local, 1, MPI_INT, MPI_MIN, world_));
     MPI_CHECK(MPI_Allreduce(&local_size_, &max_local, 1, MPI_INT, MPI_MAX, world_));
-    hierarchical_ = hierarchical && nodes > 1 && local_size_ > 1 && min_local == max_local;
+    hierarchical_ = hierarchical && nodes_ > 1 && local_size_ > 1 && min_local == max_local;
   }
   ~MpiCommunicator() override {
+    stop_watchdog();
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (finalized) return;
@@ -108,90 +118,63 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
   int local_rank() const override { return local_rank_; }
   int local_size() const override { return local_size_; }
+  int nodes() const override { return nodes_; }
 
   void all_reduce_sum(float* data, size_t n) override {
     if (size_ == 1 || n == 0) return;
+    Entered entered(*this);
     if (hierarchical_) return hierarchical_sum(data, n, MPI_FLOAT);
     reduce_chunked(data, n, MPI_FLOAT, sizeof(float), world_);
   }
   void all_reduce_sum(double* data, size_t n) override {
     if (size_ == 1 || n == 0) return;
+    Entered entered(*this);
     reduce_chunked(data, n, MPI_DOUBLE, sizeof(double), world_);
   }
   void broadcast(void* data, size_t bytes, int root) override {
+    Entered entered(*this);
     MPI_CHECK(MPI_Bcast(data, static_cast<int>(bytes), MPI_BYTE, root, world_));
   }
   void all_gather(const void* in, size_t bytes, void* out) override {
+    Entered entered(*this);
     MPI_CHECK(MPI_Allgather(in, static_cast<int>(bytes), MPI_BYTE, out, static_cast<int>(bytes), MPI_BYTE, world_));
   }
-  void barrier() override { MPI_CHECK(MPI_Barrier(world_)); }
-
-  void rendezvous(uint64_t tag, double timeout_s) override {
-    if (size_ == 1) return;
-    using clock = std::chrono::steady_clock;
-    const auto deadline = clock::now() + std::chrono::duration<double>(timeout_s);
-    const int mpi_tag = static_cast<int>(tag % 30000) + 1;
-    unsigned long long mine = tag;
-    if (rank_ == 0) {
-      std::vector<unsigned long long> got(size_);
-      std::vector<MPI_Request> req(size_ - 1);
-      for (int r = 1; r < size_; ++r)
-        MPI_CHECK(MPI_Irecv(&got[r], 1, MPI_UNSIGNED_LONG_LONG, r, mpi_tag, ctl_, &req[r - 1]));
-      std::vector<int> done(size_ - 1, 0);
-      for (;;) {
-        bool all = true;
-        for (int i = 0; i < size_ - 1; ++i) {
-          if (!done[i]) MPI_CHECK(MPI_Test(&req[i], &done[i], MPI_STATUS_IGNORE));
-          all = all && done[i];
-        }
-        if (all) break;
-        if (clock::now() > deadline) {
-          std::string missing;
-          for (int i = 0; i < size_ - 1; ++i)
-            if (!done[i]) missing += (missing.empty() ? "" : ", ") + std::to_string(i + 1);
-          std::fprintf(stderr,
-                       "tandem: communication error: stall: rank(s) %s did not reach step %llu within %.0f s "
-                       "(--collective-timeout); aborting the job\n  hint: check those ranks' output; a rank "
-                       "may be stuck, overloaded or gone\n",
-                       missing.c_str(), mine, timeout_s);
-          std::fflush(stderr);
-          abort(3);
-        }
-        std::this_thread::sleep_for(std::chrono::microseconds(50));
-      }
-      for (int r = 1; r < size_; ++r)
-        if (got[r] != mine)
-          throw Error(ErrorKind::Communication,
-                      "rank " + std::to_string(r) + " is at step " + std::to_string(got[r]) + ", rank 0 at step " +
-                          std::to_string(mine),
-                      "the ranks have diverged; they must run the same program with the same flags");
-      unsigned char go = 1;
-      for (int r = 1; r < size_; ++r) MPI_CHECK(MPI_Send(&go, 1, MPI_BYTE, r, mpi_tag, ctl_));
-    } else {
-      MPI_CHECK(MPI_Send(&mine, 1, MPI_UNSIGNED_LONG_LONG, 0, mpi_tag, ctl_));
-      unsigned char go = 0;
-      MPI_Request req;
-      MPI_CHECK(MPI_Irecv(&go, 1, MPI_BYTE, 0, mpi_tag, ctl_, &req));
-      int done = 0;
-      // Rank 0 reports the missing ranks at the deadline; give it a moment more to do so.
-      const auto late = deadline + std::chrono::seconds(5);
-      while (!done) {
-        MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
-        if (done) break;
-        if (clock::now() > late) {
-          std::fprintf(stderr,
-                       "tandem: communication error: stall: rank %d waited %.0f s at step %llu without hearing "
-                       "from rank 0; aborting the job\n",
-                       rank_, timeout_s, mine);
-          std::fflush(stderr);
-          abort(3);
-        }
-        std::this_thread::sleep_for(std::chrono::microseconds(50));
-      }
-    }
+  void barrier() override {
+    Entered entered(*this);
+    MPI_CHECK(MPI_Barrier(world_));
   }
 
+  void node_broadcast(void* data, size_t bytes) override {
+    Entered entered(*this);
+    MPI_CHECK(MPI_Bcast(data, static_cast<int>(bytes), MPI_BYTE, 0, node_));
+  }
+  void cross_node_all_reduce_sum(float* data, size_t n) override {
+    if (nodes_ == 1 || n == 0) return;
+    Entered entered(*this);
+    reduce_chunked(data, n, MPI_FLOAT, sizeof(float), cross_);
+  }
+
+  void start_watchdog(double timeout_s) override;
+  std::string ranks_behind(uint64_t step) override {
+    std::lock_guard<std::mutex> lock(heard_mu_);
+    std::string out;
+    for (size_t r = 0; r < heard_step_.size(); ++r)
+      if (heard_step_[r] < step) out += (out.empty() ? "" : ", ") + std::to_string(r);
+    return out;
+  }
+  void set_abort_hook(std::function<void()> hook) override {
+    std::lock_guard<std::mutex> lock(heard_mu_);
+    abort_hook_ = std::move(hook);
+  }
+  void note_step(uint64_t step) override { step_.store(step, std::memory_order_relaxed); }
+
   [[noreturn]] void abort(int code) override {
+    std::function<void()> hook;
+    {
+      std::lock_guard<std::mutex> lock(heard_mu_);
+      hook.swap(abort_hook_);
+    }
+    if (hook) hook();
     MPI_Abort(MPI_COMM_WORLD, code);
     std::_Exit(code);
   }
@@ -223,11 +206,145 @@ class MpiCommunicator final : public Communicator {
     MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, type, data, counts.data(), displs.data(), type, node_));
   }
 
+  // Marks this rank as inside collective number seq_ (counted from 1) for the watchdog.
+  struct Entered {
+    explicit Entered(MpiCommunicator& c) : c_(c) {
+      c_.seq_.fetch_add(1, std::memory_order_relaxed);
+      c_.waiting_since_ns_.store(now_ns(), std::memory_order_relaxed);
+    }
+    ~Entered() { c_.waiting_since_ns_.store(0, std::memory_order_relaxed); }
+    MpiCommunicator& c_;
+  };
+  static int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  void watchdog_loop(double timeout_s);
+  void stop_watchdog();
+
+  std::atomic<uint64_t> seq_{0}, step_{0};
+  std::atomic<int64_t> waiting_since_ns_{0};  // 0: not in a collective
+  std::thread watchdog_;
+  std::mutex watchdog_mu_;
+  std::condition_variable watchdog_cv_;
+  bool watchdog_stop_ = false;
+  std::mutex heard_mu_;
+  std::vector<unsigned long long> heard_step_;  // rank 0: each rank's step, from its heartbeats
+  std::function<void()> abort_hook_;
+
   MPI_Comm world_ = MPI_COMM_NULL, ctl_ = MPI_COMM_NULL, node_ = MPI_COMM_NULL, cross_ = MPI_COMM_NULL;
-  int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
+  int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1, nodes_ = 1;
   bool hierarchical_ = false;
   std::vector<float> scratch_;
 };
+
+
+void MpiCommunicator::start_watchdog(double timeout_s) {
+  if (size_ == 1 || watchdog_.joinable()) return;
+  if (session().provided < MPI_THREAD_MULTIPLE) {
+    if (rank_ == 0)
+      std::fprintf(stderr, "tandem: warning: the MPI library lacks MPI_THREAD_MULTIPLE; the stall watchdog is off\n");
+    return;
+  }
+  watchdog_ = std::thread([this, timeout_s] { watchdog_loop(timeout_s); });
+}
+
+void MpiCommunicator::stop_watchdog() {
+  if (!watchdog_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(watchdog_mu_);
+    watchdog_stop_ = true;
+  }
+  watchdog_cv_.notify_all();
+  watchdog_.join();
+}
+
+// Every rank sends (collectives entered, step) to rank 0 when it changes, every 20 ms. Rank 0
+// keeps the latest of each; a rank behind the furthest one, with no progress for longer than the
+// timeout while others wait in a collective it has not entered, is the stall. A rank that is
+// itself stuck waiting with no word from rank 0 (rank 0 frozen) aborts on its own a little later.
+void MpiCommunicator::watchdog_loop(double timeout_s) {
+  constexpr int kTag = 7;
+  const auto period = std::chrono::milliseconds(20);
+  const int64_t timeout_ns = static_cast<int64_t>(timeout_s * 1e9);
+  const int64_t grace_ns = timeout_ns + int64_t(10) * 1000000000;
+  unsigned long long out[2] = {0, 0};
+  MPI_Request send = MPI_REQUEST_NULL;
+  uint64_t sent_seq = 0, sent_step = 0;
+  std::vector<unsigned long long> seq(size_, 0), step(size_, 0), seen(size_, 0);
+  std::vector<int64_t> behind_since(size_, 0);
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(watchdog_mu_);
+      if (watchdog_cv_.wait_for(lock, period, [this] { return watchdog_stop_; })) break;
+    }
+    const int64_t now = now_ns();
+    const uint64_t my_step = step_.load(std::memory_order_relaxed);
+    const uint64_t my_seq = seq_.load(std::memory_order_relaxed);
+    if (rank_ != 0) {
+      int done = 1;
+      if (send != MPI_REQUEST_NULL) MPI_Test(&send, &done, MPI_STATUS_IGNORE);
+      if (done && (my_seq != sent_seq || my_step != sent_step)) {
+        out[0] = my_seq;
+        out[1] = my_step;
+        MPI_Isend(out, 2, MPI_UNSIGNED_LONG_LONG, 0, kTag, ctl_, &send);
+        sent_seq = my_seq;
+        sent_step = my_step;
+      }
+      const int64_t since = waiting_since_ns_.load(std::memory_order_relaxed);
+      if (since != 0 && now - since > grace_ns) {
+        std::fprintf(stderr,
+                     "tandem: communication error: stall: rank %d has waited %.0f s in collective #%llu (step "
+                     "%llu) and rank 0 has not named the missing ranks; aborting the job\n  hint: rank 0 may "
+                     "be frozen; check its output\n",
+                     rank_, double(now - since) / 1e9, static_cast<unsigned long long>(my_seq),
+                     static_cast<unsigned long long>(my_step));
+        std::fflush(stderr);
+        abort(3);
+      }
+      continue;
+    }
+    for (;;) {
+      int flag = 0;
+      MPI_Status st;
+      if (MPI_Iprobe(MPI_ANY_SOURCE, kTag, ctl_, &flag, &st) != MPI_SUCCESS || !flag) break;
+      unsigned long long in[2];
+      MPI_Recv(in, 2, MPI_UNSIGNED_LONG_LONG, st.MPI_SOURCE, kTag, ctl_, MPI_STATUS_IGNORE);
+      seq[st.MPI_SOURCE] = in[0];
+      step[st.MPI_SOURCE] = in[1];
+    }
+    seq[0] = my_seq;
+    step[0] = my_step;
+    {
+      std::lock_guard<std::mutex> lock(heard_mu_);
+      heard_step_ = step;
+    }
+    int ahead = 0;
+    for (int r = 1; r < size_; ++r)
+      if (seq[r] > seq[ahead]) ahead = r;
+    std::string missing, waiting;
+    for (int r = 0; r < size_; ++r) {
+      const bool behind = seq[r] < seq[ahead];
+      if (seq[r] != seen[r] || !behind) behind_since[r] = 0;
+      seen[r] = seq[r];
+      if (behind && behind_since[r] == 0) behind_since[r] = now;
+      if (behind && now - behind_since[r] > timeout_ns)
+        missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+      else if (!behind)
+        waiting += (waiting.empty() ? "" : ", ") + std::to_string(r);
+    }
+    if (!missing.empty()) {
+      std::fprintf(stderr,
+                   "tandem: communication error: stall: rank(s) %s did not reach step %llu (collective #%llu) "
+                   "within %.0f s (--collective-timeout), while rank(s) %s waited there; aborting the job\n"
+                   "  hint: check those ranks' output; a rank may be stuck, overloaded or gone\n",
+                   missing.c_str(), step[ahead], seq[ahead], timeout_s, waiting.c_str());
+      std::fflush(stderr);
+      abort(3);
+    }
+  }
+  if (send != MPI_REQUEST_NULL) MPI_Wait(&send, MPI_STATUS_IGNORE);
+}
 
 }  // namespace
 

@@ -89,7 +89,16 @@ void Trainer::reduce_and_update() {
   Replica& r0 = *replicas_[0];
   bool all_host = true;
   for (auto& rep : replicas_) all_host = all_host && rep->backend().device().kind == DeviceKind::Cpu;
-  if (local > 1 && all_host) {
+  const bool device_reduce = local > 1 && !all_host && local_reduce_ != nullptr && sync_ == nullptr;
+  if (device_reduce) {
+    std::vector<Backend*> backends;
+    std::vector<float*> grads;
+    for (auto& rep : replicas_) {
+      backends.push_back(&rep->backend());
+      grads.push_back(rep->grads());
+    }
+    local_reduce_->all_reduce(backends, grads, n);
+  } else if (local > 1 && all_host) {
     for (int l = 1; l < local; ++l) r0.backend().add(r0.grads(), replicas_[l]->grads(), n);
   } else if (local > 1) {
     // Replicas on several devices without a device-to-device path: stage through the host.
@@ -105,7 +114,7 @@ void Trainer::reduce_and_update() {
   if (sync_) sync_->all_reduce_gradients(r0.backend(), r0.grads(), n);
   for (int l = 0; l < local; ++l) {
     Replica& rep = *replicas_[l];
-    if (l > 0) {
+    if (l > 0 && !device_reduce) {
       if (all_host)
         rep.backend().copy(rep.grads(), r0.grads(), sizeof(float) * n);
       else

@@ -34,6 +34,15 @@ class GradientSync {
   virtual void require_agreement(const std::string& what, const std::string& value) = 0;
 };
 
+// Sums the gradient arenas of one process's replicas in place, every replica ending with the same
+// bits (NCCL across the process's GPUs). Without one, GPU replicas are summed through the host.
+class LocalReduce {
+ public:
+  virtual ~LocalReduce() = default;
+  virtual std::string name() const = 0;
+  virtual void all_reduce(const std::vector<Backend*>& backends, const std::vector<float*>& grads, size_t n) = 0;
+};
+
 struct TrainOptions {
   int epochs = 10;
   int64_t batch_size = 32;  // global
@@ -102,6 +111,8 @@ class Trainer {
 
   std::vector<float> weights();  // replica 0's arena, on the host
   void set_weights(const std::vector<float>& arena);
+  // Mirrored replicas on several GPUs: sum their gradients with `reduce` (not owned).
+  void set_local_reduce(LocalReduce* reduce) { local_reduce_ = reduce; }
   // Digests of every local replica's weights (bit-identity check).
   std::vector<std::string> replica_digests();
 
@@ -121,6 +132,7 @@ class Trainer {
   TrainOptions options_;
   OptimizerConfig opt_config_;
   GradientSync* sync_;
+  LocalReduce* local_reduce_ = nullptr;
   std::vector<std::unique_ptr<Replica>> replicas_;
   std::vector<std::unique_ptr<Optimizer>> optimizers_;
   // Central storage (and staging for device replicas): host arenas and the host optimizer.

@@ -82,7 +82,10 @@ void CheckpointWriter::write_async(TrainerState state, json identity) {
   wait();
   worker_ = std::thread([this, st = std::move(state), id = std::move(identity)] {
     try {
+      const auto t0 = std::chrono::steady_clock::now();
       write(st, id);
+      write_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      ++written_;
     } catch (...) {
       error_ = std::current_exception();
     }

@@ -33,10 +33,15 @@ class CheckpointWriter {
   // by wait().
   void write_async(TrainerState state, nlohmann::json identity);
   void wait();
+  // Seconds the background writes took and how many were committed (call after wait()).
+  double write_seconds() const { return write_seconds_; }
+  int written() const { return written_; }
 
  private:
   std::string root_;
   int keep_;
+  double write_seconds_ = 0;
+  int written_ = 0;
   std::thread worker_;
   std::exception_ptr error_;
 };

@@ -63,6 +63,8 @@ try:
     expect("tpu device", ["train", "--device", "tpu:0"] + quick, 2, "TPU")
     expect("gpu without a GPU", ["train", "--device", "gpu:0"] + quick, 1, "--device cpu")
     expect("lr schedule", ["train", "--lr-schedule", "cosine"] + quick, 2, "schedule")
+    expect("unknown communicator", ["train", "--communicator", "gloo"] + quick, 2, "--communicator")
+    expect("nccl for CPU replicas", ["train", "--communicator", "nccl"] + quick, 2, "GPU")
 
     # Model specs.
     def spec(name, obj):

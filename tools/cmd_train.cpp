@@ -1,15 +1,18 @@
 // tandem train: fit a model on Fashion-MNIST, evaluate on the test set, save the results.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "dist/bucketed_allreduce.h"
 #include "dist/communicator.h"
+#include "dist/nccl_sync.h"
 #include "engine/errors.h"
 #include "export/checkpoint.h"
 #ifdef TANDEM_HAVE_CUDA
@@ -53,6 +56,7 @@ struct TrainArgs {
   bool no_overlap = false;
   int64_t check_replicas = -1;  // -1 = off; 0 = at the end of every epoch; N = every N steps too
   double collective_timeout = 300;
+  std::string communicator = "auto";
   std::string checkpoint_every;  // "epoch" or a number of steps
   int keep_checkpoints = 3;
   std::string resume;
@@ -227,6 +231,9 @@ Command add_train(CLI::App& root) {
   c->add_option("--collective-timeout", args->collective_timeout,
                 "seconds a rank may be missing from a collective before the job is aborted")
       ->capture_default_str();
+  c->add_option("--communicator", args->communicator,
+                "gradient all-reduce: auto (NCCL for GPU replicas when built with it, else MPI), nccl or mpi")
+      ->capture_default_str();
 
   Command cmd;
   cmd.app = c;
@@ -296,10 +303,21 @@ Command add_train(CLI::App& root) {
     if (a.bucket_mb <= 0 || a.bucket_mb > 4096) throw_invalid("--bucket-mb must be in (0, 4096]");
     if (!(a.collective_timeout > 0)) throw_invalid("--collective-timeout must be positive (seconds)");
 
-    std::unique_ptr<BucketedAllReduce> sync;
+    std::unique_ptr<GradientSync> sync;
+    std::unique_ptr<LocalReduce> local_reduce;
+    const bool gpu_replicas = std::all_of(backends.begin(), backends.end(),
+                                          [](Backend* b) { return b->device().kind == DeviceKind::Gpu; });
+    if (a.communicator != "auto" && a.communicator != "nccl" && a.communicator != "mpi")
+      throw_invalid("--communicator must be auto, nccl or mpi, got '" + a.communicator + "'");
+    if (a.communicator == "nccl" && !gpu_replicas) throw_invalid("--communicator nccl needs GPU replicas", "use --device gpu");
+    if (a.communicator == "nccl" && !nccl_available())
+      throw_invalid("--communicator nccl: this build of Tandem has no NCCL support",
+                    "build with CUDA and NCCL, or use --communicator mpi");
+    // NCCL where the replicas are GPUs and it is built in; MPI (host buffers) otherwise.
+    const bool use_nccl = gpu_replicas && nccl_available() && a.communicator != "mpi";
+    const size_t bucket_bytes = static_cast<size_t>(a.bucket_mb * 1048576.0);
     if (placement.comm) {
-      sync = std::make_unique<BucketedAllReduce>(*placement.comm, model, static_cast<size_t>(a.bucket_mb * 1048576.0),
-                                                 !a.no_overlap, a.collective_timeout);
+      const std::string collectives = use_nccl ? "nccl" : "mpi";
       // Ranks agree on everything that shapes the computation before any training collective.
       json config{{"model", model.spec()},          {"seed", a.seed},
                   {"batch_size", a.batch_size},     {"epochs", a.epochs},
@@ -307,17 +325,40 @@ Command add_train(CLI::App& root) {
                   {"optimizer", opt.name},          {"lr", opt.lr},
                   {"momentum", opt.momentum},       {"schedule", opt.schedule.type},
                   {"strategy", a.strategy},         {"one_hot", a.one_hot},
-                  {"bucket_mb", a.bucket_mb},       {"ranks", placement.comm->size()}};
-      sync->require_agreement("the run configuration (model, seed, batch size, data, optimizer, strategy)",
-                              config.dump());
+                  {"bucket_mb", a.bucket_mb},       {"ranks", placement.comm->size()},
+                  {"collectives", collectives}};
+      placement.comm->start_watchdog(a.collective_timeout);
+      require_same_on_all_ranks(*placement.comm,
+                                "the run configuration (model, seed, batch size, data, optimizer, strategy, device kind)",
+                                config.dump());
+      if (use_nccl)
+        sync = make_nccl_gradient_sync(*placement.comm, model, *backends[0], bucket_bytes, !a.no_overlap,
+                                       a.collective_timeout);
+      else
+        sync = std::make_unique<BucketedAllReduce>(*placement.comm, model, bucket_bytes, !a.no_overlap,
+                                                   a.collective_timeout);
       if (rank0)
-        std::printf("multi-worker: %d ranks (%s), %d per node, %zu gradient buckets\n", placement.comm->size(),
-                    placement.comm->name().c_str(), placement.comm->local_size(), sync->buckets().size());
+        std::printf("multi-worker: %d ranks (%s gradients, %s), %d per node, %zu gradient buckets\n",
+                    placement.comm->size(), collectives.c_str(), placement.comm->name().c_str(),
+                    placement.comm->local_size(), plan_buckets(model, bucket_bytes).size());
     } else if (backends.size() > 1) {
-      std::printf("%s: %zu replicas (%s)\n", a.strategy.c_str(), backends.size(), a.devices.c_str());
+      std::string how = "summed on the host";
+      if (gpu_replicas && !options.central_storage) {
+        std::set<int> distinct;
+        for (Backend* b : backends) distinct.insert(b->device().index);
+        if (use_nccl && distinct.size() == backends.size()) {
+          local_reduce = make_nccl_local_reduce(backends);
+          how = "nccl all-reduce";
+        } else if (use_nccl) {
+          how = "summed through the host: a GPU is listed twice, which NCCL does not allow";
+        }
+      }
+      std::printf("%s: %zu replicas (%s), gradients %s\n", a.strategy.c_str(), backends.size(), a.devices.c_str(),
+                  how.c_str());
     }
 
     Trainer trainer(model, backends, options, opt, sync.get());
+    if (local_reduce) trainer.set_local_reduce(local_reduce.get());
 
     // What a resumed run must share with the original (the replica count may change: shuffling,
     // dropout and the global batch do not depend on it).
@@ -343,10 +384,13 @@ Command add_train(CLI::App& root) {
     }
     std::unique_ptr<CheckpointWriter> checkpoints;
     if ((checkpoint_steps || checkpoint_epochs) && rank0) checkpoints = std::make_unique<CheckpointWriter>(ckpt_root, a.keep_checkpoints);
+    double checkpoint_blocking = 0;  // seconds the training thread spent on checkpoints
     auto commit_checkpoint = [&] {
+      const auto t0 = std::chrono::steady_clock::now();
       TrainerState st = trainer.state();  // collective in a multi-process job
       if (placement.comm) placement.comm->barrier();
       if (checkpoints) checkpoints->write_async(std::move(st), identity);
+      checkpoint_blocking += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     };
 
     // The best epoch so far (for --save-best), recovered from a resumed run's history.
@@ -453,6 +497,12 @@ Command add_train(CLI::App& root) {
                  {"strategy", a.strategy},
                  {"replicas", trainer.replicas_total()},
                  {"model_version_dir", version_dir}};
+    if (checkpoints) {
+      checkpoints->wait();
+      metrics["checkpoints_written"] = checkpoints->written();
+      metrics["checkpoint_blocking_seconds"] = checkpoint_blocking;  // on the training thread
+      metrics["checkpoint_write_seconds"] = checkpoints->write_seconds();  // in the background
+    }
     write_file_atomic((fs::path(output) / "metrics.json").string(), metrics.dump(2) + "\n");
     std::printf("saved model version %s\n", version_dir.c_str());
     return 0;

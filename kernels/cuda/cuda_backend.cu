@@ -190,6 +190,7 @@ class CudaBackend final : public Backend {
   std::string name() const override { return "cuda"; }
   Device device() const override { return Device{DeviceKind::Gpu, device_}; }
   void set_precision(GpuPrecision p);
+  cudaStream_t stream() const { return stream_; }
 
   void* allocate(size_t bytes) override;
   void deallocate(void* p) override;
@@ -947,6 +948,12 @@ void cuda_set_precision(Backend& backend, GpuPrecision precision) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   if (!cuda) throw_invalid("cannot set GPU precision on backend '" + backend.name() + "'", "only GPU backends have it");
   cuda->set_precision(precision);
+}
+
+void* cuda_native_stream(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (!cuda) throw_invalid("backend '" + backend.name() + "' has no CUDA stream", "only GPU backends have one");
+  return cuda->stream();
 }
 
 }  // namespace tandem

@@ -34,6 +34,10 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index, const CudaBackendOp
 // backend.
 void cuda_set_precision(Backend& backend, GpuPrecision precision);
 
+// The backend's CUDA stream (a cudaStream_t), for code that enqueues its own work in order with
+// the backend's (the NCCL all-reduce). Throws InvalidArgument for a non-GPU backend.
+void* cuda_native_stream(Backend& backend);
+
 // "NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB, driver 12.8" for GPU `device_index` (for logs).
 std::string cuda_device_description(int device_index);
 
