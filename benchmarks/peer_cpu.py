@@ -5,6 +5,7 @@
 Each framework trains `--epochs` epochs on the first `--samples` Fashion-MNIST training images;
 the reported figure is samples/s over the epochs after the first (warm-up excluded).
 
+  pip install -r benchmarks/requirements-peers.txt                 # PyTorch (large: CUDA wheels)
   python3 benchmarks/peer_cpu.py --tandem build/tandem            # the table in RESULTS.md
 """
 import argparse

@@ -125,6 +125,25 @@ try:
                 check(f"{model}: {label} equals one replica", rel is not None and rel <= limit,
                       f"max_rel_diff {rel}, limit {limit:.3g}" if rel is not None else err)
 
+        # A last batch smaller than the replica count: 2,049 (or 257) images at batch 256 leave one,
+        # so three of four ranks have nothing to compute in that step (and must not hang).
+        if equiv:
+            tiny = list(equiv)
+            tiny[tiny.index("--train-samples") + 1] = "2049"
+        else:
+            tiny = base + ["--train-samples", "257"]
+        tiny[tiny.index("--check-replicas") + 1] = "1"
+        args = tiny + ["--model", "mlp", "--epochs", "1", "--batch-size", "256", "--optimizer", "sgd"]
+        outs = {}
+        for label, cmd in (("single", [TANDEM] + args),
+                           ("multi-worker -np 4", MPI + ["-np", "4", TANDEM] + args + ["--strategy", "multi-worker"])):
+            outs[label] = os.path.join(tmp, "tiny-last-" + label.split()[0])
+            r = run(cmd + ["--output", outs[label]], timeout=300)
+            check(f"a last batch of 1 image over 4 ranks: {label} trains", r.returncode == 0,
+                  r.stderr.strip()[-300:])
+        rel, err = compare(os.path.join(outs["multi-worker -np 4"], "model", "1"), os.path.join(outs["single"], "model", "1"))
+        check("a last batch of 1 image over 4 ranks: equals one replica", rel is not None and rel <= 1e-4, f"max_rel_diff {rel}" if rel is not None else err)
+
     if "kill" in WHICH:
         marker = os.path.join(tmp, "kill-run")
         cmd = MPI + ["-np", "2", TANDEM] + base + ["--model", "mlp", "--epochs", "1000", "--batch-size", "8",
