@@ -10,6 +10,7 @@ the reported figure is samples/s over the epochs after the first (warm-up exclud
 """
 import argparse
 import gzip
+import importlib.util
 import json
 import os
 import struct
@@ -112,6 +113,34 @@ def torch_run(model, batch, x, y, epochs, threads):
     return len(xt) * len(secs) / sum(secs)
 
 
+def worker(a):
+    """One framework, one case, in a process of its own: TensorFlow and PyTorch each bundle LLVM,
+    and importing both into one process aborts ("registered more than once")."""
+    x_all, y_all = load("train")
+    x, y = x_all[5000:5000 + a.samples], y_all[5000:5000 + a.samples]  # the images Tandem trains on
+    if a.worker == "tensorflow":
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(a.threads)
+        sps = tf_run(a.model, a.batch, x.astype(np.float32) / 255.0, y, a.epochs)
+        version = tf.__version__
+    else:
+        import torch
+        sps = torch_run(a.model, a.batch, x, y, a.epochs, a.threads)
+        version = torch.__version__
+    print(json.dumps({"samples_per_second": sps, "version": version}))
+
+
+def peer(framework, model, batch, n, a):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--model", model, "--batch", str(batch),
+           "--samples", str(n), "--epochs", str(a.epochs), "--threads", str(a.threads)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"{framework} failed on {model}/{batch}:\n{r.stderr[-2000:]}", file=sys.stderr)
+        return None, None
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return out["samples_per_second"], out["version"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tandem", default="build/tandem")
@@ -120,40 +149,41 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--cases", default="", help="e.g. mlp:32,cnn:100")
     ap.add_argument("--json", default="", help="also write the results here")
+    ap.add_argument("--worker", choices=["tensorflow", "pytorch"], help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.worker:
+        return worker(a)
     cases = [(c.split(":")[0], int(c.split(":")[1])) for c in a.cases.split(",")] if a.cases else CASES
-    x_all, y_all = load("train")
-    try:
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(a.threads)
-        tf_version = tf.__version__
-    except ImportError:
-        tf_version = None
-    try:
-        import torch
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = None
+    have = {f: importlib.util.find_spec(m) is not None for f, m in (("tensorflow", "tensorflow"), ("pytorch", "torch"))}
+    versions = {"tensorflow": None, "pytorch": None}
     rows = []
     for model, batch in cases:
         n = a.samples or (20000 if model == "mlp" else 4000)
         row = {"model": model, "batch": batch, "samples": n}
         row["tandem"] = tandem_run(a.tandem, model, batch, n, a.epochs, a.threads)
-        x, y = x_all[5000:5000 + n], y_all[5000:5000 + n]  # the images Tandem trains on
-        if tf_version:
-            row["tensorflow"] = tf_run(model, batch, x.astype(np.float32) / 255.0, y, a.epochs)
-        if torch_version:
-            row["pytorch"] = torch_run(model, batch, x, y, a.epochs, a.threads)
+        for framework in ("tensorflow", "pytorch"):
+            if have[framework]:
+                sps, version = peer(framework, model, batch, n, a)
+                if sps is not None:
+                    row[framework] = sps
+                    versions[framework] = version
         peers = [row[k] for k in ("tensorflow", "pytorch") if k in row]
         row["ratio_vs_fastest_peer"] = row["tandem"] / max(peers) if peers else None
+        for k in ("tensorflow", "pytorch"):
+            if k in row:
+                row[f"ratio_vs_{k}"] = row["tandem"] / row[k]
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\nCPU: {os.cpu_count()} cores, {a.threads} threads; TensorFlow {tf_version}; PyTorch {torch_version}")
-    print(f"{'model':6} {'batch':>5} {'Tandem':>10} {'TensorFlow':>11} {'PyTorch':>9} {'ratio':>7}   (samples/s)")
+    print(f"\nCPU: {os.cpu_count()} cores, {a.threads} threads; TensorFlow {versions['tensorflow']}; "
+          f"PyTorch {versions['pytorch']}")
+    print(f"{'model':6} {'batch':>5} {'Tandem':>10} {'TensorFlow':>11} {'PyTorch':>9} {'vs TF':>7} {'vs PT':>7}   (samples/s)")
     for r in rows:
         f = lambda k: f"{r[k]:.0f}" if k in r else "-"
-        ratio = f"{r['ratio_vs_fastest_peer']:.2f}x" if r["ratio_vs_fastest_peer"] else "-"
-        print(f"{r['model']:6} {r['batch']:>5} {f('tandem'):>10} {f('tensorflow'):>11} {f('pytorch'):>9} {ratio:>7}")
+        g = lambda k: f"{r[k]:.2f}x" if r.get(k) else "-"
+        print(f"{r['model']:6} {r['batch']:>5} {f('tandem'):>10} {f('tensorflow'):>11} {f('pytorch'):>9} "
+              f"{g('ratio_vs_tensorflow'):>7} {g('ratio_vs_pytorch'):>7}")
     if a.json:
         json.dump(rows, open(a.json, "w"), indent=2)
 

@@ -102,11 +102,17 @@ void Replica::backward(const StepContext& ctx, const std::function<void(size_t)>
     backend_.fill(grads_, model_.trainable_floats(), 0.f);
     return;
   }
+  // Below the first layer with trainable parameters no gradient is needed: that layer computes
+  // no input gradient (for mlp, Flatten then Dense: the 784-wide input gradient GEMM is skipped),
+  // and the layers under it do not run backward at all.
+  size_t first = layers_.size();
+  for (size_t i = 0; i < layers_.size() && first == layers_.size(); ++i)
+    if (grad_start_[i] != SIZE_MAX) first = i;
   float* dy = grad_a_;
   float* dx = grad_b_;
-  for (size_t i = layers_.size(); i-- > 0;) {
+  for (size_t i = layers_.size(); i-- > first;) {
     const float* x = i == 0 ? input_ : acts_[i - 1];
-    layers_[i]->backward(ctx, x, acts_[i], dy, i == 0 ? nullptr : dx);
+    layers_[i]->backward(ctx, x, acts_[i], dy, i == first ? nullptr : dx);
     if (on_layer_done && grad_start_[i] != SIZE_MAX) on_layer_done(grad_start_[i]);
     std::swap(dy, dx);
   }
