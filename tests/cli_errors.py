@@ -63,6 +63,9 @@ try:
     expect("tpu device", ["train", "--device", "tpu:0"] + quick, 2, "TPU")
     expect("gpu without a GPU", ["train", "--device", "gpu:0"] + quick, 1, "--device cpu")
     expect("lr schedule", ["train", "--lr-schedule", "cosine"] + quick, 2, "schedule")
+    not_dir = os.path.join(tmp, "a-file")
+    open(not_dir, "w").close()
+    expect("--resume of a file", ["train", "--resume", not_dir] + quick, 2, "not a directory")
     expect("unknown communicator", ["train", "--communicator", "gloo"] + quick, 2, "--communicator")
     expect("nccl for CPU replicas", ["train", "--communicator", "nccl"] + quick, 2, "GPU")
 

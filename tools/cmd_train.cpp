@@ -249,7 +249,10 @@ Command add_train(CLI::App& root) {
         throw_invalid("--resume " + a.resume + " and --output " + output + " name different directories",
                       "--resume DIR continues in DIR; drop --output");
       output = a.resume;
-      if (!fs::is_directory(output))
+      // A missing DIR is a run killed before it wrote anything (the same command line restarts
+      // it): it starts from the beginning, as an empty one does. Anything else must be a directory.
+      std::error_code ec;
+      if (fs::exists(output, ec) && !fs::is_directory(output, ec))
         throw_io("--resume: '" + output + "' is not a directory", "give the --output DIR of the run to continue");
     }
     int64_t checkpoint_steps = 0;

@@ -76,6 +76,13 @@ try:
                 failures.append(f"trial {trial}: digest {d} after resume, expected {ref_digest}")
     print(f"{exact}/{TRIALS} exact resumes")
 
+    # A run killed before it created its directory is restarted by the same --resume command:
+    # a missing directory starts from the beginning and ends with the uninterrupted digest.
+    fresh = os.path.join(tmp, "never-started")
+    r = subprocess.run([TANDEM] + args + ["--resume", fresh], capture_output=True, text=True)
+    if r.returncode != 0 or "starting from the beginning" not in r.stdout or digest(fresh) != ref_digest:
+        failures.append(f"resume of a missing directory: status {r.returncode}: {r.stderr.strip()[-300:]}")
+
     # A resumed run must keep the original's arguments (only --epochs may grow).
     r = subprocess.run([TANDEM] + [a if a != "16" else "32" for a in args] + ["--resume", ref],
                        capture_output=True, text=True)
