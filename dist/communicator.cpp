@@ -23,15 +23,17 @@ int distributed_rank() { return -1; }
 #endif
 
 #ifndef TANDEM_HAVE_NCCL
+namespace {
+[[noreturn]] void no_nccl() {
+  throw_error(ErrorKind::Communication, "this build of Tandem has no NCCL support",
+              "build with CUDA and NCCL (tools/setup.sh finds them under /usr/local/cuda)");
+}
+}  // namespace
 bool nccl_available() { return false; }
 std::unique_ptr<GradientSync> make_nccl_gradient_sync(Communicator&, const Model&, Backend&, size_t, bool, double) {
-  throw_error(ErrorKind::Communication, "this build of Tandem has no NCCL support",
-              "build with CUDA and NCCL (tools/setup.sh finds them under /usr/local/cuda)");
+  no_nccl();
 }
-std::unique_ptr<LocalReduce> make_nccl_local_reduce(const std::vector<Backend*>&) {
-  throw_error(ErrorKind::Communication, "this build of Tandem has no NCCL support",
-              "build with CUDA and NCCL (tools/setup.sh finds them under /usr/local/cuda)");
-}
+std::unique_ptr<LocalReduce> make_nccl_local_reduce(const std::vector<Backend*>&) { no_nccl(); }
 #endif
 
 }  // namespace tandem

@@ -292,7 +292,6 @@ class NcclLocalReduce final : public LocalReduce {
     for (ncclComm_t c : comms_)
       if (c) ncclCommDestroy(c);
   }
-  std::string name() const override { return "nccl"; }
 
   void all_reduce(const std::vector<Backend*>& backends, const std::vector<float*>& grads, size_t n) override {
     NCCL_CHECK(ncclGroupStart());

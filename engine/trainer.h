@@ -39,7 +39,6 @@ class GradientSync {
 class LocalReduce {
  public:
   virtual ~LocalReduce() = default;
-  virtual std::string name() const = 0;
   virtual void all_reduce(const std::vector<Backend*>& backends, const std::vector<float*>& grads, size_t n) = 0;
 };
 

@@ -500,8 +500,7 @@ Command add_train(CLI::App& root) {
                  {"strategy", a.strategy},
                  {"replicas", trainer.replicas_total()},
                  {"model_version_dir", version_dir}};
-    if (checkpoints) {
-      checkpoints->wait();
+    if (checkpoints) {  // waited for above
       metrics["checkpoints_written"] = checkpoints->written();
       metrics["checkpoint_blocking_seconds"] = checkpoint_blocking;  // on the training thread
       metrics["checkpoint_write_seconds"] = checkpoints->write_seconds();  // in the background
