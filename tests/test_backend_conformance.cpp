@@ -28,12 +28,13 @@
 #include "engine/replica.h"
 #include "engine/rng.h"
 #include "engine/trainer.h"
+#include "gpu_support.h"
 #include "test_support.h"
-#ifdef TANDEM_HAVE_CUDA
-#include "kernels/cuda/cuda_backend.h"
-#endif
 
 using namespace tandem;
+using tandem::test::gpu_count;
+using tandem::test::gpu_or_skip;
+using tandem::test::make_gpu_backend;
 
 namespace {
 
@@ -58,37 +59,6 @@ uint64_t name_hash(const std::string& s) {
   uint64_t h = 1469598103934665603ull;
   for (char c : s) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
   return h;
-}
-
-int gpu_count() {
-#ifdef TANDEM_HAVE_CUDA
-  return cuda_device_count();
-#else
-  return 0;
-#endif
-}
-
-// Without a GPU: "SKIPPED: no GPU", then exit 77 when this process was asked for one named test
-// case (ctest runs each [gpu] case so, with SKIP_RETURN_CODE 77); in a run of many test cases,
-// return false instead so that the others still run.
-bool gpu_or_skip() {
-  if (gpu_count() > 0) return true;
-  std::printf("SKIPPED: no GPU\n");
-  std::fflush(stdout);
-  const auto& specs = Catch::getCurrentContext().getConfig()->getTestsOrTags();
-  const bool single_named =
-      specs.size() == 1 && specs[0].find('[') == std::string::npos && specs[0].find('*') == std::string::npos;
-  if (single_named) std::exit(77);
-  WARN("SKIPPED: no GPU");
-  return false;
-}
-
-std::unique_ptr<Backend> make_gpu_backend() {
-#ifdef TANDEM_HAVE_CUDA
-  return make_cuda_backend(0);
-#else
-  return nullptr;
-#endif
 }
 
 struct Rand {
