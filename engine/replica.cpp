@@ -35,7 +35,7 @@ Replica::Replica(const Model& model, Backend& backend, int64_t max_batch)
   index_ = static_cast<int32_t*>(static_cast<void*>(alloc_floats(max_batch)));
   labels_ = static_cast<int32_t*>(static_cast<void*>(alloc_floats(max_batch)));
   onehot_ = alloc_floats(max_batch * classes);
-  metrics_ = static_cast<double*>(static_cast<void*>(alloc_floats(4)));
+  metrics_ = static_cast<double*>(static_cast<void*>(alloc_floats(kMetricDoubles * sizeof(double) / sizeof(float))));
   reset_metrics();
 
   // Bind each layer's parameter and gradient views into the arenas.
@@ -121,12 +121,12 @@ void Replica::backward(const StepContext& ctx, const std::function<void(size_t)>
 void Replica::reset_metrics() { set_metrics(0, 0); }
 
 void Replica::set_metrics(double loss_sum, double correct) {
-  double m[4] = {loss_sum, correct, 0, 0};
+  double m[kMetricDoubles] = {loss_sum, correct, 0, 0};
   backend_.upload(metrics_, m, sizeof(m));
 }
 
 void Replica::read_metrics(double* loss_sum, double* correct) {
-  double m[4];
+  double m[kMetricDoubles];
   backend_.download(m, metrics_, sizeof(m));
   *loss_sum = m[0];
   *correct = m[1];

@@ -64,6 +64,7 @@ class Replica {
   int32_t* index_ = nullptr;
   int32_t* labels_ = nullptr;
   float* onehot_ = nullptr;
+  static constexpr size_t kMetricDoubles = 4;  // the loss kernels' accumulators (metrics[0..1] used)
   double* metrics_ = nullptr;
 };
 

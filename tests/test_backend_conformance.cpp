@@ -838,12 +838,31 @@ void check_model_step(Backend& ref, Backend& dut, Rand& r, const Model& model, c
   INFO("loss " << loss[0] << " vs " << loss[1] << ", correct " << correct[0] << " vs " << correct[1]);
   CHECK(std::fabs(loss[0] - loss[1]) <= tol * std::fabs(loss[0]) + 1e-6);
   CHECK(std::fabs(correct[0] - correct[1]) <= 1);
-  for (const auto& p : model.params()) {
+  auto slice = [&](int which, const ParamSlot& p) {
+    const auto begin = grads[which].begin() + static_cast<std::ptrdiff_t>(p.offset);
+    return std::vector<float>(begin, begin + p.shape.numel());
+  };
+  const auto& layers = model.layers();
+  for (size_t i = 0; i < model.params().size(); ++i) {
+    const auto& p = model.params()[i];
     if (!p.spec.trainable) continue;
-    const size_t k = static_cast<size_t>(p.shape.numel());
-    std::vector<float> gr(grads[0].begin() + p.offset, grads[0].begin() + p.offset + k);
-    std::vector<float> gd(grads[1].begin() + p.offset, grads[1].begin() + p.offset + k);
-    expect_rel(gr, gd, 10 * tol, "gradient of " + p.name);
+    const bool feeds_batchnorm = size_t(p.layer) + 1 < layers.size() &&
+                                 layers[size_t(p.layer) + 1]->type() == "BatchNormalization";
+    if (feeds_batchnorm && p.index == 1) {
+      // A bias just before BatchNormalization has a zero gradient (the batch mean removes it):
+      // both backends leave only rounding noise, far below the same layer's kernel gradient.
+      const auto& kernel = model.params()[i - 1];
+      REQUIRE(kernel.layer == p.layer);
+      for (int which : {0, 1}) {
+        const double noise = rel_norm_error(std::vector<float>(slice(which, p).size(), 0.f), slice(which, p));
+        const double scale = rel_norm_error(std::vector<float>(slice(which, kernel).size(), 0.f), slice(which, kernel));
+        INFO("gradient of " << p.name << " (zero before BatchNormalization) on backend " << which << ": 2-norm "
+                            << noise << ", its kernel's " << scale);
+        CHECK(noise <= 1e-4 * scale);
+      }
+      continue;
+    }
+    expect_rel(slice(0, p), slice(1, p), 10 * tol, "gradient of " + p.name);
   }
   // BatchNormalization's moving statistics (non-trainable) moved identically.
   expect_rel(a.weights(), b.weights(), tol, "arena after forward (moving statistics)");
@@ -998,7 +1017,8 @@ TEST_CASE("conformance: TF32 mode stays within TF32 tolerance and fp32 mode retu
   expect_twin(y, yn, tf32_tol(576), "conv2d_forward in TF32");
   // Back to fp32: the plans are re-chosen and the fp32 tolerances hold again.
   cuda_set_precision(*gpu, GpuPrecision::Fp32);
-  y.poison(yn);
+  y.poison(yn);  // both sides: the oracle computes its half again
+  oracle->conv2d_forward(g, x.r.f(), w.r.f(), y.r.f());
   gpu->conv2d_forward(g, x.d.f(), w.d.f(), y.d.f());
   expect_twin(y, yn, sum_tol(576), "conv2d_forward back in fp32");
   one_gemm(*oracle, *gpu, r, false, false, 256, 300, 784, 1.f, 0.f, sum_tol(784));

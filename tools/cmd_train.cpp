@@ -7,7 +7,6 @@
 #include <ctime>
 #include <filesystem>
 #include <optional>
-#include <set>
 #include <thread>
 
 #include "dist/bucketed_allreduce.h"
@@ -346,15 +345,10 @@ Command add_train(CLI::App& root) {
                     placement.comm->local_size(), plan_buckets(model, bucket_bytes).size());
     } else if (backends.size() > 1) {
       std::string how = "summed on the host";
-      if (gpu_replicas && !options.central_storage) {
-        std::set<int> distinct;
-        for (Backend* b : backends) distinct.insert(b->device().index);
-        if (use_nccl && distinct.size() == backends.size()) {
-          local_reduce = make_nccl_local_reduce(backends);
-          how = "nccl all-reduce";
-        } else if (use_nccl) {
-          how = "summed through the host: a GPU is listed twice, which NCCL does not allow";
-        }
+      // GPU replicas are on distinct GPUs (parse_devices refuses a device listed twice).
+      if (gpu_replicas && !options.central_storage && use_nccl) {
+        local_reduce = make_nccl_local_reduce(backends);
+        how = "nccl all-reduce";
       }
       std::printf("%s: %zu replicas (%s), gradients %s\n", a.strategy.c_str(), backends.size(), a.devices.c_str(),
                   how.c_str());

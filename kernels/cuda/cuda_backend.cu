@@ -1,6 +1,6 @@
 // The CUDA Backend (DESIGN.md §3): one stream per backend; cuBLAS for GEMM (row-major through the
-// transpose identity), cuDNN with NHWC descriptors for convolutions (algorithms chosen once per
-// geometry and cached), our kernels (cuda_kernels.cu) for the rest. Ops only enqueue work; the
+// transpose identity), cuDNN for convolutions (our NHWC activations transposed to NCHW around each
+// call, where cuDNN's fast fp32 kernels are; algorithms chosen once per geometry and cached), our kernels (cuda_kernels.cu) for the rest. Ops only enqueue work; the
 // only allocations after construction are the scratch buffer growing on the first use of a larger
 // shape and the temporary workspace of a cuDNN algorithm search.
 #include <algorithm>
@@ -146,6 +146,36 @@ bool verbose() {
   return v;
 }
 
+// Convolution experiments (TANDEM_CUDA_VERBOSE shows what each shape chose):
+//   TANDEM_CUDNN_LAYOUT=nchw|nhwc  the layout cuDNN sees; with nchw, activations are transposed
+//                                  around each call (cuDNN's fastest fp32 kernels are NCHW ones)
+//   TANDEM_CUDNN_DETERMINISTIC=0   also accept nondeterministic algorithms (run-to-run differences)
+//   TANDEM_CUDNN_SEARCH=heuristic  take cuDNN's heuristic ranking instead of timing the candidates
+//                                  (cudnnFind*): the same algorithms in every run, so two runs with
+//                                  the same seed give the same bits; timing can pick differently
+// True when `name` is set to `other`, false when unset or set to `usual`; anything else is an
+// error naming the variable (checked when a backend is made, see check_conv_settings).
+bool env_choice(const char* name, const char* usual, const char* other) {
+  const char* e = std::getenv(name);
+  if (!e || !*e || std::strcmp(e, usual) == 0) return false;
+  if (std::strcmp(e, other) == 0) return true;
+  throw_invalid(std::string(name) + "='" + e + "' is not a known setting",
+                std::string("use ") + usual + " (the default) or " + other + ", or unset it");
+}
+bool conv_nchw() {
+  static const bool v = !env_choice("TANDEM_CUDNN_LAYOUT", "nchw", "nhwc");
+  return v;
+}
+bool conv_deterministic_only() {
+  static const bool v = !env_choice("TANDEM_CUDNN_DETERMINISTIC", "1", "0");
+  return v;
+}
+bool conv_timed_search() {
+  static const bool v = !env_choice("TANDEM_CUDNN_SEARCH", "timed", "heuristic");
+  return v;
+}
+void check_conv_settings() { (void)(conv_nchw() + conv_deterministic_only() + conv_timed_search()); }
+
 using ConvKey = std::array<int, 13>;
 ConvKey conv_key(const ConvGeometry& g) {
   return {g.n, g.h, g.w, g.c, g.kh, g.kw, g.k, g.sh, g.sw, g.pad_top, g.pad_left, g.oh, g.ow};
@@ -161,6 +191,7 @@ struct AlgoChoice {
   AlgoState state = AlgoState::Unsearched;
   int algo = 0;
   size_t workspace = 0;
+  float ms = 0;  // its time in the search
 #if TANDEM_CUDA_USE_CUDNN
   cudnnMathType_t math = CUDNN_DEFAULT_MATH;
 #endif
@@ -169,6 +200,7 @@ struct AlgoChoice {
 struct ConvPlan {
   bool cudnn = false;   // false: the im2col path for every direction
   bool padded = false;  // input zero-padded explicitly to (hp, wp) (asymmetric "same" padding)
+  bool nchw = false;    // cuDNN sees NCHW tensors and a KCRS filter (transposed around each call)
   int hp = 0, wp = 0;
 #if TANDEM_CUDA_USE_CUDNN
   cudnnTensorDescriptor_t xd = nullptr, yd = nullptr;
@@ -253,6 +285,7 @@ class CudaBackend final : public Backend {
   void search_backward_data(ConvPlan& plan, const ConvGeometry& g, const float* dy, const float* w, float* dx);
   void search_backward_filter(ConvPlan& plan, const ConvGeometry& g, const float* x, const float* dy, float* dw);
   void* find_workspace(size_t want, size_t* got);
+  void prepare_filter(const ConvPlan& plan, const ConvGeometry& g, const float* w, float* wt);
   cudnnMathType_t search_math() const {
     return precision_ == GpuPrecision::Tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
   }
@@ -279,6 +312,7 @@ class CudaBackend final : public Backend {
 
 CudaBackend::CudaBackend(int device, const CudaBackendOptions& options)
     : device_(device), precision_(options.precision) {
+  check_conv_settings();
   bind();
   TANDEM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   TANDEM_CUBLAS_CHECK(cublasCreate(&cublas_));
@@ -514,14 +548,16 @@ ConvPlan& CudaBackend::conv_plan(const ConvGeometry& g) {
   TANDEM_CUDNN_CHECK(cudnnCreateFilterDescriptor(&plan.wd));
   TANDEM_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&plan.cd));
   // Geometries cuDNN refuses (descriptor errors) take the im2col path instead of failing.
-  const bool described = cudnnSetFilter4dDescriptor(plan.wd, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, g.k, g.c, g.kh,
-                                                    g.kw) == CUDNN_STATUS_SUCCESS &&
-                         cudnnSetTensor4dDescriptor(plan.yd, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, g.n, g.k, g.oh,
-                                                    g.ow) == CUDNN_STATUS_SUCCESS;
+  plan.nchw = conv_nchw();
+  const cudnnTensorFormat_t format = plan.nchw ? CUDNN_TENSOR_NCHW : CUDNN_TENSOR_NHWC;
+  const bool described = cudnnSetFilter4dDescriptor(plan.wd, CUDNN_DATA_FLOAT, format, g.k, g.c, g.kh, g.kw) ==
+                             CUDNN_STATUS_SUCCESS &&
+                         cudnnSetTensor4dDescriptor(plan.yd, format, CUDNN_DATA_FLOAT, g.n, g.k, g.oh, g.ow) ==
+                             CUDNN_STATUS_SUCCESS;
   // cuDNN pads symmetrically. TensorFlow's "same" padding puts the odd extra row/column at the
   // end; when that changes the output size the input is zero-padded explicitly instead.
   auto try_geometry = [&](int h, int w, int pt, int pl) {
-    if (cudnnSetTensor4dDescriptor(plan.xd, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, g.n, g.c, h, w) !=
+    if (cudnnSetTensor4dDescriptor(plan.xd, format, CUDNN_DATA_FLOAT, g.n, g.c, h, w) !=
             CUDNN_STATUS_SUCCESS ||
         cudnnSetConvolution2dDescriptor(plan.cd, pt, pl, g.sh, g.sw, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT) !=
             CUDNN_STATUS_SUCCESS)
@@ -614,10 +650,11 @@ bool choose_algo(const Perf* perf, int count, size_t workspace_limit, AlgoChoice
     for (int i = 0; i < count; ++i) {
       const Perf& p = perf[i];
       if (p.status != CUDNN_STATUS_SUCCESS || p.memory > workspace_limit) continue;
-      if (pass == 0 && p.determinism != CUDNN_DETERMINISTIC) continue;
+      if (pass == 0 && p.determinism != CUDNN_DETERMINISTIC && conv_deterministic_only()) continue;
       out->state = AlgoState::Cudnn;
       out->algo = static_cast<int>(p.algo);
       out->workspace = p.memory;
+      out->ms = p.time;
       out->math = p.mathType;
       return true;
     }
@@ -636,9 +673,11 @@ size_t max_workspace(const Perf* perf, int count) {
 void report_choice(const char* what, const ConvGeometry& g, const AlgoChoice& c, float ms) {
   if (!verbose() && c.state != AlgoState::Im2col) return;
   std::fprintf(stderr,
-               "tandem: conv %s n=%d %dx%dx%d k=%dx%dx%d s=%dx%d pad=%d,%d -> %s algo %d ws %.1f MiB (%.3f ms)\n", what,
-               g.n, g.h, g.w, g.c, g.kh, g.kw, g.k, g.sh, g.sw, g.pad_top, g.pad_left,
-               c.state == AlgoState::Cudnn ? "cudnn" : "im2col", c.algo, double(c.workspace) / 1048576.0, ms);
+               "tandem: conv %s n=%d %dx%dx%d k=%dx%dx%d s=%dx%d pad=%d,%d -> %s %s algo %d ws %.1f MiB (%.3f ms; "
+               "fastest of all %.3f ms)\n",
+               what, g.n, g.h, g.w, g.c, g.kh, g.kw, g.k, g.sh, g.sw, g.pad_top, g.pad_left,
+               c.state == AlgoState::Cudnn ? "cudnn" : "im2col", conv_nchw() ? "nchw" : "nhwc", c.algo,
+               double(c.workspace) / 1048576.0, double(c.ms), double(ms));
 }
 
 }  // namespace
@@ -671,6 +710,11 @@ void CudaBackend::search_forward(ConvPlan& plan, const ConvGeometry& g, const fl
   if (cudnnGetConvolutionForwardAlgorithm_v7(cudnn_, plan.xd, plan.wd, plan.cd, plan.yd, max_count, &returned,
                                              perf.data()) != CUDNN_STATUS_SUCCESS)
     returned = 0;  // no heuristics: search with no workspace
+  if (!conv_timed_search() && returned > 0) {
+    if (!choose_algo(perf.data(), returned, kFindWorkspaceCap, &plan.fwd)) plan.fwd.state = AlgoState::Im2col;
+    report_choice("forward", g, plan.fwd, 0.f);
+    return;
+  }
   size_t ws_size = 0;
   void* ws = find_workspace(max_workspace(perf.data(), returned), &ws_size);
   cudnnStatus_t st = cudnnFindConvolutionForwardAlgorithmEx(cudnn_, plan.xd, x, plan.wd, w, plan.cd, plan.yd, y,
@@ -691,6 +735,11 @@ void CudaBackend::search_backward_data(ConvPlan& plan, const ConvGeometry& g, co
   if (cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnn_, plan.wd, plan.yd, plan.cd, plan.xd, max_count, &returned,
                                                   perf.data()) != CUDNN_STATUS_SUCCESS)
     returned = 0;  // no heuristics: search with no workspace
+  if (!conv_timed_search() && returned > 0) {
+    if (!choose_algo(perf.data(), returned, kFindWorkspaceCap, &plan.bwd_data)) plan.bwd_data.state = AlgoState::Im2col;
+    report_choice("backward-data", g, plan.bwd_data, 0.f);
+    return;
+  }
   size_t ws_size = 0;
   void* ws = find_workspace(max_workspace(perf.data(), returned), &ws_size);
   cudnnStatus_t st = cudnnFindConvolutionBackwardDataAlgorithmEx(cudnn_, plan.wd, w, plan.yd, dy, plan.cd, plan.xd, dx,
@@ -711,6 +760,11 @@ void CudaBackend::search_backward_filter(ConvPlan& plan, const ConvGeometry& g, 
   if (cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnn_, plan.xd, plan.yd, plan.cd, plan.wd, max_count, &returned,
                                                     perf.data()) != CUDNN_STATUS_SUCCESS)
     returned = 0;  // no heuristics: search with no workspace
+  if (!conv_timed_search() && returned > 0) {
+    if (!choose_algo(perf.data(), returned, kFindWorkspaceCap, &plan.bwd_filter)) plan.bwd_filter.state = AlgoState::Im2col;
+    report_choice("backward-filter", g, plan.bwd_filter, 0.f);
+    return;
+  }
   size_t ws_size = 0;
   void* ws = find_workspace(max_workspace(perf.data(), returned), &ws_size);
   cudnnStatus_t st = cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnn_, plan.xd, x, plan.yd, dy, plan.cd, plan.wd,
@@ -726,18 +780,38 @@ void CudaBackend::search_backward_filter(ConvPlan& plan, const ConvGeometry& g, 
 #if TANDEM_CUDA_USE_CUDNN
 // Scratch layout of a cuDNN convolution: [filter in KRSC | padded input or input gradient | workspace].
 namespace {
+// With plan.nchw also [input (or its gradient) in NCHW | output (or its gradient) in NCHW].
 struct ConvScratch {
-  size_t filter_off = 0, padded_off = 0, workspace_off = 0, total = 0;
+  size_t filter_off = 0, padded_off = 0, in_nchw_off = 0, out_nchw_off = 0, workspace_off = 0, total = 0;
 };
 ConvScratch conv_scratch(const ConvGeometry& g, const ConvPlan& plan, size_t workspace) {
   ConvScratch s;
   s.padded_off = align_up(sizeof(float) * size_t(g.kh) * g.kw * g.c * g.k);
-  size_t padded = plan.padded ? sizeof(float) * size_t(g.n) * plan.hp * plan.wp * g.c : 0;
-  s.workspace_off = s.padded_off + align_up(padded);
+  const size_t in_floats = size_t(g.n) * (plan.padded ? size_t(plan.hp) * plan.wp : size_t(g.h) * g.w) * g.c;
+  s.in_nchw_off = s.padded_off + align_up(plan.padded ? sizeof(float) * in_floats : 0);
+  s.out_nchw_off = s.in_nchw_off + align_up(plan.nchw ? sizeof(float) * in_floats : 0);
+  s.workspace_off = s.out_nchw_off + align_up(plan.nchw ? sizeof(float) * size_t(g.n) * g.oh * g.ow * g.k : 0);
   s.total = s.workspace_off + align_up(workspace);
   return s;
 }
 }  // namespace
+#endif
+
+#if TANDEM_CUDA_USE_CUDNN
+namespace {
+// Spatial size of the input cuDNN sees (explicitly padded or not).
+int64_t input_plane(const ConvPlan& plan, const ConvGeometry& g) {
+  return plan.padded ? int64_t(plan.hp) * plan.wp : int64_t(g.h) * g.w;
+}
+}  // namespace
+
+// Our HWIO filter in the layout cuDNN was told: KCRS (NCHW) or KRSC (NHWC).
+void CudaBackend::prepare_filter(const ConvPlan& plan, const ConvGeometry& g, const float* w, float* wt) {
+  if (plan.nchw)
+    cuda_kernels::swap_outer_inner(stream_, w, wt, int64_t(g.kh) * g.kw, g.c, g.k);
+  else
+    cuda_kernels::transpose(stream_, w, wt, int64_t(g.kh) * g.kw * g.c, g.k);
+}
 #endif
 
 void CudaBackend::conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y) {
@@ -746,7 +820,6 @@ void CudaBackend::conv2d_forward(const ConvGeometry& g, const float* x, const fl
   ConvPlan& plan = conv_plan(g);
 #if TANDEM_CUDA_USE_CUDNN
   if (plan.fwd.state != AlgoState::Im2col) {
-    const int64_t ksize = int64_t(g.kh) * g.kw * g.c;
     for (int attempt = 0; attempt < 2; ++attempt) {
       // Prepare the inputs in scratch (HWIO -> KRSC filter; padded input), search once, run.
       const bool searching = plan.fwd.state == AlgoState::Unsearched;
@@ -754,14 +827,22 @@ void CudaBackend::conv2d_forward(const ConvGeometry& g, const float* x, const fl
       char* base = static_cast<char*>(scratch(cs.total));
       float* wt = reinterpret_cast<float*>(base + cs.filter_off);
       float* xp = reinterpret_cast<float*>(base + cs.padded_off);
-      cuda_kernels::transpose(stream_, w, wt, ksize, g.k);
+      float* xt = reinterpret_cast<float*>(base + cs.in_nchw_off);
+      float* yt = reinterpret_cast<float*>(base + cs.out_nchw_off);
+      prepare_filter(plan, g, w, wt);
       const float* xin = x;
       if (plan.padded) {
         cuda_kernels::pad_nhwc(stream_, x, g.n, g.h, g.w, g.c, xp, plan.hp, plan.wp, g.pad_top, g.pad_left);
         xin = xp;
       }
+      float* yout = y;
+      if (plan.nchw) {
+        cuda_kernels::transpose_batched(stream_, xin, xt, g.n, input_plane(plan, g), g.c);
+        xin = xt;
+        yout = yt;
+      }
       if (searching) {
-        search_forward(plan, g, xin, wt, y);
+        search_forward(plan, g, xin, wt, yout);
         if (plan.fwd.state == AlgoState::Cudnn) continue;  // the scratch may need to grow: prepare again
         break;
       }
@@ -769,7 +850,8 @@ void CudaBackend::conv2d_forward(const ConvGeometry& g, const float* x, const fl
       TANDEM_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.cd, plan.fwd.math));
       TANDEM_CUDNN_CHECK(cudnnConvolutionForward(cudnn_, &one, plan.xd, xin, plan.wd, wt, plan.cd,
                                                  static_cast<cudnnConvolutionFwdAlgo_t>(plan.fwd.algo),
-                                                 base + cs.workspace_off, plan.fwd.workspace, &zero, plan.yd, y));
+                                                 base + cs.workspace_off, plan.fwd.workspace, &zero, plan.yd, yout));
+      if (plan.nchw) cuda_kernels::transpose_batched(stream_, yt, y, g.n, g.k, int64_t(g.oh) * g.ow);
       return;
     }
   }
@@ -783,26 +865,35 @@ void CudaBackend::conv2d_backward_data(const ConvGeometry& g, const float* dy, c
   ConvPlan& plan = conv_plan(g);
 #if TANDEM_CUDA_USE_CUDNN
   if (plan.bwd_data.state != AlgoState::Im2col) {
-    const int64_t ksize = int64_t(g.kh) * g.kw * g.c;
     for (int attempt = 0; attempt < 2; ++attempt) {
       const bool searching = plan.bwd_data.state == AlgoState::Unsearched;
       ConvScratch cs = conv_scratch(g, plan, searching ? 0 : plan.bwd_data.workspace);
       char* base = static_cast<char*>(scratch(cs.total));
       float* wt = reinterpret_cast<float*>(base + cs.filter_off);
       float* dxp = reinterpret_cast<float*>(base + cs.padded_off);
-      cuda_kernels::transpose(stream_, w, wt, ksize, g.k);
-      float* dxout = plan.padded ? dxp : dx;
+      float* dxt = reinterpret_cast<float*>(base + cs.in_nchw_off);
+      float* dyt = reinterpret_cast<float*>(base + cs.out_nchw_off);
+      prepare_filter(plan, g, w, wt);
+      float* dxout = plan.padded ? dxp : dx;  // NHWC
+      float* dxc = dxout;                     // what cuDNN writes
+      const float* dyin = dy;
+      if (plan.nchw) {
+        cuda_kernels::transpose_batched(stream_, dy, dyt, g.n, int64_t(g.oh) * g.ow, g.k);
+        dyin = dyt;
+        dxc = dxt;
+      }
       if (searching) {
-        search_backward_data(plan, g, dy, wt, dxout);
+        search_backward_data(plan, g, dyin, wt, dxc);
         if (plan.bwd_data.state == AlgoState::Cudnn) continue;
         break;
       }
       const float one = 1.f, zero = 0.f;
       TANDEM_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.cd, plan.bwd_data.math));
-      TANDEM_CUDNN_CHECK(cudnnConvolutionBackwardData(cudnn_, &one, plan.wd, wt, plan.yd, dy, plan.cd,
+      TANDEM_CUDNN_CHECK(cudnnConvolutionBackwardData(cudnn_, &one, plan.wd, wt, plan.yd, dyin, plan.cd,
                                                       static_cast<cudnnConvolutionBwdDataAlgo_t>(plan.bwd_data.algo),
                                                       base + cs.workspace_off, plan.bwd_data.workspace, &zero, plan.xd,
-                                                      dxout));
+                                                      dxc));
+      if (plan.nchw) cuda_kernels::transpose_batched(stream_, dxt, dxout, g.n, g.c, input_plane(plan, g));
       if (plan.padded)
         cuda_kernels::crop_nhwc(stream_, dxp, g.n, plan.hp, plan.wp, g.c, dx, g.h, g.w, g.pad_top, g.pad_left);
       return;
@@ -828,23 +919,35 @@ void CudaBackend::conv2d_backward_filter(const ConvGeometry& g, const float* x, 
       char* base = static_cast<char*>(scratch(cs.total));
       float* dwt = reinterpret_cast<float*>(base + cs.filter_off);
       float* xp = reinterpret_cast<float*>(base + cs.padded_off);
+      float* xt = reinterpret_cast<float*>(base + cs.in_nchw_off);
+      float* dyt = reinterpret_cast<float*>(base + cs.out_nchw_off);
       const float* xin = x;
       if (plan.padded) {
         cuda_kernels::pad_nhwc(stream_, x, g.n, g.h, g.w, g.c, xp, plan.hp, plan.wp, g.pad_top, g.pad_left);
         xin = xp;
       }
+      const float* dyin = dy;
+      if (plan.nchw) {
+        cuda_kernels::transpose_batched(stream_, xin, xt, g.n, input_plane(plan, g), g.c);
+        cuda_kernels::transpose_batched(stream_, dy, dyt, g.n, int64_t(g.oh) * g.ow, g.k);
+        xin = xt;
+        dyin = dyt;
+      }
       if (searching) {
-        search_backward_filter(plan, g, xin, dy, dwt);
+        search_backward_filter(plan, g, xin, dyin, dwt);
         if (plan.bwd_filter.state == AlgoState::Cudnn) continue;
         break;
       }
       const float one = 1.f, zero = 0.f;
       TANDEM_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.cd, plan.bwd_filter.math));
       TANDEM_CUDNN_CHECK(
-          cudnnConvolutionBackwardFilter(cudnn_, &one, plan.xd, xin, plan.yd, dy, plan.cd,
+          cudnnConvolutionBackwardFilter(cudnn_, &one, plan.xd, xin, plan.yd, dyin, plan.cd,
                                          static_cast<cudnnConvolutionBwdFilterAlgo_t>(plan.bwd_filter.algo),
                                          base + cs.workspace_off, plan.bwd_filter.workspace, &zero, plan.wd, dwt));
-      cuda_kernels::transpose(stream_, dwt, dw, g.k, ksize);  // KRSC -> HWIO
+      if (plan.nchw)
+        cuda_kernels::swap_outer_inner(stream_, dwt, dw, g.k, g.c, int64_t(g.kh) * g.kw);  // KCRS -> HWIO
+      else
+        cuda_kernels::transpose(stream_, dwt, dw, g.k, ksize);  // KRSC -> HWIO
       return;
     }
   }

@@ -340,7 +340,7 @@ __global__ void softmax_kernel(const float* logits, float* probs, int64_t rows, 
 // One block: warp w handles rows w, w + 32, ...; the per-warp sums are combined in warp order, so
 // the metrics added to metrics[0..1] are deterministic for a given number of rows.
 constexpr int kLossThreads = 1024;
-__global__ void softmax_cross_entropy_kernel(const float* logits, const int32_t* labels, const float* onehot,
+__global__ void __launch_bounds__(kLossThreads) softmax_cross_entropy_kernel(const float* logits, const int32_t* labels, const float* onehot,
                                              int64_t rows, int cols, float grad_scale, float* dlogits,
                                              double* metrics) {
   __shared__ double loss_sh[kLossThreads / 32];
@@ -443,8 +443,11 @@ __global__ void adam_kernel(float alpha, float beta1, float beta2, float epsilon
 
 // ---- layout helpers -----------------------------------------------------------------------------
 
+// One [rows, cols] -> [cols, rows] transpose per blockIdx.z (a batch of matrices, back to back).
 __global__ void transpose_kernel(const float* in, float* out, int64_t rows, int64_t cols) {
   __shared__ float tile[32][33];
+  in += int64_t(blockIdx.z) * rows * cols;
+  out += int64_t(blockIdx.z) * rows * cols;
   const int64_t c0 = int64_t(blockIdx.x) * 32, r0 = int64_t(blockIdx.y) * 32;
   for (int k = threadIdx.y; k < 32; k += blockDim.y) {
     int64_t r = r0 + k, c = c0 + threadIdx.x;
@@ -454,6 +457,14 @@ __global__ void transpose_kernel(const float* in, float* out, int64_t rows, int6
   for (int k = threadIdx.y; k < 32; k += blockDim.y) {
     int64_t c = c0 + k, r = r0 + threadIdx.x;
     if (r < rows && c < cols) out[c * rows + r] = tile[threadIdx.x][k];
+  }
+}
+
+// out[k][j][i] = in[i][j][k] for in of shape [a, b, c] (filters: HWIO <-> KCRS).
+__global__ void swap_outer_inner_kernel(const float* in, float* out, int64_t a, int64_t b, int64_t c, int64_t total) {
+  for (int64_t idx = global_index(); idx < total; idx += global_stride()) {
+    const int64_t k = idx % c, j = (idx / c) % b, i = idx / (b * c);
+    out[(k * b + j) * a + i] = in[idx];
   }
 }
 
@@ -680,9 +691,24 @@ void adam_update(cudaStream_t s, const AdamParams& p, float alpha, float* w, con
 }
 
 void transpose(cudaStream_t s, const float* in, float* out, int64_t rows, int64_t cols) {
-  if (rows <= 0 || cols <= 0) return;
-  dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>((rows + 31) / 32));
-  TANDEM_LAUNCH(transpose_kernel, grid, dim3(32, 8), 0, s, in, out, rows, cols);
+  transpose_batched(s, in, out, 1, rows, cols);
+}
+
+void transpose_batched(cudaStream_t s, const float* in, float* out, int64_t batch, int64_t rows, int64_t cols) {
+  if (batch <= 0 || rows <= 0 || cols <= 0) return;
+  constexpr int64_t kMaxZ = 65535;
+  for (int64_t b0 = 0; b0 < batch; b0 += kMaxZ) {
+    const int64_t nb = std::min(kMaxZ, batch - b0);
+    dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>((rows + 31) / 32),
+              static_cast<unsigned>(nb));
+    TANDEM_LAUNCH(transpose_kernel, grid, dim3(32, 8), 0, s, in + b0 * rows * cols, out + b0 * rows * cols, rows,
+                  cols);
+  }
+}
+
+void swap_outer_inner(cudaStream_t s, const float* in, float* out, int64_t a, int64_t b, int64_t c) {
+  const int64_t total = a * b * c;
+  if (total > 0) TANDEM_LAUNCH(swap_outer_inner_kernel, grid_for(total), kBlock, 0, s, in, out, a, b, c, total);
 }
 
 void im2col(cudaStream_t s, const ConvGeometry& g, const float* x, int samples, float* col) {

@@ -56,6 +56,10 @@ void adam_update(cudaStream_t s, const AdamParams& p, float alpha, float* w, con
 
 // out[c, r] = in[r, c] for a row-major rows x cols matrix (out is cols x rows).
 void transpose(cudaStream_t s, const float* in, float* out, int64_t rows, int64_t cols);
+// `batch` back-to-back [rows, cols] matrices, each transposed (NHWC <-> NCHW per sample).
+void transpose_batched(cudaStream_t s, const float* in, float* out, int64_t batch, int64_t rows, int64_t cols);
+// out[k][j][i] = in[i][j][k], in of shape [a, b, c] (filters: HWIO <-> KCRS).
+void swap_outer_inner(cudaStream_t s, const float* in, float* out, int64_t a, int64_t b, int64_t c);
 
 // Convolution helpers for the im2col path (used without cuDNN, or for geometries cuDNN cannot
 // express, e.g. TensorFlow's asymmetric "same" padding). Samples [0, samples) of x.

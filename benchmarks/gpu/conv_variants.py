@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Tandem's cnn on the GPU under each cuDNN convolution setting: the layout cuDNN sees
+(TANDEM_CUDNN_LAYOUT=nhwc|nchw) and whether nondeterministic algorithms may be chosen
+(TANDEM_CUDNN_DETERMINISTIC=1|0). Rounds are interleaved; samples/s are medians over rounds.
+
+  python3 benchmarks/gpu/conv_variants.py --tandem BIN --data DIR [--rounds 2] [--out FILE.json]
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_gpu  # noqa: E402
+
+VARIANTS = [("nhwc", "1"), ("nchw", "1"), ("nhwc", "0"), ("nchw", "0")]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tandem", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--samples", type=int, default=25600)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--out", default="")
+    a = ap.parse_args()
+    cases = [("cnn", 256), ("cnn", 100)]
+    runs = {}
+    for _ in range(a.rounds):
+        for model, batch in cases:
+            for layout, det in VARIANTS:
+                os.environ["TANDEM_CUDNN_LAYOUT"] = layout
+                os.environ["TANDEM_CUDNN_DETERMINISTIC"] = det
+                key = f"{model} b{batch} {layout} deterministic={det}"
+                try:
+                    r = bench_gpu.tandem_case(a.tandem, a.data, model, batch, a.samples, a.epochs, "fp32", 120)
+                    runs.setdefault(key, []).append(r["samples_per_second"])
+                except Exception as e:  # noqa: BLE001
+                    runs.setdefault(key, []).append(None)
+                    print(f"{key}: {e}", file=sys.stderr)
+    lines = ["cnn samples/s by cuDNN setting (median of rounds; fp32)"]
+    for key, vals in runs.items():
+        ok = [v for v in vals if v]
+        med = statistics.median(ok) if ok else None
+        lines.append(f"{key:<36} {med:>10,.0f}  ({', '.join(f'{v:,.0f}' if v else 'FAIL' for v in vals)})"
+                     if med else f"{key:<36} FAIL")
+    print("\n".join(lines))
+    if a.out:
+        json.dump({"runs": runs, "table": lines}, open(a.out, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
