@@ -450,6 +450,18 @@ std::vector<ConvGeometry> conv_cases(Rand& r) {
   return v;
 }
 
+// On the GPU, cuDNN may run a convolution as an FFT or Winograd transform (chosen by timing); the
+// fp32 error of those scales with the output's overall magnitude, not each element's, so the GPU
+// is also allowed 2e-4 of the reference output's RMS (direct summation stays within sum_tol).
+Tol conv_tol(const Backend& dut, int64_t k, Twin& t, size_t n) {
+  Tol tol = sum_tol(k);
+  if (dut.device().kind != DeviceKind::Gpu || n == 0) return tol;
+  double ss = 0;
+  for (float v : t.r.get<float>(n)) ss += double(v) * v;
+  tol.atol += 2e-4 * std::sqrt(ss / double(n));
+  return tol;
+}
+
 void check_conv(Backend& ref, Backend& dut, Rand& r) {
   for (const ConvGeometry& g : conv_cases(r)) {
     INFO(describe(g));
@@ -465,18 +477,18 @@ void check_conv(Backend& ref, Backend& dut, Rand& r) {
     dw.poison(wn);
     ref.conv2d_forward(g, x.r.f(), w.r.f(), y.r.f());
     dut.conv2d_forward(g, x.d.f(), w.d.f(), y.d.f());
-    expect_twin(y, yn, sum_tol(int64_t(g.kh) * g.kw * g.c), "conv2d_forward");
+    expect_twin(y, yn, conv_tol(dut, int64_t(g.kh) * g.kw * g.c, y, yn), "conv2d_forward");
     ref.conv2d_backward_data(g, dy.r.f(), w.r.f(), dx.r.f());
     dut.conv2d_backward_data(g, dy.d.f(), w.d.f(), dx.d.f());
-    expect_twin(dx, xn, sum_tol(int64_t(g.kh) * g.kw * g.k), "conv2d_backward_data");
+    expect_twin(dx, xn, conv_tol(dut, int64_t(g.kh) * g.kw * g.k, dx, xn), "conv2d_backward_data");
     ref.conv2d_backward_filter(g, x.r.f(), dy.r.f(), dw.r.f());
     dut.conv2d_backward_filter(g, x.d.f(), dy.d.f(), dw.d.f());
-    expect_twin(dw, wn, sum_tol(int64_t(g.n) * g.oh * g.ow), "conv2d_backward_filter");
+    expect_twin(dw, wn, conv_tol(dut, int64_t(g.n) * g.oh * g.ow, dw, wn), "conv2d_backward_filter");
     // A second call of the same geometry reuses the cached algorithm and must give the same answer.
     y.poison(yn);
     dut.conv2d_forward(g, x.d.f(), w.d.f(), y.d.f());
     ref.conv2d_forward(g, x.r.f(), w.r.f(), y.r.f());
-    expect_twin(y, yn, sum_tol(int64_t(g.kh) * g.kw * g.c), "conv2d_forward (cached plan)");
+    expect_twin(y, yn, conv_tol(dut, int64_t(g.kh) * g.kw * g.c, y, yn), "conv2d_forward (cached plan)");
   }
 }
 

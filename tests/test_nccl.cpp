@@ -60,10 +60,11 @@ const char* kSmallCnn = R"({"name": "small", "input_shape": [8, 8, 1], "layers":
     {"type": "Dense", "units": 16, "activation": "relu"},
     {"type": "Dense", "units": 5, "activation": "softmax"}]})";
 
-// Two epochs of SGD with momentum on gpu:0, batch 16 over 100 samples (the last batch is short).
-std::vector<float> train_on_gpu(const Model& m, const std::function<std::unique_ptr<GradientSync>(Backend&)>& sync) {
-  auto gpu = test::make_gpu_backend(0);
-  REQUIRE(gpu);
+// Two epochs of SGD with momentum on `gpu`, batch 16 over 100 samples (the last batch is short).
+// The runs compared share one backend: its convolution algorithms, chosen by timing on first use,
+// are then the same in every run (another backend may time them differently).
+std::vector<float> train_on_gpu(Backend& gpu, const Model& m,
+                                const std::function<std::unique_ptr<GradientSync>(Backend&)>& sync) {
   TrainOptions o;
   o.epochs = 2;
   o.batch_size = 16;
@@ -72,8 +73,8 @@ std::vector<float> train_on_gpu(const Model& m, const std::function<std::unique_
   opt.name = "sgd";
   opt.lr = 0.05;
   opt.momentum = 0.9;
-  auto s = sync ? sync(*gpu) : nullptr;
-  Trainer t(m, {gpu.get()}, o, opt, s.get());
+  auto s = sync ? sync(gpu) : nullptr;
+  Trainer t(m, {&gpu}, o, opt, s.get());
   Dataset d = test::synthetic_dataset(100, 8, 8, 1, 5, 4);
   t.fit(d, nullptr, {});
   return t.weights();
@@ -84,12 +85,14 @@ std::vector<float> train_on_gpu(const Model& m, const std::function<std::unique_
 TEST_CASE("nccl: a one-rank multi-worker sync trains exactly as no sync", "[gpu][nccl]") {
   if (!nccl_or_skip()) return;
   Model m = test::model_from(kSmallCnn);
-  const auto plain = train_on_gpu(m, nullptr);
+  auto gpu = test::make_gpu_backend(0);
+  REQUIRE(gpu);
+  const auto plain = train_on_gpu(*gpu, m, nullptr);
   SoloCommunicator solo;
   for (bool overlap : {true, false}) {
     for (size_t bucket_bytes : {size_t{256}, size_t{25} << 20}) {
       INFO("overlap " << overlap << ", bucket bytes " << bucket_bytes);
-      const auto synced = train_on_gpu(m, [&](Backend& b) {
+      const auto synced = train_on_gpu(*gpu, m, [&](Backend& b) {
         return make_nccl_gradient_sync(solo, m, b, bucket_bytes, overlap, 60.0);
       });
       REQUIRE(synced.size() == plain.size());
