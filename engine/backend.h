@@ -72,6 +72,21 @@ class Backend {
   virtual void fill(float* x, size_t n, float value) = 0;
   virtual void synchronize() {}
 
+  // --- CUDA Graphs (DESIGN.md §3) ---------------------------------------------------------
+  // A backend that can capture one training step and replay it. begin_step_graph(key) starts a
+  // step of a shape named by `key`; it returns true when the step is recorded: the first step of
+  // a shape runs eagerly (algorithm searches, scratch growth), the second is captured, later ones
+  // replay the capture, and until end_step_graph() the op calls only record their per-step values
+  // (uploaded indices, dropout counters, learning rates). The sequence of op calls must be the
+  // same in every step of one key, on the same buffers. abandon_step_graph() ends a step that threw.
+  // Default: no graphs.
+  virtual bool begin_step_graph(uint64_t /*key*/) { return false; }
+  virtual void end_step_graph() {}
+  virtual void abandon_step_graph() noexcept {}
+  // Forgets every captured step: captures hold the addresses of the buffers they ran on, so the
+  // owner of those buffers drops them before freeing (Trainer::fit does, at its start and end).
+  virtual void drop_step_graphs() noexcept {}
+
   // --- dense algebra (row-major) -------------------------------------------------------
   // C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C
   virtual void gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda,

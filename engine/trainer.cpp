@@ -180,6 +180,15 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
   const int rank = sync_ ? sync_->rank() : 0;
   const int local = static_cast<int>(replicas_.size());
   const size_t grad_n = model_.trainable_floats();
+  const bool graphs = options_.cuda_graphs && local == 1 && !sync_ && !options_.central_storage;
+  // Captured steps hold the addresses of this fit's buffers (the resident data among them).
+  struct DropGraphs {
+    Backend* backend;
+    ~DropGraphs() {
+      if (backend) backend->drop_step_graphs();
+    }
+  } drop_graphs{graphs ? &replicas_[0]->backend() : nullptr};
+  if (graphs) replicas_[0]->backend().drop_step_graphs();
   using clock = std::chrono::steady_clock;
   std::vector<EpochLog> logs;
   if (epoch_step_ >= steps) throw_invalid("the checkpoint's position in the epoch is past its end", "resume with the same data and batch size");
@@ -196,27 +205,35 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
     auto last_report = clock::now();
     for (int64_t s = epoch_step_; s < steps; ++s) {
       const int64_t begin = s * B, b = std::min(B, train.count - begin);
-      if (sync_)
-        sync_->begin_step(replicas_[0]->backend(), replicas_[0]->grads(), grad_n, static_cast<uint64_t>(step_));
-      for (int l = 0; l < local; ++l) {
-        Replica& rep = *replicas_[l];
-        Span sl = replica_slice(b, n, rank * local + l);
-        rep.load_batch(data[l]->data, order.data() + begin + sl.begin, sl.rows, options_.one_hot);
-        StepContext ctx;
-        ctx.backend = &rep.backend();
-        ctx.batch = sl.rows;
-        ctx.training = true;
-        ctx.seed = options_.seed;
-        ctx.step = static_cast<uint64_t>(step_);
-        ctx.first_sample = static_cast<uint64_t>(sl.begin);
-        rep.forward(ctx);
-        rep.loss(sl.rows, 1.0f / static_cast<float>(b), options_.one_hot, true);
-        if (sync_ && local == 1)  // one replica per process: buckets leave while backward continues
-          rep.backward(ctx, [this](size_t offset) { sync_->layer_done(offset); });
-        else
-          rep.backward(ctx);
+      Backend& graph_backend = replicas_[0]->backend();
+      const bool graph = graphs && graph_backend.begin_step_graph(static_cast<uint64_t>(b));
+      try {
+        if (sync_)
+          sync_->begin_step(replicas_[0]->backend(), replicas_[0]->grads(), grad_n, static_cast<uint64_t>(step_));
+        for (int l = 0; l < local; ++l) {
+          Replica& rep = *replicas_[l];
+          Span sl = replica_slice(b, n, rank * local + l);
+          rep.load_batch(data[l]->data, order.data() + begin + sl.begin, sl.rows, options_.one_hot);
+          StepContext ctx;
+          ctx.backend = &rep.backend();
+          ctx.batch = sl.rows;
+          ctx.training = true;
+          ctx.seed = options_.seed;
+          ctx.step = static_cast<uint64_t>(step_);
+          ctx.first_sample = static_cast<uint64_t>(sl.begin);
+          rep.forward(ctx);
+          rep.loss(sl.rows, 1.0f / static_cast<float>(b), options_.one_hot, true);
+          if (sync_ && local == 1)  // one replica per process: buckets leave while backward continues
+            rep.backward(ctx, [this](size_t offset) { sync_->layer_done(offset); });
+          else
+            rep.backward(ctx);
+        }
+        reduce_and_update();
+      } catch (...) {
+        if (graph) graph_backend.abandon_step_graph();
+        throw;
       }
-      reduce_and_update();
+      if (graph) graph_backend.end_step_graph();
       ++step_;
       epoch_step_ = s + 1;
       if (options_.check_replicas_every > 0 && step_ % options_.check_replicas_every == 0) check_replicas();

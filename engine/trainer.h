@@ -52,6 +52,9 @@ struct TrainOptions {
   bool central_storage = false;
   int64_t check_replicas_every = 0;  // steps; 0 = only at the end of fit (when > 0 was asked)
   bool check_replicas = false;
+  // CUDA Graphs: capture a full-batch training step once and replay it (one GPU replica, one
+  // process, no central storage); other configurations and backends run eagerly.
+  bool cuda_graphs = false;
   void validate(int replicas) const;  // throws InvalidArgument
 };
 

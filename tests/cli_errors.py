@@ -68,6 +68,7 @@ try:
     expect("--resume of a file", ["train", "--resume", not_dir] + quick, 2, "not a directory")
     expect("unknown communicator", ["train", "--communicator", "gloo"] + quick, 2, "--communicator")
     expect("nccl for CPU replicas", ["train", "--communicator", "nccl"] + quick, 2, "GPU")
+    expect("bad --cuda-graphs value", ["train", "--cuda-graphs", "maybe"] + quick, 2, "--cuda-graphs must be on or off")
 
     # Model specs.
     def spec(name, obj):

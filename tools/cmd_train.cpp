@@ -56,6 +56,7 @@ struct TrainArgs {
   int64_t check_replicas = -1;  // -1 = off; 0 = at the end of every epoch; N = every N steps too
   double collective_timeout = 300;
   std::string communicator = "auto";
+  std::string cuda_graphs = "off";
   std::string checkpoint_every;  // "epoch" or a number of steps
   int keep_checkpoints = 3;
   std::string resume;
@@ -215,6 +216,10 @@ Command add_train(CLI::App& root) {
                 "replicas for mirrored / central-storage, e.g. gpu:0,gpu:1 or cpu:0,cpu:1,cpu:2,cpu:3");
   c->add_option("--bucket-mb", args->bucket_mb, "gradient bucket size for all-reduce, MiB")->capture_default_str();
   c->add_flag("--no-overlap", args->no_overlap, "all-reduce after backward instead of during it");
+  c->add_option("--cuda-graphs", args->cuda_graphs,
+                "on: capture a full-batch training step as a CUDA graph and replay it (one GPU, default "
+                "strategy; not yet verified on a GPU, hence off by default)")
+      ->capture_default_str();
   c->add_option("--check-replicas", args->check_replicas,
                 "verify all replicas hold bit-identical weights every N steps (0: at each epoch end)");
   c->add_option("--checkpoint-every", args->checkpoint_every,
@@ -309,6 +314,9 @@ Command add_train(CLI::App& root) {
     std::unique_ptr<LocalReduce> local_reduce;
     const bool gpu_replicas = std::all_of(backends.begin(), backends.end(),
                                           [](Backend* b) { return b->device().kind == DeviceKind::Gpu; });
+    if (a.cuda_graphs != "on" && a.cuda_graphs != "off")
+      throw_invalid("--cuda-graphs must be on or off, got '" + a.cuda_graphs + "'");
+    options.cuda_graphs = a.cuda_graphs == "on";
     if (a.communicator != "auto" && a.communicator != "nccl" && a.communicator != "mpi")
       throw_invalid("--communicator must be auto, nccl or mpi, got '" + a.communicator + "'");
     if (a.communicator == "nccl" && !gpu_replicas) throw_invalid("--communicator nccl needs GPU replicas", "use --device gpu");

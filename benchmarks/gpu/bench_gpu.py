@@ -71,13 +71,13 @@ def load_train(data_dir, samples):
 
 # ---- Tandem -------------------------------------------------------------------------------------
 
-def tandem_case(binary, data_dir, model, batch, samples, epochs, precision, timeout):
+def tandem_case(binary, data_dir, model, batch, samples, epochs, precision, timeout, extra=()):
     out = tempfile.mkdtemp(prefix="tandem-gpu-bench-")
     env = dict(os.environ, TANDEM_DATA=data_dir, TANDEM_GPU_PRECISION=precision)
     cmd = [binary, "train", "--device", "gpu:0", "--model", model, "--batch-size", str(batch),
            "--epochs", str(epochs), "--train-samples", str(samples), "--validation-size", "0",
            "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.9", "--nesterov", "--lr-schedule", "none",
-           "--data", data_dir, "--output", out]
+           "--data", data_dir, "--output", out] + list(extra)
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
     wall = time.perf_counter() - t0

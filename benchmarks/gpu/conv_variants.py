@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Tandem's cnn on the GPU under each cuDNN convolution setting: the layout cuDNN sees
+"""Tandem on the GPU under each setting, Tandem alone (bench_gpu.py compares with PyTorch).
+Default: the cnn under each cuDNN convolution setting, the layout cuDNN sees
 (TANDEM_CUDNN_LAYOUT=nhwc|nchw) and whether nondeterministic algorithms may be chosen
-(TANDEM_CUDNN_DETERMINISTIC=1|0). Rounds are interleaved; samples/s are medians over rounds.
+(TANDEM_CUDNN_DETERMINISTIC=1|0). --graphs: every bench_gpu.py case with --cuda-graphs off and on.
+Rounds are interleaved; samples/s are medians over rounds.
 
-  python3 benchmarks/gpu/conv_variants.py --tandem BIN --data DIR [--rounds 2] [--out FILE.json]
+  python3 benchmarks/gpu/conv_variants.py [--graphs] --tandem BIN --data DIR [--rounds 2] [--out FILE.json]
 """
 import argparse
 import json
@@ -25,22 +27,31 @@ def main():
     ap.add_argument("--samples", type=int, default=25600)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--out", default="")
+    ap.add_argument("--graphs", action="store_true", help="compare --cuda-graphs off and on instead")
     a = ap.parse_args()
-    cases = [("cnn", 256), ("cnn", 100)]
+    cases = bench_gpu.CASES if a.graphs else [("cnn", 256), ("cnn", 100)]
+    variants = [("graphs", "off"), ("graphs", "on")] if a.graphs else VARIANTS
     runs = {}
     for _ in range(a.rounds):
         for model, batch in cases:
-            for layout, det in VARIANTS:
-                os.environ["TANDEM_CUDNN_LAYOUT"] = layout
-                os.environ["TANDEM_CUDNN_DETERMINISTIC"] = det
-                key = f"{model} b{batch} {layout} deterministic={det}"
+            for first, second in variants:
+                extra = []
+                if a.graphs:
+                    extra = ["--cuda-graphs", second]
+                    key = f"{model} b{batch} cuda-graphs={second}"
+                else:
+                    os.environ["TANDEM_CUDNN_LAYOUT"] = first
+                    os.environ["TANDEM_CUDNN_DETERMINISTIC"] = second
+                    key = f"{model} b{batch} {first} deterministic={second}"
                 try:
-                    r = bench_gpu.tandem_case(a.tandem, a.data, model, batch, a.samples, a.epochs, "fp32", 120)
+                    r = bench_gpu.tandem_case(a.tandem, a.data, model, batch, a.samples, a.epochs, "fp32", 120,
+                                              extra)
                     runs.setdefault(key, []).append(r["samples_per_second"])
                 except Exception as e:  # noqa: BLE001
                     runs.setdefault(key, []).append(None)
                     print(f"{key}: {e}", file=sys.stderr)
-    lines = ["cnn samples/s by cuDNN setting (median of rounds; fp32)"]
+    lines = [("samples/s with CUDA graphs off and on" if a.graphs else "cnn samples/s by cuDNN setting")
+             + " (median of rounds; fp32)"]
     for key, vals in runs.items():
         ok = [v for v in vals if v]
         med = statistics.median(ok) if ok else None

@@ -231,6 +231,10 @@ class CudaBackend final : public Backend {
   void copy(void* dst, const void* src, size_t bytes) override;
   void fill(float* x, size_t n, float value) override;
   void synchronize() override;
+  bool begin_step_graph(uint64_t key) override;
+  void end_step_graph() override;
+  void abandon_step_graph() noexcept override;
+  void drop_step_graphs() noexcept override;
 
   void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb,
             float beta, float* c, int ldc) override;
@@ -308,6 +312,32 @@ class CudaBackend final : public Backend {
   std::array<Stage, kStages> stages_{};
   int next_stage_ = 0;
   std::map<ConvKey, ConvPlan> plans_;
+
+  // CUDA Graphs: one captured step per key. While a step is recorded, per-step values go to a
+  // pinned record block at a cursor that advances identically in every step of the key; the
+  // capture holds copies from there (uploads straight to their destination, kernel scalars to the
+  // device mirror of the block, where the kernels read them), so a replay sees the new values.
+  enum class GraphMode { Eager, Capture, Replay };
+  struct StepGraph {
+    cudaGraphExec_t exec = nullptr;
+    size_t recorded = 0;  // bytes of the record block one step uses
+    int seen = 0;
+    bool failed = false;
+  };
+  static constexpr size_t kRecordBytes = size_t(4) << 20;
+  bool replaying() const { return mode_ == GraphMode::Replay; }
+  bool recording() const { return mode_ != GraphMode::Eager; }
+  size_t record_slot(size_t bytes);
+  const void* record(const void* src, size_t bytes);  // a kernel scalar: its device copy
+  void destroy_graphs();
+  GraphMode mode_ = GraphMode::Eager;
+  std::map<uint64_t, StepGraph> graphs_;
+  StepGraph* current_ = nullptr;
+  char* record_host_ = nullptr;
+  char* record_dev_ = nullptr;
+  size_t record_cursor_ = 0;
+  cudaEvent_t graph_done_ = nullptr;
+  bool graph_launched_ = false;
 };
 
 CudaBackend::CudaBackend(int device, const CudaBackendOptions& options)
@@ -337,8 +367,13 @@ CudaBackend::CudaBackend(int device, const CudaBackendOptions& options)
 
 CudaBackend::~CudaBackend() {
   TANDEM_CUDA_WARN(cudaSetDevice(device_));
+  abandon_step_graph();
   if (stream_) TANDEM_CUDA_WARN(cudaStreamSynchronize(stream_));
   destroy_plans();
+  destroy_graphs();
+  if (graph_done_) TANDEM_CUDA_WARN(cudaEventDestroy(graph_done_));
+  if (record_host_) TANDEM_CUDA_WARN(cudaFreeHost(record_host_));
+  if (record_dev_) TANDEM_CUDA_WARN(cudaFree(record_dev_));
   for (Stage& s : stages_) {
     if (s.done) TANDEM_CUDA_WARN(cudaEventDestroy(s.done));
     if (s.host) TANDEM_CUDA_WARN(cudaFreeHost(s.host));
@@ -354,6 +389,9 @@ CudaBackend::~CudaBackend() {
 
 void CudaBackend::set_precision(GpuPrecision p) {
   bind();
+  if (recording()) throw_invalid("cannot change the GPU precision inside a training step");
+  TANDEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  destroy_graphs();  // captured with the old math mode
   if (p != precision_) {
     TANDEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
     destroy_plans();  // algorithms are chosen per math mode
@@ -418,6 +456,14 @@ void* CudaBackend::scratch(size_t bytes) {
 void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
   if (!bytes) return;
   bind();
+  if (recording()) {
+    // A graph step: the bytes go to the record block; the capture copies them from there.
+    const size_t off = record_slot(bytes);
+    std::memcpy(record_host_ + off, src, bytes);
+    if (mode_ == GraphMode::Capture)
+      TANDEM_CUDA_CHECK(cudaMemcpyAsync(dst, record_host_ + off, bytes, cudaMemcpyHostToDevice, stream_));
+    return;
+  }
   if (bytes <= kStageBytes) {
     // Small uploads (batch indices, metrics resets) are copied into pinned staging so that the
     // caller's buffer is free on return and the copy stays asynchronous.
@@ -436,6 +482,7 @@ void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
 void CudaBackend::download(void* dst, const void* src, size_t bytes) {
   if (!bytes) return;
   bind();
+  if (recording()) throw Error(ErrorKind::Internal, "a download inside a CUDA graph step", "train with --cuda-graphs off");
   TANDEM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
   TANDEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
@@ -443,6 +490,7 @@ void CudaBackend::download(void* dst, const void* src, size_t bytes) {
 void CudaBackend::copy(void* dst, const void* src, size_t bytes) {
   if (!bytes || dst == src) return;
   bind();
+  if (replaying()) return;
   char* d = static_cast<char*>(dst);
   const char* s = static_cast<const char*>(src);
   if (d + bytes <= s || s + bytes <= d) {
@@ -466,11 +514,13 @@ void CudaBackend::copy(void* dst, const void* src, size_t bytes) {
 
 void CudaBackend::fill(float* x, size_t n, float value) {
   bind();
+  if (replaying()) return;
   cuda_kernels::fill(stream_, x, n, value);
 }
 
 void CudaBackend::synchronize() {
   bind();
+  if (recording()) throw Error(ErrorKind::Internal, "a synchronize inside a CUDA graph step", "train with --cuda-graphs off");
   TANDEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
@@ -480,6 +530,7 @@ void CudaBackend::gemm(bool ta, bool tb, int m, int n, int k, float alpha, const
                        int ldb, float beta, float* c, int ldc) {
   if (m <= 0 || n <= 0) return;
   bind();
+  if (replaying()) return;
   if (k <= 0) {
     cuda_kernels::scale_matrix(stream_, c, m, n, ldc, beta);
     return;
@@ -491,34 +542,41 @@ void CudaBackend::gemm(bool ta, bool tb, int m, int n, int k, float alpha, const
 
 void CudaBackend::bias_add(float* y, const float* bias, int64_t rows, int cols) {
   bind();
+  if (replaying()) return;
   cuda_kernels::bias_add(stream_, y, bias, rows, cols);
 }
 
 void CudaBackend::bias_grad(const float* dy, float* db, int64_t rows, int cols) {
   if (cols <= 0) return;
   bind();
+  if (replaying()) return;
   void* s = scratch(cuda_kernels::column_reduce_scratch_bytes(rows, cols, 1));
   cuda_kernels::bias_grad(stream_, dy, db, rows, cols, s);
 }
 
 void CudaBackend::relu_forward(const float* x, float* y, size_t n) {
   bind();
+  if (replaying()) return;
   cuda_kernels::relu_forward(stream_, x, y, n);
 }
 void CudaBackend::relu_backward(const float* y, const float* dy, float* dx, size_t n) {
   bind();
+  if (replaying()) return;
   cuda_kernels::relu_backward(stream_, y, dy, dx, n);
 }
 void CudaBackend::add(float* y, const float* x, size_t n) {
   bind();
+  if (replaying()) return;
   cuda_kernels::add(stream_, y, x, n);
 }
 void CudaBackend::scale(float* x, size_t n, float s) {
   bind();
+  if (replaying()) return;
   cuda_kernels::scale(stream_, x, n, s);
 }
 void CudaBackend::multiply(const float* a, const float* b, float* y, size_t n) {
   bind();
+  if (replaying()) return;
   cuda_kernels::multiply(stream_, a, b, y, n);
 }
 
@@ -817,6 +875,7 @@ void CudaBackend::prepare_filter(const ConvPlan& plan, const ConvGeometry& g, co
 void CudaBackend::conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y) {
   if (g.n <= 0) return;
   bind();
+  if (replaying()) return;
   ConvPlan& plan = conv_plan(g);
 #if TANDEM_CUDA_USE_CUDNN
   if (plan.fwd.state != AlgoState::Im2col) {
@@ -862,6 +921,7 @@ void CudaBackend::conv2d_forward(const ConvGeometry& g, const float* x, const fl
 void CudaBackend::conv2d_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   if (g.n <= 0) return;
   bind();
+  if (replaying()) return;
   ConvPlan& plan = conv_plan(g);
 #if TANDEM_CUDA_USE_CUDNN
   if (plan.bwd_data.state != AlgoState::Im2col) {
@@ -905,6 +965,7 @@ void CudaBackend::conv2d_backward_data(const ConvGeometry& g, const float* dy, c
 
 void CudaBackend::conv2d_backward_filter(const ConvGeometry& g, const float* x, const float* dy, float* dw) {
   bind();
+  if (replaying()) return;
   if (g.n <= 0) {
     cuda_kernels::fill(stream_, dw, size_t(g.kh) * g.kw * g.c * g.k, 0.f);
     return;
@@ -959,14 +1020,23 @@ void CudaBackend::conv2d_backward_filter(const ConvGeometry& g, const float* x, 
 
 void CudaBackend::maxpool_forward(const PoolGeometry& g, const float* x, float* y, int32_t* argmax) {
   bind();
+  if (replaying()) return;
   cuda_kernels::maxpool_forward(stream_, g, x, y, argmax);
 }
 void CudaBackend::maxpool_backward(const PoolGeometry& g, const float* dy, const int32_t* argmax, float* dx) {
   bind();
+  if (replaying()) return;
   cuda_kernels::maxpool_backward(stream_, g, dy, argmax, dx);
 }
 void CudaBackend::dropout_forward(const DropoutParams& p, const float* x, float* y, float* mask) {
   bind();
+  if (recording()) {
+    const uint64_t counters[2] = {p.step, p.first_sample};
+    const void* dev = record(counters, sizeof(counters));
+    if (mode_ == GraphMode::Capture)
+      cuda_kernels::dropout_forward(stream_, p, x, y, mask, static_cast<const uint64_t*>(dev));
+    return;
+  }
   cuda_kernels::dropout_forward(stream_, p, x, y, mask);
 }
 
@@ -975,6 +1045,7 @@ void CudaBackend::batchnorm_forward_train(const BatchNormParams& p, const float*
                                           float* save_mean, float* save_inv_std) {
   if (p.channels <= 0) return;
   bind();
+  if (replaying()) return;
   void* s = scratch(cuda_kernels::batchnorm_scratch_bytes(p.rows, p.channels));
   cuda_kernels::batchnorm_forward_train(stream_, p, x, gamma, beta, moving_mean, moving_var, y, save_mean, save_inv_std,
                                         s);
@@ -983,6 +1054,7 @@ void CudaBackend::batchnorm_forward_infer(const BatchNormParams& p, const float*
                                           const float* beta, const float* moving_mean, const float* moving_var,
                                           float* y) {
   bind();
+  if (replaying()) return;
   cuda_kernels::batchnorm_forward_infer(stream_, p, x, gamma, beta, moving_mean, moving_var, y);
 }
 void CudaBackend::batchnorm_backward(const BatchNormParams& p, const float* x, const float* dy, const float* gamma,
@@ -990,6 +1062,7 @@ void CudaBackend::batchnorm_backward(const BatchNormParams& p, const float* x, c
                                      float* dbeta) {
   if (p.channels <= 0) return;
   bind();
+  if (replaying()) return;
   void* s = scratch(cuda_kernels::batchnorm_scratch_bytes(p.rows, p.channels));
   cuda_kernels::batchnorm_backward(stream_, p, x, dy, gamma, save_mean, save_inv_std, dx, dgamma, dbeta, s);
 }
@@ -998,20 +1071,29 @@ void CudaBackend::batchnorm_backward(const BatchNormParams& p, const float* x, c
 
 void CudaBackend::softmax(const float* logits, float* probs, int64_t rows, int cols) {
   bind();
+  if (replaying()) return;
   cuda_kernels::softmax(stream_, logits, probs, rows, cols);
 }
 void CudaBackend::softmax_cross_entropy(const float* logits, const int32_t* labels, const float* onehot, int64_t rows,
                                         int cols, float grad_scale, float* dlogits, double* metrics) {
   bind();
+  if (replaying()) return;
   cuda_kernels::softmax_cross_entropy(stream_, logits, labels, onehot, rows, cols, grad_scale, dlogits, metrics);
 }
 void CudaBackend::gather_batch(const uint8_t* images, const uint8_t* labels, const int32_t* index, int64_t rows,
                                int64_t sample_elems, int num_classes, float* x, int32_t* labels_out, float* onehot) {
   bind();
+  if (replaying()) return;
   cuda_kernels::gather_batch(stream_, images, labels, index, rows, sample_elems, num_classes, x, labels_out, onehot);
 }
 void CudaBackend::sgd_update(const SgdParams& p, float* w, const float* g, float* velocity, size_t n) {
   bind();
+  if (recording()) {
+    const void* dev = record(&p.lr, sizeof(p.lr));
+    if (mode_ == GraphMode::Capture)
+      cuda_kernels::sgd_update(stream_, p, w, g, velocity, n, static_cast<const float*>(dev));
+    return;
+  }
   cuda_kernels::sgd_update(stream_, p, w, g, velocity, n);
 }
 void CudaBackend::adam_update(const AdamParams& p, float* w, const float* g, float* m, float* v, size_t n) {
@@ -1020,7 +1102,120 @@ void CudaBackend::adam_update(const AdamParams& p, float* w, const float* g, flo
   const double b1t = 1.0 - std::pow(double(p.beta1), double(p.step));
   const double b2t = 1.0 - std::pow(double(p.beta2), double(p.step));
   const float alpha = static_cast<float>(p.lr * std::sqrt(b2t) / b1t);
+  if (recording()) {
+    const void* dev = record(&alpha, sizeof(alpha));
+    if (mode_ == GraphMode::Capture)
+      cuda_kernels::adam_update(stream_, p, alpha, w, g, m, v, n, static_cast<const float*>(dev));
+    return;
+  }
   cuda_kernels::adam_update(stream_, p, alpha, w, g, m, v, n);
+}
+
+// ---- CUDA Graphs -------------------------------------------------------------------------------
+
+size_t CudaBackend::record_slot(size_t bytes) {
+  const size_t off = (record_cursor_ + 15) & ~size_t(15);
+  if (off + bytes > kRecordBytes)
+    throw_invalid("a training step's per-step data (" + std::to_string(off + bytes) +
+                      " bytes) does not fit the CUDA graph record block (" + std::to_string(kRecordBytes) + " bytes)",
+                  "train with --cuda-graphs off");
+  record_cursor_ = off + bytes;
+  return off;
+}
+
+const void* CudaBackend::record(const void* src, size_t bytes) {
+  const size_t off = record_slot(bytes);
+  std::memcpy(record_host_ + off, src, bytes);
+  if (mode_ == GraphMode::Capture)
+    TANDEM_CUDA_CHECK(
+        cudaMemcpyAsync(record_dev_ + off, record_host_ + off, bytes, cudaMemcpyHostToDevice, stream_));
+  return record_dev_ + off;
+}
+
+void CudaBackend::destroy_graphs() {
+  for (auto& kv : graphs_)
+    if (kv.second.exec) TANDEM_CUDA_WARN(cudaGraphExecDestroy(kv.second.exec));
+  graphs_.clear();
+  current_ = nullptr;
+}
+
+bool CudaBackend::begin_step_graph(uint64_t key) {
+  bind();
+  if (recording()) throw Error(ErrorKind::Internal, "a CUDA graph step began inside another", "train with --cuda-graphs off");
+  if (!record_host_) {
+    TANDEM_CUDA_CHECK(cudaHostAlloc(&record_host_, kRecordBytes, cudaHostAllocDefault));
+    TANDEM_CUDA_CHECK(cudaMalloc(&record_dev_, kRecordBytes));
+    TANDEM_CUDA_CHECK(cudaEventCreateWithFlags(&graph_done_, cudaEventDisableTiming));
+  }
+  StepGraph& g = graphs_[key];
+  if (g.failed) return false;
+  ++g.seen;
+  if (!g.exec && g.seen < 2) return false;  // the first step of a shape runs eagerly
+  // The record block is rewritten below: the last replay must have finished reading it.
+  if (graph_launched_) TANDEM_CUDA_CHECK(cudaEventSynchronize(graph_done_));
+  record_cursor_ = 0;
+  current_ = &g;
+  if (g.exec) {
+    mode_ = GraphMode::Replay;
+    return true;
+  }
+  TANDEM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  mode_ = GraphMode::Capture;
+  return true;
+}
+
+void CudaBackend::end_step_graph() {
+  if (!recording()) return;
+  bind();
+  StepGraph& g = *current_;
+  const GraphMode mode = mode_;
+  mode_ = GraphMode::Eager;
+  current_ = nullptr;
+  if (mode == GraphMode::Capture) {
+    cudaGraph_t graph = nullptr;
+    cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+    if (e != cudaSuccess) {
+      g.failed = true;
+      cuda_detail::throw_cuda(e, "cudaStreamEndCapture(stream_, &graph)", __FILE__, __LINE__);
+    }
+    e = cudaGraphInstantiate(&g.exec, graph, 0);
+    TANDEM_CUDA_WARN(cudaGraphDestroy(graph));
+    if (e != cudaSuccess) {
+      g.exec = nullptr;
+      g.failed = true;
+      cuda_detail::throw_cuda(e, "cudaGraphInstantiate(&g.exec, graph, 0)", __FILE__, __LINE__);
+    }
+    g.recorded = record_cursor_;
+  } else if (record_cursor_ != g.recorded) {
+    throw Error(ErrorKind::Internal,
+                "a replayed CUDA graph step recorded " + std::to_string(record_cursor_) + " bytes of per-step data, " +
+                    "its capture " + std::to_string(g.recorded),
+                "train with --cuda-graphs off");
+  }
+  TANDEM_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
+  TANDEM_CUDA_CHECK(cudaEventRecord(graph_done_, stream_));
+  graph_launched_ = true;
+}
+
+void CudaBackend::drop_step_graphs() noexcept {
+  abandon_step_graph();
+  if (graphs_.empty()) return;
+  TANDEM_CUDA_WARN(cudaSetDevice(device_));
+  TANDEM_CUDA_WARN(cudaStreamSynchronize(stream_));
+  destroy_graphs();
+}
+
+void CudaBackend::abandon_step_graph() noexcept {
+  if (!recording()) return;
+  if (mode_ == GraphMode::Capture) {
+    cudaGraph_t graph = nullptr;
+    (void)cudaStreamEndCapture(stream_, &graph);
+    if (graph) (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    if (current_) current_->failed = true;
+  }
+  mode_ = GraphMode::Eager;
+  current_ = nullptr;
 }
 
 // ---- factory ------------------------------------------------------------------------------------

@@ -281,8 +281,14 @@ __global__ void maxpool_backward_kernel(PoolGeometry g, const float* dy, const i
 
 // ---- dropout ------------------------------------------------------------------------------------
 
+// `counters`, when set (a CUDA graph step), holds {step, first_sample} for this replay.
 __global__ void dropout_kernel(float rate, uint64_t seed, uint64_t step, uint64_t first_sample, int64_t cols,
-                               float keep_scale, const float* x, float* y, float* mask, int64_t total) {
+                               float keep_scale, const float* x, float* y, float* mask, int64_t total,
+                               const uint64_t* counters) {
+  if (counters) {
+    step = counters[0];
+    first_sample = counters[1];
+  }
   for (int64_t i = global_index(); i < total; i += global_stride()) {
     const int64_t r = i / cols, c = i % cols;
     const float m = tandem::dropout_keep(seed, step, first_sample + uint64_t(r), uint64_t(c), rate) ? keep_scale : 0.f;
@@ -416,11 +422,14 @@ __global__ void gather_labels_kernel(const uint8_t* labels, const int32_t* index
 
 // ---- optimizers ---------------------------------------------------------------------------------
 
-__global__ void sgd_plain_kernel(float lr, float* w, const float* g, int64_t n) {
+// lr_dev / alpha_dev, when set (a CUDA graph step), hold this replay's value.
+__global__ void sgd_plain_kernel(float lr, float* w, const float* g, int64_t n, const float* lr_dev) {
+  if (lr_dev) lr = *lr_dev;
   for (int64_t i = global_index(); i < n; i += global_stride()) w[i] = __fsub_rn(w[i], __fmul_rn(lr, g[i]));
 }
 __global__ void sgd_momentum_kernel(float lr, float momentum, bool nesterov, float* w, const float* g, float* vel,
-                                    int64_t n) {
+                                    int64_t n, const float* lr_dev) {
+  if (lr_dev) lr = *lr_dev;
   for (int64_t i = global_index(); i < n; i += global_stride()) {
     const float lg = __fmul_rn(lr, g[i]);
     const float v = __fsub_rn(__fmul_rn(momentum, vel[i]), lg);
@@ -429,7 +438,8 @@ __global__ void sgd_momentum_kernel(float lr, float momentum, bool nesterov, flo
   }
 }
 __global__ void adam_kernel(float alpha, float beta1, float beta2, float epsilon, float* w, const float* g, float* m,
-                            float* v, int64_t n) {
+                            float* v, int64_t n, const float* alpha_dev) {
+  if (alpha_dev) alpha = *alpha_dev;
   const float one_b1 = __fsub_rn(1.f, beta1), one_b2 = __fsub_rn(1.f, beta2);
   for (int64_t i = global_index(); i < n; i += global_stride()) {
     const float gi = g[i];
@@ -592,13 +602,14 @@ void maxpool_backward(cudaStream_t s, const PoolGeometry& g, const float* dy, co
   if (total > 0) TANDEM_LAUNCH(maxpool_backward_kernel, grid_for(total), kBlock, 0, s, g, dy, argmax, dx, total);
 }
 
-void dropout_forward(cudaStream_t s, const DropoutParams& p, const float* x, float* y, float* mask) {
+void dropout_forward(cudaStream_t s, const DropoutParams& p, const float* x, float* y, float* mask,
+                     const uint64_t* counters) {
   const int64_t total = p.rows * p.cols;
   if (total <= 0) return;
   const float keep_scale = p.rate < 1.f ? 1.f / (1.f - p.rate) : 0.f;
   const uint64_t seed = p.seed ^ (p.layer * 0x9E3779B97F4A7C15ull);
   TANDEM_LAUNCH(dropout_kernel, grid_for(total), kBlock, 0, s, p.rate, seed, p.step, p.first_sample, p.cols, keep_scale,
-                x, y, mask, total);
+                x, y, mask, total, counters);
 }
 
 size_t batchnorm_scratch_bytes(int64_t rows, int channels) {
@@ -674,20 +685,21 @@ void gather_batch(cudaStream_t s, const uint8_t* images, const uint8_t* labels, 
                   onehot);
 }
 
-void sgd_update(cudaStream_t s, const SgdParams& p, float* w, const float* g, float* velocity, size_t n) {
+void sgd_update(cudaStream_t s, const SgdParams& p, float* w, const float* g, float* velocity, size_t n,
+                const float* lr_dev) {
   if (!n) return;
   if (p.momentum == 0.f)
-    TANDEM_LAUNCH(sgd_plain_kernel, grid_for(int64_t(n)), kBlock, 0, s, p.lr, w, g, int64_t(n));
+    TANDEM_LAUNCH(sgd_plain_kernel, grid_for(int64_t(n)), kBlock, 0, s, p.lr, w, g, int64_t(n), lr_dev);
   else
     TANDEM_LAUNCH(sgd_momentum_kernel, grid_for(int64_t(n)), kBlock, 0, s, p.lr, p.momentum, p.nesterov, w, g, velocity,
-                  int64_t(n));
+                  int64_t(n), lr_dev);
 }
 
 void adam_update(cudaStream_t s, const AdamParams& p, float alpha, float* w, const float* g, float* m, float* v,
-                 size_t n) {
+                 size_t n, const float* alpha_dev) {
   if (n)
     TANDEM_LAUNCH(adam_kernel, grid_for(int64_t(n)), kBlock, 0, s, alpha, p.beta1, p.beta2, p.epsilon, w, g, m, v,
-                  int64_t(n));
+                  int64_t(n), alpha_dev);
 }
 
 void transpose(cudaStream_t s, const float* in, float* out, int64_t rows, int64_t cols) {

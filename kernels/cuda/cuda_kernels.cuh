@@ -29,7 +29,11 @@ void bias_grad(cudaStream_t s, const float* dy, float* db, int64_t rows, int col
 void maxpool_forward(cudaStream_t s, const PoolGeometry& g, const float* x, float* y, int32_t* argmax);
 void maxpool_backward(cudaStream_t s, const PoolGeometry& g, const float* dy, const int32_t* argmax, float* dx);
 
-void dropout_forward(cudaStream_t s, const DropoutParams& p, const float* x, float* y, float* mask);
+// The device pointers below (counters, lr_dev, alpha_dev), when set, hold the per-step values of a
+// CUDA graph replay, read by the kernel instead of the arguments captured with it.
+// counters: {step, first_sample}.
+void dropout_forward(cudaStream_t s, const DropoutParams& p, const float* x, float* y, float* mask,
+                     const uint64_t* counters = nullptr);
 
 // Scratch for batch normalisation: column reductions plus 3 * channels floats of coefficients.
 size_t batchnorm_scratch_bytes(int64_t rows, int channels);
@@ -49,10 +53,11 @@ void softmax_cross_entropy(cudaStream_t s, const float* logits, const int32_t* l
 void gather_batch(cudaStream_t s, const uint8_t* images, const uint8_t* labels, const int32_t* index, int64_t rows,
                   int64_t sample_elems, int num_classes, float* x, int32_t* labels_out, float* onehot);
 
-void sgd_update(cudaStream_t s, const SgdParams& p, float* w, const float* g, float* velocity, size_t n);
+void sgd_update(cudaStream_t s, const SgdParams& p, float* w, const float* g, float* velocity, size_t n,
+                const float* lr_dev = nullptr);
 // alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t), computed by the caller in double as the CPU does.
 void adam_update(cudaStream_t s, const AdamParams& p, float alpha, float* w, const float* g, float* m, float* v,
-                 size_t n);
+                 size_t n, const float* alpha_dev = nullptr);
 
 // out[c, r] = in[r, c] for a row-major rows x cols matrix (out is cols x rows).
 void transpose(cudaStream_t s, const float* in, float* out, int64_t rows, int64_t cols);
