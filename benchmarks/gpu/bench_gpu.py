@@ -186,6 +186,9 @@ def main():
     ap.add_argument("--data", default=os.environ.get("TANDEM_DATA", "/usr/share/datasets/fashion-mnist"))
     ap.add_argument("--sgemm-bin", default="", help="benchmarks/gpu/sgemm_peak.cu built (see its header)")
     ap.add_argument("--precision", choices=["fp32", "tf32"], default="fp32")
+    ap.add_argument("--torch-cudnn", choices=["benchmark", "deterministic"], default="benchmark",
+                    help="PyTorch's cuDNN algorithm choice: timed, any algorithm (its usual fast setting), or "
+                         "timed among deterministic ones (Tandem's default)")
     ap.add_argument("--compile", choices=["none", "large", "all"], default="large",
                     help="torch.compile for no case, the batch-256 cases (default), or all cases")
     ap.add_argument("--samples", type=int, default=25600, help="training samples per epoch (divisible by 32, 100, 256)")
@@ -203,6 +206,8 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.deterministic = a.torch_cudnn == "deterministic"
+        results["torch_cudnn"] = a.torch_cudnn
         results["torch_version"] = torch.__version__
         results["gpu"] = torch.cuda.get_device_name(0)
     except Exception as e:  # no PyTorch: Tandem figures only
@@ -246,7 +251,7 @@ def main():
     def sps(row, key):
         return row.get(key, {}).get("samples_per_second")
 
-    lines = [f"GPU benchmark ({a.precision}; samples/s over epochs 2..{a.epochs} of {a.samples} samples)",
+    lines = [f"GPU benchmark ({a.precision}, PyTorch cuDNN {a.torch_cudnn}; samples/s over epochs 2..{a.epochs} of {a.samples} samples)",
              f"{'case':<14}{'tandem':>12}{'torch eager':>13}{'ratio':>7}{'torch.compile':>15}{'ratio':>7}"]
     for row in results["cases"]:
         t, e, c = sps(row, "tandem"), sps(row, "torch_eager"), sps(row, "torch_compile")
