@@ -1,6 +1,7 @@
 // The CUDA Backend (DESIGN.md §3): one stream per backend; cuBLAS for GEMM (row-major through the
 // transpose identity), cuDNN for convolutions (our NHWC activations transposed to NCHW around each
-// call, where cuDNN's fast fp32 kernels are; algorithms chosen once per geometry and cached), our kernels (cuda_kernels.cu) for the rest. Ops only enqueue work; the
+// call, where cuDNN's fast fp32 kernels are; algorithms chosen once per geometry and cached), our
+// kernels (cuda_kernels.cu) for the rest. Ops only enqueue work; the
 // only allocations after construction are the scratch buffer growing on the first use of a larger
 // shape and the temporary workspace of a cuDNN algorithm search.
 #include <algorithm>
@@ -327,8 +328,9 @@ class CudaBackend final : public Backend {
   static constexpr size_t kRecordBytes = size_t(4) << 20;
   bool replaying() const { return mode_ == GraphMode::Replay; }
   bool recording() const { return mode_ != GraphMode::Eager; }
-  size_t record_slot(size_t bytes);
-  const void* record(const void* src, size_t bytes);  // a kernel scalar: its device copy
+  // Puts `bytes` of this step's data in the record block; a capture copies them from there to
+  // `dst`, by default the block's device mirror. Returns where they land on the device.
+  const void* record(const void* src, size_t bytes, void* dst = nullptr);
   void destroy_graphs();
   GraphMode mode_ = GraphMode::Eager;
   std::map<uint64_t, StepGraph> graphs_;
@@ -390,11 +392,10 @@ CudaBackend::~CudaBackend() {
 void CudaBackend::set_precision(GpuPrecision p) {
   bind();
   if (recording()) throw_invalid("cannot change the GPU precision inside a training step");
-  TANDEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  destroy_graphs();  // captured with the old math mode
   if (p != precision_) {
     TANDEM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    destroy_plans();  // algorithms are chosen per math mode
+    destroy_plans();   // algorithms are chosen per math mode
+    destroy_graphs();  // captured with the old math mode
   }
   precision_ = p;
   TANDEM_CUBLAS_CHECK(
@@ -456,12 +457,8 @@ void* CudaBackend::scratch(size_t bytes) {
 void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
   if (!bytes) return;
   bind();
-  if (recording()) {
-    // A graph step: the bytes go to the record block; the capture copies them from there.
-    const size_t off = record_slot(bytes);
-    std::memcpy(record_host_ + off, src, bytes);
-    if (mode_ == GraphMode::Capture)
-      TANDEM_CUDA_CHECK(cudaMemcpyAsync(dst, record_host_ + off, bytes, cudaMemcpyHostToDevice, stream_));
+  if (recording()) {  // a graph step: the capture copies the bytes from the record block
+    record(src, bytes, dst);
     return;
   }
   if (bytes <= kStageBytes) {
@@ -738,6 +735,16 @@ void report_choice(const char* what, const ConvGeometry& g, const AlgoChoice& c,
                double(c.workspace) / 1048576.0, double(c.ms), double(ms));
 }
 
+// With TANDEM_CUDNN_SEARCH=heuristic: the choice from cuDNN's heuristic ranking (no timing), if
+// it gave one.
+template <class Perf>
+bool take_heuristic(const Perf* perf, int returned, const char* what, const ConvGeometry& g, AlgoChoice* out) {
+  if (conv_timed_search() || returned <= 0) return false;
+  if (!choose_algo(perf, returned, kFindWorkspaceCap, out)) out->state = AlgoState::Im2col;
+  report_choice(what, g, *out, 0.f);
+  return true;
+}
+
 }  // namespace
 
 // A temporary workspace for an algorithm search, as large as the candidates want (capped), or
@@ -768,11 +775,7 @@ void CudaBackend::search_forward(ConvPlan& plan, const ConvGeometry& g, const fl
   if (cudnnGetConvolutionForwardAlgorithm_v7(cudnn_, plan.xd, plan.wd, plan.cd, plan.yd, max_count, &returned,
                                              perf.data()) != CUDNN_STATUS_SUCCESS)
     returned = 0;  // no heuristics: search with no workspace
-  if (!conv_timed_search() && returned > 0) {
-    if (!choose_algo(perf.data(), returned, kFindWorkspaceCap, &plan.fwd)) plan.fwd.state = AlgoState::Im2col;
-    report_choice("forward", g, plan.fwd, 0.f);
-    return;
-  }
+  if (take_heuristic(perf.data(), returned, "forward", g, &plan.fwd)) return;
   size_t ws_size = 0;
   void* ws = find_workspace(max_workspace(perf.data(), returned), &ws_size);
   cudnnStatus_t st = cudnnFindConvolutionForwardAlgorithmEx(cudnn_, plan.xd, x, plan.wd, w, plan.cd, plan.yd, y,
@@ -793,11 +796,7 @@ void CudaBackend::search_backward_data(ConvPlan& plan, const ConvGeometry& g, co
   if (cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnn_, plan.wd, plan.yd, plan.cd, plan.xd, max_count, &returned,
                                                   perf.data()) != CUDNN_STATUS_SUCCESS)
     returned = 0;  // no heuristics: search with no workspace
-  if (!conv_timed_search() && returned > 0) {
-    if (!choose_algo(perf.data(), returned, kFindWorkspaceCap, &plan.bwd_data)) plan.bwd_data.state = AlgoState::Im2col;
-    report_choice("backward-data", g, plan.bwd_data, 0.f);
-    return;
-  }
+  if (take_heuristic(perf.data(), returned, "backward-data", g, &plan.bwd_data)) return;
   size_t ws_size = 0;
   void* ws = find_workspace(max_workspace(perf.data(), returned), &ws_size);
   cudnnStatus_t st = cudnnFindConvolutionBackwardDataAlgorithmEx(cudnn_, plan.wd, w, plan.yd, dy, plan.cd, plan.xd, dx,
@@ -818,11 +817,7 @@ void CudaBackend::search_backward_filter(ConvPlan& plan, const ConvGeometry& g, 
   if (cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnn_, plan.xd, plan.yd, plan.cd, plan.wd, max_count, &returned,
                                                     perf.data()) != CUDNN_STATUS_SUCCESS)
     returned = 0;  // no heuristics: search with no workspace
-  if (!conv_timed_search() && returned > 0) {
-    if (!choose_algo(perf.data(), returned, kFindWorkspaceCap, &plan.bwd_filter)) plan.bwd_filter.state = AlgoState::Im2col;
-    report_choice("backward-filter", g, plan.bwd_filter, 0.f);
-    return;
-  }
+  if (take_heuristic(perf.data(), returned, "backward-filter", g, &plan.bwd_filter)) return;
   size_t ws_size = 0;
   void* ws = find_workspace(max_workspace(perf.data(), returned), &ws_size);
   cudnnStatus_t st = cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnn_, plan.xd, x, plan.yd, dy, plan.cd, plan.wd,
@@ -836,16 +831,22 @@ void CudaBackend::search_backward_filter(ConvPlan& plan, const ConvGeometry& g, 
 #endif  // TANDEM_CUDA_USE_CUDNN
 
 #if TANDEM_CUDA_USE_CUDNN
-// Scratch layout of a cuDNN convolution: [filter in KRSC | padded input or input gradient | workspace].
 namespace {
-// With plan.nchw also [input (or its gradient) in NCHW | output (or its gradient) in NCHW].
+// Spatial size of the input cuDNN sees (explicitly padded or not).
+int64_t input_plane(const ConvPlan& plan, const ConvGeometry& g) {
+  return plan.padded ? int64_t(plan.hp) * plan.wp : int64_t(g.h) * g.w;
+}
+
+// Scratch layout of a cuDNN convolution: [filter in KRSC or KCRS | padded input or input gradient |
+// workspace]; with plan.nchw also [input (or its gradient) in NCHW | output (or its gradient) in
+// NCHW] before the workspace.
 struct ConvScratch {
   size_t filter_off = 0, padded_off = 0, in_nchw_off = 0, out_nchw_off = 0, workspace_off = 0, total = 0;
 };
 ConvScratch conv_scratch(const ConvGeometry& g, const ConvPlan& plan, size_t workspace) {
   ConvScratch s;
   s.padded_off = align_up(sizeof(float) * size_t(g.kh) * g.kw * g.c * g.k);
-  const size_t in_floats = size_t(g.n) * (plan.padded ? size_t(plan.hp) * plan.wp : size_t(g.h) * g.w) * g.c;
+  const size_t in_floats = size_t(g.n) * size_t(input_plane(plan, g)) * g.c;
   s.in_nchw_off = s.padded_off + align_up(plan.padded ? sizeof(float) * in_floats : 0);
   s.out_nchw_off = s.in_nchw_off + align_up(plan.nchw ? sizeof(float) * in_floats : 0);
   s.workspace_off = s.out_nchw_off + align_up(plan.nchw ? sizeof(float) * size_t(g.n) * g.oh * g.ow * g.k : 0);
@@ -856,13 +857,6 @@ ConvScratch conv_scratch(const ConvGeometry& g, const ConvPlan& plan, size_t wor
 #endif
 
 #if TANDEM_CUDA_USE_CUDNN
-namespace {
-// Spatial size of the input cuDNN sees (explicitly padded or not).
-int64_t input_plane(const ConvPlan& plan, const ConvGeometry& g) {
-  return plan.padded ? int64_t(plan.hp) * plan.wp : int64_t(g.h) * g.w;
-}
-}  // namespace
-
 // Our HWIO filter in the layout cuDNN was told: KCRS (NCHW) or KRSC (NHWC).
 void CudaBackend::prepare_filter(const ConvPlan& plan, const ConvGeometry& g, const float* w, float* wt) {
   if (plan.nchw)
@@ -1030,14 +1024,10 @@ void CudaBackend::maxpool_backward(const PoolGeometry& g, const float* dy, const
 }
 void CudaBackend::dropout_forward(const DropoutParams& p, const float* x, float* y, float* mask) {
   bind();
-  if (recording()) {
-    const uint64_t counters[2] = {p.step, p.first_sample};
-    const void* dev = record(counters, sizeof(counters));
-    if (mode_ == GraphMode::Capture)
-      cuda_kernels::dropout_forward(stream_, p, x, y, mask, static_cast<const uint64_t*>(dev));
-    return;
-  }
-  cuda_kernels::dropout_forward(stream_, p, x, y, mask);
+  const uint64_t counters[2] = {p.step, p.first_sample};
+  const void* dev = recording() ? record(counters, sizeof(counters)) : nullptr;
+  if (replaying()) return;
+  cuda_kernels::dropout_forward(stream_, p, x, y, mask, static_cast<const uint64_t*>(dev));
 }
 
 void CudaBackend::batchnorm_forward_train(const BatchNormParams& p, const float* x, const float* gamma,
@@ -1088,13 +1078,9 @@ void CudaBackend::gather_batch(const uint8_t* images, const uint8_t* labels, con
 }
 void CudaBackend::sgd_update(const SgdParams& p, float* w, const float* g, float* velocity, size_t n) {
   bind();
-  if (recording()) {
-    const void* dev = record(&p.lr, sizeof(p.lr));
-    if (mode_ == GraphMode::Capture)
-      cuda_kernels::sgd_update(stream_, p, w, g, velocity, n, static_cast<const float*>(dev));
-    return;
-  }
-  cuda_kernels::sgd_update(stream_, p, w, g, velocity, n);
+  const void* dev = recording() ? record(&p.lr, sizeof(p.lr)) : nullptr;
+  if (replaying()) return;
+  cuda_kernels::sgd_update(stream_, p, w, g, velocity, n, static_cast<const float*>(dev));
 }
 void CudaBackend::adam_update(const AdamParams& p, float* w, const float* g, float* m, float* v, size_t n) {
   bind();
@@ -1102,34 +1088,25 @@ void CudaBackend::adam_update(const AdamParams& p, float* w, const float* g, flo
   const double b1t = 1.0 - std::pow(double(p.beta1), double(p.step));
   const double b2t = 1.0 - std::pow(double(p.beta2), double(p.step));
   const float alpha = static_cast<float>(p.lr * std::sqrt(b2t) / b1t);
-  if (recording()) {
-    const void* dev = record(&alpha, sizeof(alpha));
-    if (mode_ == GraphMode::Capture)
-      cuda_kernels::adam_update(stream_, p, alpha, w, g, m, v, n, static_cast<const float*>(dev));
-    return;
-  }
-  cuda_kernels::adam_update(stream_, p, alpha, w, g, m, v, n);
+  const void* dev = recording() ? record(&alpha, sizeof(alpha)) : nullptr;
+  if (replaying()) return;
+  cuda_kernels::adam_update(stream_, p, alpha, w, g, m, v, n, static_cast<const float*>(dev));
 }
 
 // ---- CUDA Graphs -------------------------------------------------------------------------------
 
-size_t CudaBackend::record_slot(size_t bytes) {
+const void* CudaBackend::record(const void* src, size_t bytes, void* dst) {
   const size_t off = (record_cursor_ + 15) & ~size_t(15);
   if (off + bytes > kRecordBytes)
     throw_invalid("a training step's per-step data (" + std::to_string(off + bytes) +
                       " bytes) does not fit the CUDA graph record block (" + std::to_string(kRecordBytes) + " bytes)",
                   "train with --cuda-graphs off");
   record_cursor_ = off + bytes;
-  return off;
-}
-
-const void* CudaBackend::record(const void* src, size_t bytes) {
-  const size_t off = record_slot(bytes);
   std::memcpy(record_host_ + off, src, bytes);
+  if (!dst) dst = record_dev_ + off;
   if (mode_ == GraphMode::Capture)
-    TANDEM_CUDA_CHECK(
-        cudaMemcpyAsync(record_dev_ + off, record_host_ + off, bytes, cudaMemcpyHostToDevice, stream_));
-  return record_dev_ + off;
+    TANDEM_CUDA_CHECK(cudaMemcpyAsync(dst, record_host_ + off, bytes, cudaMemcpyHostToDevice, stream_));
+  return dst;
 }
 
 void CudaBackend::destroy_graphs() {
