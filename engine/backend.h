@@ -102,6 +102,18 @@ class Backend {
   virtual void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y) = 0;
   virtual void conv2d_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) = 0;
   virtual void conv2d_backward_filter(const ConvGeometry& g, const float* x, const float* dy, float* dw) = 0;
+  // A Conv2D layer's whole forward: y = act(conv(x, w) + bias), act ReLU when `relu`, else the
+  // identity; bias may be null. The default runs conv2d_forward, bias_add and relu_forward; a
+  // backend may fuse them (the CUDA backend adds the bias and applies ReLU while it transposes
+  // cuDNN's NCHW output back to NHWC).
+  virtual void conv2d_bias_relu_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                                        bool relu, float* y);
+  // Its backward, given the layer's input x and output y: with `relu` the gradient is masked by
+  // y > 0 first; then dw, db (when not null) and dx (when not null). dy is the caller's scratch:
+  // its contents afterwards are unspecified. The default runs relu_backward (into dy),
+  // conv2d_backward_filter, bias_grad and conv2d_backward_data.
+  virtual void conv2d_bias_relu_backward(const ConvGeometry& g, const float* x, const float* y, float* dy,
+                                         const float* w, bool relu, float* dw, float* db, float* dx);
   // argmax[i] = index within the sample's input of the maximum for output element i
   virtual void maxpool_forward(const PoolGeometry& g, const float* x, float* y, int32_t* argmax) = 0;
   virtual void maxpool_backward(const PoolGeometry& g, const float* dy, const int32_t* argmax, float* dx) = 0;

@@ -265,19 +265,17 @@ class Conv2D final : public Layer {
   void forward(const StepContext& ctx, const float* x, float* y) override {
     ConvGeometry g = g_;
     g.n = static_cast<int>(ctx.batch);
-    ctx.backend->conv2d_forward(g, x, params_[0], y);
-    const int64_t rows = int64_t(g.n) * g.oh * g.ow;
-    if (use_bias_) ctx.backend->bias_add(y, params_[1], rows, g.k);
-    activate_forward(ctx, act_, y, rows, g.k);
+    // Convolution, bias and ReLU in one backend call (fused where the backend can); a softmax
+    // activation follows separately.
+    ctx.backend->conv2d_bias_relu_forward(g, x, params_[0], use_bias_ ? params_[1] : nullptr,
+                                          act_ == Activation::Relu, y);
+    if (act_ == Activation::Softmax) activate_forward(ctx, act_, y, int64_t(g.n) * g.oh * g.ow, g.k);
   }
   void backward(const StepContext& ctx, const float* x, const float* y, float* dy, float* dx) override {
     ConvGeometry g = g_;
     g.n = static_cast<int>(ctx.batch);
-    const int64_t rows = int64_t(g.n) * g.oh * g.ow;
-    activate_backward(ctx, act_, y, dy, size_t(rows) * g.k);
-    ctx.backend->conv2d_backward_filter(g, x, dy, grads_[0]);
-    if (use_bias_) ctx.backend->bias_grad(dy, grads_[1], rows, g.k);
-    if (dx) ctx.backend->conv2d_backward_data(g, dy, params_[0], dx);
+    ctx.backend->conv2d_bias_relu_backward(g, x, y, dy, params_[0], act_ == Activation::Relu, grads_[0],
+                                           use_bias_ ? grads_[1] : nullptr, dx);
   }
   json config() const override {
     json j{{"type", type()},

@@ -54,7 +54,7 @@ struct TrainOptions {
   bool check_replicas = false;
   // CUDA Graphs: capture a full-batch training step once and replay it (one GPU replica, one
   // process, no central storage); other configurations and backends run eagerly.
-  bool cuda_graphs = false;
+  bool cuda_graphs = true;
   void validate(int replicas) const;  // throws InvalidArgument
 };
 

@@ -492,6 +492,77 @@ void check_conv(Backend& ref, Backend& dut, Rand& r) {
   }
 }
 
+// A Conv2D layer's fused call (convolution, bias, ReLU; and its backward) against the oracle
+// running the same math as separate ops. The backward runs twice: on the GPU the first call of a
+// shape searches the algorithms through the separate ops, later ones take the fused path. On
+// the device itself the fused path must equal its own separate ops bit for bit (the bias gradient,
+// summed in another order, to rounding).
+void check_conv_fused(Backend& ref, Backend& dut, Rand& r) {
+  std::vector<ConvGeometry> cases = {
+      conv_geometry(4, 28, 28, 1, 7, 7, 64, 1, 1, true),    // cnn conv2d (first layer: no dx)
+      conv_geometry(3, 14, 14, 64, 3, 3, 128, 1, 1, true),  // cnn conv2d_1
+      conv_geometry(3, 6, 6, 2, 3, 2, 4, 2, 2, true),       // asymmetric "same" padding, strided
+      conv_geometry(2, 7, 9, 3, 3, 3, 4, 2, 3, false),      // valid, strided, leftover rows
+  };
+  for (size_t ci = 0; ci < cases.size(); ++ci) {
+    const ConvGeometry& g = cases[ci];
+    const bool relu = ci % 2 == 0 || r.range(0, 1) == 1;
+    const bool has_bias = ci != 3;
+    const bool want_dx = ci != 0;
+    INFO(describe(g) << (relu ? " relu" : " linear") << (has_bias ? " bias" : " no bias"));
+    const size_t xn = size_t(g.n) * g.h * g.w * g.c, wn = size_t(g.kh) * g.kw * g.c * g.k,
+                 yn = size_t(g.n) * g.oh * g.ow * g.k;
+    Twin x(ref, dut, xn * 4), w(ref, dut, wn * 4), b(ref, dut, size_t(g.k) * 4), y(ref, dut, yn * 4),
+        dy(ref, dut, yn * 4), dx(ref, dut, xn * 4), dw(ref, dut, wn * 4), db(ref, dut, size_t(g.k) * 4);
+    x.put(r.vec(xn));
+    w.put(r.vec(wn));
+    b.put(r.vec(size_t(g.k), -0.5f, 0.5f));
+    y.poison(yn);
+    ref.conv2d_bias_relu_forward(g, x.r.f(), w.r.f(), has_bias ? b.r.f() : nullptr, relu, y.r.f());
+    dut.conv2d_bias_relu_forward(g, x.d.f(), w.d.f(), has_bias ? b.d.f() : nullptr, relu, y.d.f());
+    expect_twin(y, yn, conv_tol(dut, int64_t(g.kh) * g.kw * g.c, y, yn), "conv2d_bias_relu_forward");
+    const std::vector<float> y_dut = y.d.get<float>(yn);
+    // Both sides mask with the oracle's output, so that a rounding difference next to zero cannot
+    // flip the mask.
+    y.put(y.r.get<float>(yn));
+    const std::vector<float> dy_values = r.vec(yn);
+    for (int pass = 0; pass < 2; ++pass) {
+      INFO("backward call " << pass + 1);
+      dy.put(dy_values);
+      dx.poison(xn);
+      dw.poison(wn);
+      db.poison(size_t(g.k));
+      ref.conv2d_bias_relu_backward(g, x.r.f(), y.r.f(), dy.r.f(), w.r.f(), relu, dw.r.f(),
+                                    has_bias ? db.r.f() : nullptr, want_dx ? dx.r.f() : nullptr);
+      dut.conv2d_bias_relu_backward(g, x.d.f(), y.d.f(), dy.d.f(), w.d.f(), relu, dw.d.f(),
+                                    has_bias ? db.d.f() : nullptr, want_dx ? dx.d.f() : nullptr);
+      expect_twin(dw, wn, conv_tol(dut, int64_t(g.n) * g.oh * g.ow, dw, wn), "conv2d_bias_relu_backward dw");
+      if (has_bias) expect_twin(db, size_t(g.k), sum_tol(int64_t(g.n) * g.oh * g.ow), "conv2d_bias_relu_backward db");
+      if (want_dx) expect_twin(dx, xn, conv_tol(dut, int64_t(g.kh) * g.kw * g.k, dx, xn), "conv2d_bias_relu_backward dx");
+    }
+    if (dut.device().kind != DeviceKind::Gpu) continue;
+    // The device's own separate ops on the same inputs.
+    DevBuf y2(dut, yn * 4), dy2(dut, yn * 4), dx2(dut, xn * 4), dw2(dut, wn * 4), db2(dut, size_t(g.k) * 4);
+    const int64_t rows = int64_t(g.n) * g.oh * g.ow;
+    y2.put(std::vector<float>(yn, std::numeric_limits<float>::quiet_NaN()));
+    dut.conv2d_forward(g, x.d.f(), w.d.f(), y2.f());
+    if (has_bias) dut.bias_add(y2.f(), b.d.f(), rows, g.k);
+    if (relu) dut.relu_forward(y2.f(), y2.f(), yn);
+    expect_close(y2.get<float>(yn), y_dut, kExact, "fused forward equals the device's separate ops");
+    dy2.put(dy_values);
+    if (relu) dut.relu_backward(y.d.f(), dy2.f(), dy2.f(), yn);
+    dut.conv2d_backward_filter(g, x.d.f(), dy2.f(), dw2.f());
+    if (has_bias) dut.bias_grad(dy2.f(), db2.f(), rows, g.k);
+    if (want_dx) dut.conv2d_backward_data(g, dy2.f(), w.d.f(), dx2.f());
+    expect_close(dw2.get<float>(wn), dw.d.get<float>(wn), kExact, "fused dw equals the device's separate ops");
+    if (want_dx)
+      expect_close(dx2.get<float>(xn), dx.d.get<float>(xn), kExact, "fused dx equals the device's separate ops");
+    if (has_bias)
+      expect_close(db2.get<float>(size_t(g.k)), db.d.get<float>(size_t(g.k)), Tol{1e-6, 1e-6},
+                   "fused db equals the device's separate ops to rounding");
+  }
+}
+
 PoolGeometry pool_geometry(int n, int h, int w, int c, int ph, int pw, int sh, int sw, bool same) {
   PoolGeometry g;
   g.n = n;
@@ -997,6 +1068,7 @@ CONFORMANCE_CASES("gemm", check_gemm)
 CONFORMANCE_CASES("bias_add and bias_grad", check_bias)
 CONFORMANCE_CASES("relu, add, scale, multiply", check_elementwise)
 CONFORMANCE_CASES("conv2d forward, backward data, backward filter", check_conv)
+CONFORMANCE_CASES("conv2d with bias and relu, fused", check_conv_fused)
 CONFORMANCE_CASES("maxpool forward and backward", check_maxpool)
 CONFORMANCE_CASES("dropout", check_dropout)
 CONFORMANCE_CASES("batchnorm train, infer, backward", check_batchnorm)

@@ -56,7 +56,7 @@ struct TrainArgs {
   int64_t check_replicas = -1;  // -1 = off; 0 = at the end of every epoch; N = every N steps too
   double collective_timeout = 300;
   std::string communicator = "auto";
-  std::string cuda_graphs = "off";
+  std::string cuda_graphs = "on";
   std::string checkpoint_every;  // "epoch" or a number of steps
   int keep_checkpoints = 3;
   std::string resume;
@@ -218,7 +218,7 @@ Command add_train(CLI::App& root) {
   c->add_flag("--no-overlap", args->no_overlap, "all-reduce after backward instead of during it");
   c->add_option("--cuda-graphs", args->cuda_graphs,
                 "on: capture a full-batch training step as a CUDA graph and replay it (one GPU, default "
-                "strategy; not yet verified on a GPU, hence off by default)")
+                "strategy; others run eagerly); off: launch every kernel eagerly, for debugging")
       ->capture_default_str();
   c->add_option("--check-replicas", args->check_replicas,
                 "verify all replicas hold bit-identical weights every N steps (0: at each epoch end)");

@@ -71,9 +71,9 @@ def load_train(data_dir, samples):
 
 # ---- Tandem -------------------------------------------------------------------------------------
 
-def tandem_case(binary, data_dir, model, batch, samples, epochs, precision, timeout, extra=()):
+def tandem_case(binary, data_dir, model, batch, samples, epochs, precision, timeout, extra=(), env_extra=None):
     out = tempfile.mkdtemp(prefix="tandem-gpu-bench-")
-    env = dict(os.environ, TANDEM_DATA=data_dir, TANDEM_GPU_PRECISION=precision)
+    env = dict(os.environ, TANDEM_DATA=data_dir, TANDEM_GPU_PRECISION=precision, **(env_extra or {}))
     cmd = [binary, "train", "--device", "gpu:0", "--model", model, "--batch-size", str(batch),
            "--epochs", str(epochs), "--train-samples", str(samples), "--validation-size", "0",
            "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.9", "--nesterov", "--lr-schedule", "none",
@@ -191,6 +191,9 @@ def main():
                          "timed among deterministic ones (Tandem's default)")
     ap.add_argument("--compile", choices=["none", "large", "all"], default="large",
                     help="torch.compile for no case, the batch-256 cases (default), or all cases")
+    ap.add_argument("--tandem-nondeterministic", action="store_true",
+                    help="also run Tandem's cnn cases with TANDEM_CUDNN_DETERMINISTIC=0 (any cuDNN algorithm, "
+                         "as PyTorch's benchmark mode allows)")
     ap.add_argument("--samples", type=int, default=25600, help="training samples per epoch (divisible by 32, 100, 256)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--timeout", type=int, default=120, help="seconds per Tandem run")
@@ -228,6 +231,12 @@ def main():
             row["tandem"] = tandem_case(a.tandem, a.data, model, batch, a.samples, a.epochs, a.precision, a.timeout)
         except Exception as e:
             row["tandem_error"] = str(e)[-500:]
+        if a.tandem_nondeterministic and model == "cnn":
+            try:
+                row["tandem_nondet"] = tandem_case(a.tandem, a.data, model, batch, a.samples, a.epochs, a.precision,
+                                                   a.timeout, env_extra={"TANDEM_CUDNN_DETERMINISTIC": "0"})
+            except Exception as e:
+                row["tandem_nondet_error"] = str(e)[-500:]
         if torch is not None:
             try:
                 row["torch_eager"] = torch_case(torch, x_gpu, y_gpu, model, batch, a.samples, a.epochs, False)
@@ -261,6 +270,13 @@ def main():
                      f"{fmt_rate(c) if c else ('failed' if 'torch_compile_error' in row else '-'):>15}{r_c:>7}")
         if "tandem_error" in row:
             lines.append(f"  tandem error: {row['tandem_error'][-200:]}")
+    for row in results["cases"]:
+        t, e = sps(row, "tandem_nondet"), sps(row, "torch_eager")
+        if t:
+            lines.append(f"{row['model']} b{row['batch']} tandem with nondeterministic cuDNN algorithms: {fmt_rate(t)} "
+                         f"samples/s" + (f", {t / e:.2f}x torch eager" if e else ""))
+        elif "tandem_nondet_error" in row:
+            lines.append(f"  tandem (nondeterministic) error: {row['tandem_nondet_error'][-200:]}")
     if peak:
         lines.append(f"cuBLAS SGEMM peak (N={peak.get('n')}): fp32 {peak['fp32_flops'] / 1e12:.1f} TFLOP/s, "
                      f"tf32 {peak['tf32_flops'] / 1e12:.1f} TFLOP/s [{peak['source']}]")

@@ -3,9 +3,11 @@
 Default: the cnn under each cuDNN convolution setting, the layout cuDNN sees
 (TANDEM_CUDNN_LAYOUT=nhwc|nchw) and whether nondeterministic algorithms may be chosen
 (TANDEM_CUDNN_DETERMINISTIC=1|0). --graphs: every bench_gpu.py case with --cuda-graphs off and on.
+--fuse: the cnn with a Conv2D layer's bias, ReLU and their gradients as separate kernels
+(TANDEM_CUDA_FUSE=0) and fused into the layout transposes (1, the default).
 Rounds are interleaved; samples/s are medians over rounds.
 
-  python3 benchmarks/gpu/conv_variants.py [--graphs] --tandem BIN --data DIR [--rounds 2] [--out FILE.json]
+  python3 benchmarks/gpu/conv_variants.py [--graphs | --fuse] --tandem BIN --data DIR [--rounds 2] [--out FILE.json]
 """
 import argparse
 import json
@@ -28,9 +30,14 @@ def main():
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--out", default="")
     ap.add_argument("--graphs", action="store_true", help="compare --cuda-graphs off and on instead")
+    ap.add_argument("--fuse", action="store_true", help="compare TANDEM_CUDA_FUSE=0 and 1 instead")
     a = ap.parse_args()
     cases = bench_gpu.CASES if a.graphs else [("cnn", 256), ("cnn", 100)]
-    variants = [("graphs", "off"), ("graphs", "on")] if a.graphs else VARIANTS
+    variants = VARIANTS
+    if a.graphs:
+        variants = [("graphs", "off"), ("graphs", "on")]
+    elif a.fuse:
+        variants = [("fuse", "0"), ("fuse", "1")]
     runs = {}
     for _ in range(a.rounds):
         for model, batch in cases:
@@ -39,6 +46,9 @@ def main():
                 if a.graphs:
                     extra = ["--cuda-graphs", second]
                     key = f"{model} b{batch} cuda-graphs={second}"
+                elif a.fuse:
+                    os.environ["TANDEM_CUDA_FUSE"] = second
+                    key = f"{model} b{batch} fuse={second}"
                 else:
                     os.environ["TANDEM_CUDNN_LAYOUT"] = first
                     os.environ["TANDEM_CUDNN_DETERMINISTIC"] = second
@@ -50,7 +60,12 @@ def main():
                 except Exception as e:  # noqa: BLE001
                     runs.setdefault(key, []).append(None)
                     print(f"{key}: {e}", file=sys.stderr)
-    lines = [("samples/s with CUDA graphs off and on" if a.graphs else "cnn samples/s by cuDNN setting")
+    what = "cnn samples/s by cuDNN setting"
+    if a.graphs:
+        what = "samples/s with CUDA graphs off and on"
+    elif a.fuse:
+        what = "cnn samples/s with conv bias/ReLU separate (fuse=0) and fused (fuse=1)"
+    lines = [what
              + " (median of rounds; fp32)"]
     for key, vals in runs.items():
         ok = [v for v in vals if v]

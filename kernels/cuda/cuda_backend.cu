@@ -154,6 +154,8 @@ bool verbose() {
 //   TANDEM_CUDNN_SEARCH=heuristic  take cuDNN's heuristic ranking instead of timing the candidates
 //                                  (cudnnFind*): the same algorithms in every run, so two runs with
 //                                  the same seed give the same bits; timing can pick differently
+//   TANDEM_CUDA_FUSE=0             run a Conv2D layer's bias, ReLU and their gradients as separate
+//                                  kernels instead of inside the layout transposes
 // True when `name` is set to `other`, false when unset or set to `usual`; anything else is an
 // error naming the variable (checked when a backend is made, see check_conv_settings).
 bool env_choice(const char* name, const char* usual, const char* other) {
@@ -175,7 +177,11 @@ bool conv_timed_search() {
   static const bool v = !env_choice("TANDEM_CUDNN_SEARCH", "timed", "heuristic");
   return v;
 }
-void check_conv_settings() { (void)(conv_nchw() + conv_deterministic_only() + conv_timed_search()); }
+bool conv_fused() {
+  static const bool v = !env_choice("TANDEM_CUDA_FUSE", "1", "0");
+  return v;
+}
+void check_conv_settings() { (void)(conv_nchw() + conv_deterministic_only() + conv_timed_search() + conv_fused()); }
 
 using ConvKey = std::array<int, 13>;
 ConvKey conv_key(const ConvGeometry& g) {
@@ -249,6 +255,10 @@ class CudaBackend final : public Backend {
   void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y) override;
   void conv2d_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) override;
   void conv2d_backward_filter(const ConvGeometry& g, const float* x, const float* dy, float* dw) override;
+  void conv2d_bias_relu_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, bool relu,
+                                float* y) override;
+  void conv2d_bias_relu_backward(const ConvGeometry& g, const float* x, const float* y, float* dy, const float* w,
+                                 bool relu, float* dw, float* db, float* dx) override;
   void maxpool_forward(const PoolGeometry& g, const float* x, float* y, int32_t* argmax) override;
   void maxpool_backward(const PoolGeometry& g, const float* dy, const int32_t* argmax, float* dx) override;
 
@@ -280,12 +290,17 @@ class CudaBackend final : public Backend {
 
   ConvPlan& conv_plan(const ConvGeometry& g);
   void destroy_plans();
+  // Forward with an optional bias and ReLU (fused into the NCHW -> NHWC transpose on that path).
+  void conv_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, bool relu, float* y);
   // im2col + cuBLAS path (no cuDNN, or a geometry/algorithm cuDNN cannot serve).
   int im2col_chunk(const ConvGeometry& g) const;
   void conv_forward_im2col(const ConvGeometry& g, const float* x, const float* w, float* y);
   void conv_backward_data_im2col(const ConvGeometry& g, const float* dy, const float* w, float* dx);
   void conv_backward_filter_im2col(const ConvGeometry& g, const float* x, const float* dy, float* dw);
 #if TANDEM_CUDA_USE_CUDNN
+  size_t conv_fused_backward_bytes(const ConvGeometry& g, bool want_db, bool want_dx);
+  bool conv_backward_fused(const ConvGeometry& g, const float* x, const float* y, const float* dy, const float* w,
+                           bool relu, float* dw, float* db, float* dx);
   void search_forward(ConvPlan& plan, const ConvGeometry& g, const float* x, const float* w, float* y);
   void search_backward_data(ConvPlan& plan, const ConvGeometry& g, const float* dy, const float* w, float* dx);
   void search_backward_filter(ConvPlan& plan, const ConvGeometry& g, const float* x, const float* dy, float* dw);
@@ -867,9 +882,26 @@ void CudaBackend::prepare_filter(const ConvPlan& plan, const ConvGeometry& g, co
 #endif
 
 void CudaBackend::conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y) {
+  conv_forward(g, x, w, nullptr, false, y);
+}
+
+void CudaBackend::conv2d_bias_relu_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                                           bool relu, float* y) {
+  if (!conv_fused()) return Backend::conv2d_bias_relu_forward(g, x, w, bias, relu, y);
+  conv_forward(g, x, w, bias, relu, y);
+}
+
+void CudaBackend::conv_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, bool relu,
+                               float* y) {
   if (g.n <= 0) return;
   bind();
   if (replaying()) return;
+  const int64_t rows = int64_t(g.n) * g.oh * g.ow;
+  // Bias and ReLU as kernels of their own after the convolution (paths without the transpose).
+  auto epilogue = [&] {
+    if (bias) cuda_kernels::bias_add(stream_, y, bias, rows, g.k);
+    if (relu) cuda_kernels::relu_forward(stream_, y, y, size_t(rows) * g.k);
+  };
   ConvPlan& plan = conv_plan(g);
 #if TANDEM_CUDA_USE_CUDNN
   if (plan.fwd.state != AlgoState::Im2col) {
@@ -904,12 +936,16 @@ void CudaBackend::conv2d_forward(const ConvGeometry& g, const float* x, const fl
       TANDEM_CUDNN_CHECK(cudnnConvolutionForward(cudnn_, &one, plan.xd, xin, plan.wd, wt, plan.cd,
                                                  static_cast<cudnnConvolutionFwdAlgo_t>(plan.fwd.algo),
                                                  base + cs.workspace_off, plan.fwd.workspace, &zero, plan.yd, yout));
-      if (plan.nchw) cuda_kernels::transpose_batched(stream_, yt, y, g.n, g.k, int64_t(g.oh) * g.ow);
+      if (plan.nchw)
+        cuda_kernels::transpose_batched_bias_relu(stream_, yt, y, g.n, g.k, int64_t(g.oh) * g.ow, bias, relu);
+      else
+        epilogue();
       return;
     }
   }
 #endif
   conv_forward_im2col(g, x, w, y);
+  epilogue();
 }
 
 void CudaBackend::conv2d_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
@@ -1009,6 +1045,95 @@ void CudaBackend::conv2d_backward_filter(const ConvGeometry& g, const float* x, 
 #endif
   conv_backward_filter_im2col(g, x, dy, dw);
 }
+
+void CudaBackend::conv2d_bias_relu_backward(const ConvGeometry& g, const float* x, const float* y, float* dy,
+                                            const float* w, bool relu, float* dw, float* db, float* dx) {
+#if TANDEM_CUDA_USE_CUDNN
+  if (conv_fused() && g.n > 0) {
+    bind();
+    if (replaying()) return;
+    if (conv_backward_fused(g, x, y, dy, w, relu, dw, db, dx)) return;
+    // The separate calls below search this shape's algorithms; the scratch then grows to what the
+    // fused path will need, here, in an eager step: growing it synchronises the stream, which a
+    // CUDA graph capture (the next step) cannot do.
+    Backend::conv2d_bias_relu_backward(g, x, y, dy, w, relu, dw, db, dx);
+    const size_t fused = conv_fused_backward_bytes(g, db != nullptr, dx != nullptr);
+    if (fused) scratch(fused);
+    return;
+  }
+#endif
+  Backend::conv2d_bias_relu_backward(g, x, y, dy, w, relu, dw, db, dx);
+}
+
+#if TANDEM_CUDA_USE_CUDNN
+namespace {
+size_t fused_workspace(const ConvPlan& plan, bool want_dx) {
+  return std::max(plan.bwd_filter.workspace, want_dx ? plan.bwd_data.workspace : size_t(0));
+}
+}  // namespace
+
+// Scratch bytes of conv_backward_fused for this shape, or 0 where that path does not apply (no
+// cuDNN, NHWC, or an algorithm not chosen yet).
+size_t CudaBackend::conv_fused_backward_bytes(const ConvGeometry& g, bool want_db, bool want_dx) {
+  const ConvPlan& plan = conv_plan(g);
+  if (!plan.cudnn || !plan.nchw || plan.bwd_filter.state != AlgoState::Cudnn ||
+      (want_dx && plan.bwd_data.state != AlgoState::Cudnn))
+    return 0;
+  const ConvScratch cs = conv_scratch(g, plan, fused_workspace(plan, want_dx));
+  return cs.total +
+         align_up(want_db ? cuda_kernels::channel_sum_scratch_bytes(g.n, g.k, int64_t(g.oh) * g.ow) : 0);
+}
+
+// The NCHW cuDNN path of a Conv2D layer's backward, once both algorithms are chosen (the first
+// step of a shape takes the separate calls, which search): ReLU's gradient is applied while dy is
+// transposed to NCHW, that one NCHW gradient feeds the bias sum, backward-data and backward-filter
+// (the separate calls transpose dy twice). Returns false where this path does not apply.
+bool CudaBackend::conv_backward_fused(const ConvGeometry& g, const float* x, const float* y, const float* dy,
+                                      const float* w, bool relu, float* dw, float* db, float* dx) {
+  const size_t total = conv_fused_backward_bytes(g, db != nullptr, dx != nullptr);
+  if (!total) return false;
+  const ConvPlan& plan = conv_plan(g);
+  const int64_t plane = int64_t(g.oh) * g.ow;
+  const ConvScratch cs = conv_scratch(g, plan, fused_workspace(plan, dx != nullptr));
+  const size_t partial_off = cs.total;
+  char* base = static_cast<char*>(scratch(total));
+  float* wt = reinterpret_cast<float*>(base + cs.filter_off);  // the filter, then its gradient
+  float* padded = reinterpret_cast<float*>(base + cs.padded_off);
+  float* in_t = reinterpret_cast<float*>(base + cs.in_nchw_off);  // dx, then x, in NCHW
+  float* gt = reinterpret_cast<float*>(base + cs.out_nchw_off);   // the masked gradient in NCHW
+  void* ws = base + cs.workspace_off;
+  const float one = 1.f, zero = 0.f;
+
+  if (relu)
+    cuda_kernels::transpose_batched_relu_grad(stream_, dy, y, gt, g.n, plane, g.k);
+  else
+    cuda_kernels::transpose_batched(stream_, dy, gt, g.n, plane, g.k);
+  if (db) cuda_kernels::channel_sum_nchw(stream_, gt, g.n, g.k, plane, db, base + partial_off);
+  if (dx) {
+    prepare_filter(plan, g, w, wt);
+    TANDEM_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.cd, plan.bwd_data.math));
+    TANDEM_CUDNN_CHECK(cudnnConvolutionBackwardData(cudnn_, &one, plan.wd, wt, plan.yd, gt, plan.cd,
+                                                    static_cast<cudnnConvolutionBwdDataAlgo_t>(plan.bwd_data.algo), ws,
+                                                    plan.bwd_data.workspace, &zero, plan.xd, in_t));
+    float* dxout = plan.padded ? padded : dx;
+    cuda_kernels::transpose_batched(stream_, in_t, dxout, g.n, g.c, input_plane(plan, g));
+    if (plan.padded)
+      cuda_kernels::crop_nhwc(stream_, padded, g.n, plan.hp, plan.wp, g.c, dx, g.h, g.w, g.pad_top, g.pad_left);
+  }
+  const float* xin = x;
+  if (plan.padded) {
+    cuda_kernels::pad_nhwc(stream_, x, g.n, g.h, g.w, g.c, padded, plan.hp, plan.wp, g.pad_top, g.pad_left);
+    xin = padded;
+  }
+  cuda_kernels::transpose_batched(stream_, xin, in_t, g.n, input_plane(plan, g), g.c);
+  TANDEM_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.cd, plan.bwd_filter.math));
+  TANDEM_CUDNN_CHECK(cudnnConvolutionBackwardFilter(cudnn_, &one, plan.xd, in_t, plan.yd, gt, plan.cd,
+                                                    static_cast<cudnnConvolutionBwdFilterAlgo_t>(plan.bwd_filter.algo),
+                                                    ws, plan.bwd_filter.workspace, &zero, plan.wd, wt));
+  cuda_kernels::swap_outer_inner(stream_, wt, dw, g.k, g.c, int64_t(g.kh) * g.kw);  // KCRS -> HWIO
+  return true;
+}
+#endif
 
 // ---- pooling, regularisation, normalisation ------------------------------------------------------
 

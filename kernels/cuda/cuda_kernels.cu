@@ -219,15 +219,18 @@ __global__ void bn_backward_dx_kernel(const float* x, const float* dy, const flo
 
 // ---- pooling ------------------------------------------------------------------------------------
 
-__global__ void maxpool_forward_kernel(PoolGeometry g, const float* x, float* y, int32_t* argmax, int64_t total) {
-  for (int64_t o = global_index(); o < total; o += global_stride()) {
+// Index arithmetic in I: int where every index fits (the usual case; 64-bit division is many
+// times slower on the GPU), int64_t otherwise.
+template <class I>
+__global__ void maxpool_forward_kernel(PoolGeometry g, const float* x, float* y, int32_t* argmax, I total) {
+  for (I o = I(blockIdx.x) * blockDim.x + threadIdx.x; o < total; o += I(gridDim.x) * blockDim.x) {
     const int c = static_cast<int>(o % g.c);
-    int64_t t = o / g.c;
+    I t = o / g.c;
     const int ox = static_cast<int>(t % g.ow);
     t /= g.ow;
     const int oy = static_cast<int>(t % g.oh);
-    const int64_t s = t / g.oh;
-    const float* xs = x + s * int64_t(g.h) * g.w * g.c;
+    const I s = t / g.oh;
+    const float* xs = x + s * (I(g.h) * g.w * g.c);
     float best = -INFINITY;
     int32_t best_idx = -1;
     for (int ky = 0; ky < g.ph; ++ky) {
@@ -250,17 +253,17 @@ __global__ void maxpool_forward_kernel(PoolGeometry g, const float* x, float* y,
 }
 
 // Gathers into each input element the gradients of the outputs whose argmax points at it, in
-// increasing output order (the CPU's scatter order): no atomics, bit-identical to the CPU.
-__global__ void maxpool_backward_kernel(PoolGeometry g, const float* dy, const int32_t* argmax, float* dx,
-                                        int64_t total) {
-  const int64_t out_s = int64_t(g.oh) * g.ow * g.c;
-  for (int64_t i = global_index(); i < total; i += global_stride()) {
+// increasing (oy, ox) order, as the CPU does (no atomics).
+template <class I>
+__global__ void maxpool_backward_kernel(PoolGeometry g, const float* dy, const int32_t* argmax, float* dx, I total) {
+  const I out_s = I(g.oh) * g.ow * g.c;
+  for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += I(gridDim.x) * blockDim.x) {
     const int c = static_cast<int>(i % g.c);
-    int64_t t = i / g.c;
+    I t = i / g.c;
     const int ix = static_cast<int>(t % g.w);
     t /= g.w;
     const int iy = static_cast<int>(t % g.h);
-    const int64_t s = t / g.h;
+    const I s = t / g.h;
     const int32_t self = (iy * g.w + ix) * g.c + c;
     const int lo_y = iy + g.pad_top - g.ph + 1, lo_x = ix + g.pad_left - g.pw + 1;
     const int oy0 = lo_y <= 0 ? 0 : (lo_y + g.sh - 1) / g.sh;
@@ -272,10 +275,34 @@ __global__ void maxpool_backward_kernel(PoolGeometry g, const float* dy, const i
     const float* gs = dy + s * out_s;
     for (int oy = oy0; oy <= oy1; ++oy)
       for (int ox = ox0; ox <= ox1; ++ox) {
-        int64_t o = (int64_t(oy) * g.ow + ox) * g.c + c;
+        I o = (I(oy) * g.ow + ox) * g.c + c;
         if (as[o] == self) acc = __fadd_rn(acc, gs[o]);
       }
     dx[i] = acc;
+  }
+}
+
+// Windows that tile the input exactly (stride = window, no padding, no leftover rows or columns):
+// every input element belongs to one window, so one thread per output writes its whole window
+// (the gradient where the argmax is, zero elsewhere). Same values as the gather above.
+template <class I>
+__global__ void maxpool_backward_tiled_kernel(PoolGeometry g, const float* dy, const int32_t* argmax, float* dx,
+                                              I total) {
+  for (I o = I(blockIdx.x) * blockDim.x + threadIdx.x; o < total; o += I(gridDim.x) * blockDim.x) {
+    const int c = static_cast<int>(o % g.c);
+    I t = o / g.c;
+    const int ox = static_cast<int>(t % g.ow);
+    t /= g.ow;
+    const int oy = static_cast<int>(t % g.oh);
+    const I s = t / g.oh;
+    const int32_t am = argmax[o];
+    const float v = __fadd_rn(0.f, dy[o]);
+    float* xs = dx + s * (I(g.h) * g.w * g.c);
+    for (int ky = 0; ky < g.ph; ++ky)
+      for (int kx = 0; kx < g.pw; ++kx) {
+        const int32_t idx = ((oy * g.sh + ky) * g.w + ox * g.sw + kx) * g.c + c;
+        xs[idx] = idx == am ? v : 0.f;
+      }
   }
 }
 
@@ -454,20 +481,84 @@ __global__ void adam_kernel(float alpha, float beta1, float beta2, float epsilon
 // ---- layout helpers -----------------------------------------------------------------------------
 
 // One [rows, cols] -> [cols, rows] transpose per blockIdx.z (a batch of matrices, back to back).
-__global__ void transpose_kernel(const float* in, float* out, int64_t rows, int64_t cols) {
+// Epilogues: kMask reads in[i] as mask[i] > 0 ? in[i] : 0 (ReLU's gradient; mask has in's layout);
+// kBias adds bias[r] (r: the input row) and kRelu clamps at zero on the way out. Each is the same
+// float operation as relu_backward, bias_add and relu_forward, so the results are bit-identical.
+template <bool kMask, bool kBias, bool kRelu>
+__global__ void transpose_kernel(const float* in, float* out, int64_t rows, int64_t cols, const float* mask,
+                                 const float* bias) {
   __shared__ float tile[32][33];
-  in += int64_t(blockIdx.z) * rows * cols;
-  out += int64_t(blockIdx.z) * rows * cols;
+  const int64_t off = int64_t(blockIdx.z) * rows * cols;
+  in += off;
+  out += off;
+  if (kMask) mask += off;
   const int64_t c0 = int64_t(blockIdx.x) * 32, r0 = int64_t(blockIdx.y) * 32;
   for (int k = threadIdx.y; k < 32; k += blockDim.y) {
     int64_t r = r0 + k, c = c0 + threadIdx.x;
-    if (r < rows && c < cols) tile[k][threadIdx.x] = in[r * cols + c];
+    if (r < rows && c < cols) {
+      float v = in[r * cols + c];
+      if (kMask) v = mask[r * cols + c] > 0.f ? v : 0.f;
+      tile[k][threadIdx.x] = v;
+    }
   }
   __syncthreads();
   for (int k = threadIdx.y; k < 32; k += blockDim.y) {
     int64_t c = c0 + k, r = r0 + threadIdx.x;
-    if (r < rows && c < cols) out[c * rows + r] = tile[threadIdx.x][k];
+    if (r < rows && c < cols) {
+      float v = tile[threadIdx.x][k];
+      if (kBias) v = __fadd_rn(v, bias[r]);
+      if (kRelu) v = v > 0.f ? v : 0.f;
+      out[c * rows + r] = v;
+    }
   }
+}
+
+// ---- per-channel sums of NCHW tensors ---------------------------------------------------------
+// Block (c, chunk) sums channel c over samples [chunk * per, ...) in double, in a fixed order
+// (thread-strided, then a shared-memory tree); a second kernel adds the chunks in chunk order.
+
+constexpr int kChannelBlock = 256;
+
+__global__ void channel_partial_kernel(const float* x, int n, int k, int plane, int per, int chunks,
+                                       double* partial) {
+  __shared__ double sh[kChannelBlock];
+  const int c = blockIdx.x, chunk = blockIdx.y;
+  const int s0 = chunk * per;
+  const int s1 = min(n, s0 + per);
+  const int count = (s1 - s0) * plane;
+  double acc = 0.0;
+  for (int j = threadIdx.x; j < count; j += kChannelBlock) {
+    const int s = s0 + j / plane, p = j % plane;
+    acc += double(x[(int64_t(s) * k + c) * plane + p]);
+  }
+  sh[threadIdx.x] = acc;
+  __syncthreads();
+  for (int w = kChannelBlock / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[int64_t(c) * chunks + chunk] = sh[0];
+}
+
+__global__ void channel_finalize_kernel(const double* partial, int chunks, int k, float* out) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= k) return;
+  double s = 0.0;
+  for (int i = 0; i < chunks; ++i) s += partial[int64_t(c) * chunks + i];
+  out[c] = static_cast<float>(s);
+}
+
+struct ChannelPlan {
+  int chunks, per;
+};
+ChannelPlan channel_plan(int64_t n, int k, int64_t plane) {
+  // About 2048 blocks in all, and at most 2^30 elements per block (int indexing).
+  int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(n, (2048 + k - 1) / std::max(k, 1)));
+  chunks = std::max<int64_t>(chunks, (n * plane + (int64_t(1) << 30) - 1) >> 30);
+  chunks = std::min<int64_t>(chunks, std::max<int64_t>(n, 1));
+  const int64_t per = std::max<int64_t>(1, (n + chunks - 1) / chunks);
+  chunks = std::max<int64_t>(1, (n + per - 1) / per);
+  return {static_cast<int>(chunks), static_cast<int>(per)};
 }
 
 // out[k][j][i] = in[i][j][k] for in of shape [a, b, c] (filters: HWIO <-> KCRS).
@@ -593,13 +684,41 @@ void bias_grad(cudaStream_t s, const float* dy, float* db, int64_t rows, int col
   TANDEM_LAUNCH(bias_grad_finalize, grid_for(cols), kBlock, 0, s, partial, plan.chunks, cols, db);
 }
 
+namespace {
+// 32-bit index arithmetic when every input and output index of the batch fits in an int.
+bool fits_int(const PoolGeometry& g) {
+  const int64_t limit = int64_t(1) << 30;
+  return int64_t(g.n) * g.h * g.w * g.c < limit && int64_t(g.n) * g.oh * g.ow * g.c < limit;
+}
+bool tiles_exactly(const PoolGeometry& g) {
+  return g.sh == g.ph && g.sw == g.pw && g.pad_top == 0 && g.pad_left == 0 && g.oh * g.sh == g.h &&
+         g.ow * g.sw == g.w;
+}
+}  // namespace
+
 void maxpool_forward(cudaStream_t s, const PoolGeometry& g, const float* x, float* y, int32_t* argmax) {
   const int64_t total = int64_t(g.n) * g.oh * g.ow * g.c;
-  if (total > 0) TANDEM_LAUNCH(maxpool_forward_kernel, grid_for(total), kBlock, 0, s, g, x, y, argmax, total);
+  if (total <= 0) return;
+  if (fits_int(g))
+    TANDEM_LAUNCH(maxpool_forward_kernel<int>, grid_for(total), kBlock, 0, s, g, x, y, argmax, int(total));
+  else
+    TANDEM_LAUNCH(maxpool_forward_kernel<int64_t>, grid_for(total), kBlock, 0, s, g, x, y, argmax, total);
 }
 void maxpool_backward(cudaStream_t s, const PoolGeometry& g, const float* dy, const int32_t* argmax, float* dx) {
-  const int64_t total = int64_t(g.n) * g.h * g.w * g.c;
-  if (total > 0) TANDEM_LAUNCH(maxpool_backward_kernel, grid_for(total), kBlock, 0, s, g, dy, argmax, dx, total);
+  const int64_t total_in = int64_t(g.n) * g.h * g.w * g.c;
+  if (total_in <= 0) return;
+  if (tiles_exactly(g)) {
+    const int64_t total = int64_t(g.n) * g.oh * g.ow * g.c;
+    if (fits_int(g))
+      TANDEM_LAUNCH(maxpool_backward_tiled_kernel<int>, grid_for(total), kBlock, 0, s, g, dy, argmax, dx, int(total));
+    else
+      TANDEM_LAUNCH(maxpool_backward_tiled_kernel<int64_t>, grid_for(total), kBlock, 0, s, g, dy, argmax, dx, total);
+    return;
+  }
+  if (fits_int(g))
+    TANDEM_LAUNCH(maxpool_backward_kernel<int>, grid_for(total_in), kBlock, 0, s, g, dy, argmax, dx, int(total_in));
+  else
+    TANDEM_LAUNCH(maxpool_backward_kernel<int64_t>, grid_for(total_in), kBlock, 0, s, g, dy, argmax, dx, total_in);
 }
 
 void dropout_forward(cudaStream_t s, const DropoutParams& p, const float* x, float* y, float* mask,
@@ -713,9 +832,60 @@ void transpose_batched(cudaStream_t s, const float* in, float* out, int64_t batc
     const int64_t nb = std::min(kMaxZ, batch - b0);
     dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>((rows + 31) / 32),
               static_cast<unsigned>(nb));
-    TANDEM_LAUNCH(transpose_kernel, grid, dim3(32, 8), 0, s, in + b0 * rows * cols, out + b0 * rows * cols, rows,
-                  cols);
+    TANDEM_LAUNCH((transpose_kernel<false, false, false>), grid, dim3(32, 8), 0, s, in + b0 * rows * cols,
+                  out + b0 * rows * cols, rows, cols, nullptr, nullptr);
   }
+}
+
+void transpose_batched_bias_relu(cudaStream_t s, const float* in, float* out, int64_t batch, int64_t rows,
+                                 int64_t cols, const float* bias, bool relu) {
+  if (batch <= 0 || rows <= 0 || cols <= 0) return;
+  if (!bias && !relu) return transpose_batched(s, in, out, batch, rows, cols);
+  constexpr int64_t kMaxZ = 65535;
+  for (int64_t b0 = 0; b0 < batch; b0 += kMaxZ) {
+    const int64_t nb = std::min(kMaxZ, batch - b0);
+    dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>((rows + 31) / 32),
+              static_cast<unsigned>(nb));
+    const float* i = in + b0 * rows * cols;
+    float* o = out + b0 * rows * cols;
+    if (bias && relu)
+      TANDEM_LAUNCH((transpose_kernel<false, true, true>), grid, dim3(32, 8), 0, s, i, o, rows, cols, nullptr, bias);
+    else if (bias)
+      TANDEM_LAUNCH((transpose_kernel<false, true, false>), grid, dim3(32, 8), 0, s, i, o, rows, cols, nullptr, bias);
+    else
+      TANDEM_LAUNCH((transpose_kernel<false, false, true>), grid, dim3(32, 8), 0, s, i, o, rows, cols, nullptr,
+                    nullptr);
+  }
+}
+
+void transpose_batched_relu_grad(cudaStream_t s, const float* dy, const float* y, float* out, int64_t batch,
+                                 int64_t rows, int64_t cols) {
+  if (batch <= 0 || rows <= 0 || cols <= 0) return;
+  constexpr int64_t kMaxZ = 65535;
+  for (int64_t b0 = 0; b0 < batch; b0 += kMaxZ) {
+    const int64_t nb = std::min(kMaxZ, batch - b0);
+    dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>((rows + 31) / 32),
+              static_cast<unsigned>(nb));
+    const int64_t off = b0 * rows * cols;
+    TANDEM_LAUNCH((transpose_kernel<true, false, false>), grid, dim3(32, 8), 0, s, dy + off, out + off, rows, cols,
+                  y + off, nullptr);
+  }
+}
+
+size_t channel_sum_scratch_bytes(int64_t n, int k, int64_t plane) {
+  const ChannelPlan plan = channel_plan(n, k, plane);
+  return sizeof(double) * size_t(std::max(k, 1)) * size_t(plan.chunks);
+}
+
+void channel_sum_nchw(cudaStream_t s, const float* x, int64_t n, int k, int64_t plane, float* out, void* scratch) {
+  if (k <= 0) return;
+  if (n <= 0 || plane <= 0) return fill(s, out, size_t(k), 0.f);
+  const ChannelPlan plan = channel_plan(n, k, plane);
+  double* partial = static_cast<double*>(scratch);
+  TANDEM_LAUNCH(channel_partial_kernel, dim3(static_cast<unsigned>(k), static_cast<unsigned>(plan.chunks)),
+                kChannelBlock, 0, s, x, static_cast<int>(n), k, static_cast<int>(plane), plan.per, plan.chunks,
+                partial);
+  TANDEM_LAUNCH(channel_finalize_kernel, grid_for(k), kBlock, 0, s, partial, plan.chunks, k, out);
 }
 
 void swap_outer_inner(cudaStream_t s, const float* in, float* out, int64_t a, int64_t b, int64_t c) {

@@ -63,6 +63,16 @@ void adam_update(cudaStream_t s, const AdamParams& p, float alpha, float* w, con
 void transpose(cudaStream_t s, const float* in, float* out, int64_t rows, int64_t cols);
 // `batch` back-to-back [rows, cols] matrices, each transposed (NHWC <-> NCHW per sample).
 void transpose_batched(cudaStream_t s, const float* in, float* out, int64_t batch, int64_t rows, int64_t cols);
+// transpose_batched with bias and ReLU applied on the way out: out[b][c][r] = act(in[b][r][c] +
+// bias[r]) (NCHW -> NHWC of a convolution's output, r its channel); bias may be null.
+void transpose_batched_bias_relu(cudaStream_t s, const float* in, float* out, int64_t batch, int64_t rows,
+                                 int64_t cols, const float* bias, bool relu);
+// transpose_batched of ReLU's gradient: out[b][c][r] = y[b][r][c] > 0 ? dy[b][r][c] : 0.
+void transpose_batched_relu_grad(cudaStream_t s, const float* dy, const float* y, float* out, int64_t batch,
+                                 int64_t rows, int64_t cols);
+// out[c] = sum over samples and the plane of x[n][c][plane] (NCHW), deterministically in double.
+size_t channel_sum_scratch_bytes(int64_t n, int k, int64_t plane);
+void channel_sum_nchw(cudaStream_t s, const float* x, int64_t n, int k, int64_t plane, float* out, void* scratch);
 // out[k][j][i] = in[i][j][k], in of shape [a, b, c] (filters: HWIO <-> KCRS).
 void swap_outer_inner(cudaStream_t s, const float* in, float* out, int64_t a, int64_t b, int64_t c);
 
