@@ -217,6 +217,13 @@ struct ConvPlan {
   AlgoChoice fwd, bwd_data, bwd_filter;
 };
 
+// Scratch layout of a cuDNN convolution: [filter in KRSC or KCRS | padded input or input gradient |
+// workspace]; with plan.nchw also [input (or its gradient) in NCHW | output (or its gradient) in
+// NCHW] before the workspace.
+struct ConvScratch {
+  size_t filter_off = 0, padded_off = 0, in_nchw_off = 0, out_nchw_off = 0, workspace_off = 0, total = 0;
+};
+
 }  // namespace
 
 class CudaBackend final : public Backend {
@@ -298,7 +305,12 @@ class CudaBackend final : public Backend {
   void conv_backward_data_im2col(const ConvGeometry& g, const float* dy, const float* w, float* dx);
   void conv_backward_filter_im2col(const ConvGeometry& g, const float* x, const float* dy, float* dw);
 #if TANDEM_CUDA_USE_CUDNN
-  size_t conv_fused_backward_bytes(const ConvGeometry& g, bool want_db, bool want_dx);
+  struct FusedBackwardLayout {
+    const ConvPlan* plan = nullptr;
+    ConvScratch cs;  // its workspace fits both backward algorithms
+    size_t total = 0;  // cs plus the bias sum's partials
+  };
+  bool fused_backward_layout(const ConvGeometry& g, bool want_db, bool want_dx, FusedBackwardLayout* out);
   bool conv_backward_fused(const ConvGeometry& g, const float* x, const float* y, const float* dy, const float* w,
                            bool relu, float* dw, float* db, float* dx);
   void search_forward(ConvPlan& plan, const ConvGeometry& g, const float* x, const float* w, float* y);
@@ -852,12 +864,6 @@ int64_t input_plane(const ConvPlan& plan, const ConvGeometry& g) {
   return plan.padded ? int64_t(plan.hp) * plan.wp : int64_t(g.h) * g.w;
 }
 
-// Scratch layout of a cuDNN convolution: [filter in KRSC or KCRS | padded input or input gradient |
-// workspace]; with plan.nchw also [input (or its gradient) in NCHW | output (or its gradient) in
-// NCHW] before the workspace.
-struct ConvScratch {
-  size_t filter_off = 0, padded_off = 0, in_nchw_off = 0, out_nchw_off = 0, workspace_off = 0, total = 0;
-};
 ConvScratch conv_scratch(const ConvGeometry& g, const ConvPlan& plan, size_t workspace) {
   ConvScratch s;
   s.padded_off = align_up(sizeof(float) * size_t(g.kh) * g.kw * g.c * g.k);
@@ -1057,8 +1063,8 @@ void CudaBackend::conv2d_bias_relu_backward(const ConvGeometry& g, const float* 
     // fused path will need, here, in an eager step: growing it synchronises the stream, which a
     // CUDA graph capture (the next step) cannot do.
     Backend::conv2d_bias_relu_backward(g, x, y, dy, w, relu, dw, db, dx);
-    const size_t fused = conv_fused_backward_bytes(g, db != nullptr, dx != nullptr);
-    if (fused) scratch(fused);
+    FusedBackwardLayout layout;
+    if (fused_backward_layout(g, db != nullptr, dx != nullptr, &layout)) scratch(layout.total);
     return;
   }
 #endif
@@ -1066,22 +1072,19 @@ void CudaBackend::conv2d_bias_relu_backward(const ConvGeometry& g, const float* 
 }
 
 #if TANDEM_CUDA_USE_CUDNN
-namespace {
-size_t fused_workspace(const ConvPlan& plan, bool want_dx) {
-  return std::max(plan.bwd_filter.workspace, want_dx ? plan.bwd_data.workspace : size_t(0));
-}
-}  // namespace
-
-// Scratch bytes of conv_backward_fused for this shape, or 0 where that path does not apply (no
-// cuDNN, NHWC, or an algorithm not chosen yet).
-size_t CudaBackend::conv_fused_backward_bytes(const ConvGeometry& g, bool want_db, bool want_dx) {
-  const ConvPlan& plan = conv_plan(g);
+// conv_backward_fused's plan and scratch layout for this shape: false where that path does not
+// apply (no cuDNN, NHWC, or an algorithm not chosen yet).
+bool CudaBackend::fused_backward_layout(const ConvGeometry& g, bool want_db, bool want_dx,
+                                        FusedBackwardLayout* out) {
+  ConvPlan& plan = conv_plan(g);
   if (!plan.cudnn || !plan.nchw || plan.bwd_filter.state != AlgoState::Cudnn ||
       (want_dx && plan.bwd_data.state != AlgoState::Cudnn))
-    return 0;
-  const ConvScratch cs = conv_scratch(g, plan, fused_workspace(plan, want_dx));
-  return cs.total +
-         align_up(want_db ? cuda_kernels::channel_sum_scratch_bytes(g.n, g.k, int64_t(g.oh) * g.ow) : 0);
+    return false;
+  out->plan = &plan;
+  out->cs = conv_scratch(g, plan, std::max(plan.bwd_filter.workspace, want_dx ? plan.bwd_data.workspace : size_t(0)));
+  out->total = out->cs.total +
+               align_up(want_db ? cuda_kernels::channel_sum_scratch_bytes(g.n, g.k, int64_t(g.oh) * g.ow) : 0);
+  return true;
 }
 
 // The NCHW cuDNN path of a Conv2D layer's backward, once both algorithms are chosen (the first
@@ -1090,13 +1093,13 @@ size_t CudaBackend::conv_fused_backward_bytes(const ConvGeometry& g, bool want_d
 // (the separate calls transpose dy twice). Returns false where this path does not apply.
 bool CudaBackend::conv_backward_fused(const ConvGeometry& g, const float* x, const float* y, const float* dy,
                                       const float* w, bool relu, float* dw, float* db, float* dx) {
-  const size_t total = conv_fused_backward_bytes(g, db != nullptr, dx != nullptr);
-  if (!total) return false;
-  const ConvPlan& plan = conv_plan(g);
+  FusedBackwardLayout layout;
+  if (!fused_backward_layout(g, db != nullptr, dx != nullptr, &layout)) return false;
+  const ConvPlan& plan = *layout.plan;
+  const ConvScratch& cs = layout.cs;
   const int64_t plane = int64_t(g.oh) * g.ow;
-  const ConvScratch cs = conv_scratch(g, plan, fused_workspace(plan, dx != nullptr));
   const size_t partial_off = cs.total;
-  char* base = static_cast<char*>(scratch(total));
+  char* base = static_cast<char*>(scratch(layout.total));
   float* wt = reinterpret_cast<float*>(base + cs.filter_off);  // the filter, then its gradient
   float* padded = reinterpret_cast<float*>(base + cs.padded_off);
   float* in_t = reinterpret_cast<float*>(base + cs.in_nchw_off);  // dx, then x, in NCHW

@@ -25,6 +25,24 @@ unsigned grid_for(int64_t n, int block = kBlock) {
 __device__ __forceinline__ int64_t global_index() { return int64_t(blockIdx.x) * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ int64_t global_stride() { return int64_t(gridDim.x) * blockDim.x; }
 
+// Sample, row, column and channel of element i of an [n, h, w, c] tensor, in index type I.
+template <class I>
+struct NhwcIndex {
+  I s;
+  int y, x, c;
+};
+template <class I>
+__device__ __forceinline__ NhwcIndex<I> nhwc_of(I i, int h, int w, int c) {
+  NhwcIndex<I> r;
+  r.c = static_cast<int>(i % c);
+  I t = i / c;
+  r.x = static_cast<int>(t % w);
+  t /= w;
+  r.y = static_cast<int>(t % h);
+  r.s = t / h;
+  return r;
+}
+
 // ---- elementwise ------------------------------------------------------------------------------
 
 __global__ void fill_kernel(float* x, int64_t n, float v) {
@@ -224,13 +242,9 @@ __global__ void bn_backward_dx_kernel(const float* x, const float* dy, const flo
 template <class I>
 __global__ void maxpool_forward_kernel(PoolGeometry g, const float* x, float* y, int32_t* argmax, I total) {
   for (I o = I(blockIdx.x) * blockDim.x + threadIdx.x; o < total; o += I(gridDim.x) * blockDim.x) {
-    const int c = static_cast<int>(o % g.c);
-    I t = o / g.c;
-    const int ox = static_cast<int>(t % g.ow);
-    t /= g.ow;
-    const int oy = static_cast<int>(t % g.oh);
-    const I s = t / g.oh;
-    const float* xs = x + s * (I(g.h) * g.w * g.c);
+    const NhwcIndex<I> at = nhwc_of(o, g.oh, g.ow, g.c);
+    const int c = at.c, ox = at.x, oy = at.y;
+    const float* xs = x + at.s * (I(g.h) * g.w * g.c);
     float best = -INFINITY;
     int32_t best_idx = -1;
     for (int ky = 0; ky < g.ph; ++ky) {
@@ -258,12 +272,9 @@ template <class I>
 __global__ void maxpool_backward_kernel(PoolGeometry g, const float* dy, const int32_t* argmax, float* dx, I total) {
   const I out_s = I(g.oh) * g.ow * g.c;
   for (I i = I(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += I(gridDim.x) * blockDim.x) {
-    const int c = static_cast<int>(i % g.c);
-    I t = i / g.c;
-    const int ix = static_cast<int>(t % g.w);
-    t /= g.w;
-    const int iy = static_cast<int>(t % g.h);
-    const I s = t / g.h;
+    const NhwcIndex<I> at = nhwc_of(i, g.h, g.w, g.c);
+    const int c = at.c, ix = at.x, iy = at.y;
+    const I s = at.s;
     const int32_t self = (iy * g.w + ix) * g.c + c;
     const int lo_y = iy + g.pad_top - g.ph + 1, lo_x = ix + g.pad_left - g.pw + 1;
     const int oy0 = lo_y <= 0 ? 0 : (lo_y + g.sh - 1) / g.sh;
@@ -289,15 +300,11 @@ template <class I>
 __global__ void maxpool_backward_tiled_kernel(PoolGeometry g, const float* dy, const int32_t* argmax, float* dx,
                                               I total) {
   for (I o = I(blockIdx.x) * blockDim.x + threadIdx.x; o < total; o += I(gridDim.x) * blockDim.x) {
-    const int c = static_cast<int>(o % g.c);
-    I t = o / g.c;
-    const int ox = static_cast<int>(t % g.ow);
-    t /= g.ow;
-    const int oy = static_cast<int>(t % g.oh);
-    const I s = t / g.oh;
+    const NhwcIndex<I> at = nhwc_of(o, g.oh, g.ow, g.c);
+    const int c = at.c, ox = at.x, oy = at.y;
     const int32_t am = argmax[o];
     const float v = __fadd_rn(0.f, dy[o]);
-    float* xs = dx + s * (I(g.h) * g.w * g.c);
+    float* xs = dx + at.s * (I(g.h) * g.w * g.c);
     for (int ky = 0; ky < g.ph; ++ky)
       for (int kx = 0; kx < g.pw; ++kx) {
         const int32_t idx = ((oy * g.sh + ky) * g.w + ox * g.sw + kx) * g.c + c;
@@ -590,12 +597,9 @@ __global__ void im2col_kernel(ConvGeometry g, const float* x, float* col, int64_
 __global__ void col2im_kernel(ConvGeometry g, const float* col, float* dx, int64_t total) {
   const int64_t kk = int64_t(g.kh) * g.kw * g.c;
   for (int64_t i = global_index(); i < total; i += global_stride()) {
-    const int c = static_cast<int>(i % g.c);
-    int64_t t = i / g.c;
-    const int ix = static_cast<int>(t % g.w);
-    t /= g.w;
-    const int iy = static_cast<int>(t % g.h);
-    const int64_t s = t / g.h;
+    const NhwcIndex<int64_t> at = nhwc_of(i, g.h, g.w, g.c);
+    const int c = at.c, ix = at.x, iy = at.y;
+    const int64_t s = at.s;
     float acc = 0.f;
     for (int ky = g.kh - 1; ky >= 0; --ky) {
       const int ny = iy + g.pad_top - ky;
@@ -617,27 +621,17 @@ __global__ void col2im_kernel(ConvGeometry g, const float* col, float* dx, int64
 __global__ void pad_kernel(const float* x, int h, int w, int c, float* xp, int hp, int wp, int top, int left,
                            int64_t total) {
   for (int64_t i = global_index(); i < total; i += global_stride()) {
-    const int ch = static_cast<int>(i % c);
-    int64_t t = i / c;
-    const int px = static_cast<int>(t % wp);
-    t /= wp;
-    const int py = static_cast<int>(t % hp);
-    const int64_t s = t / hp;
-    const int iy = py - top, ix = px - left;
-    xp[i] = (iy < 0 || iy >= h || ix < 0 || ix >= w) ? 0.f : x[((s * h + iy) * w + ix) * c + ch];
+    const NhwcIndex<int64_t> at = nhwc_of(i, hp, wp, c);
+    const int iy = at.y - top, ix = at.x - left;
+    xp[i] = (iy < 0 || iy >= h || ix < 0 || ix >= w) ? 0.f : x[((at.s * h + iy) * w + ix) * c + at.c];
   }
 }
 __global__ void crop_kernel(const float* xp, int hp, int wp, int c, float* x, int h, int w, int top, int left,
                             int64_t total) {
   for (int64_t i = global_index(); i < total; i += global_stride()) {
-    const int ch = static_cast<int>(i % c);
-    int64_t t = i / c;
-    const int ix = static_cast<int>(t % w);
-    t /= w;
-    const int iy = static_cast<int>(t % h);
-    const int64_t s = t / h;
-    const int py = iy + top, px = ix + left;
-    x[i] = (py < hp && px < wp) ? xp[((s * hp + py) * wp + px) * c + ch] : 0.f;
+    const NhwcIndex<int64_t> at = nhwc_of(i, h, w, c);
+    const int py = at.y + top, px = at.x + left;
+    x[i] = (py < hp && px < wp) ? xp[((at.s * hp + py) * wp + px) * c + at.c] : 0.f;
   }
 }
 
@@ -825,51 +819,43 @@ void transpose(cudaStream_t s, const float* in, float* out, int64_t rows, int64_
   transpose_batched(s, in, out, 1, rows, cols);
 }
 
-void transpose_batched(cudaStream_t s, const float* in, float* out, int64_t batch, int64_t rows, int64_t cols) {
+namespace {
+// Launches transpose_kernel over `batch` matrices, at most 65535 per launch (grid z).
+template <bool kMask, bool kBias, bool kRelu>
+void launch_transpose(cudaStream_t s, const float* in, float* out, int64_t batch, int64_t rows, int64_t cols,
+                      const float* mask, const float* bias) {
   if (batch <= 0 || rows <= 0 || cols <= 0) return;
   constexpr int64_t kMaxZ = 65535;
   for (int64_t b0 = 0; b0 < batch; b0 += kMaxZ) {
     const int64_t nb = std::min(kMaxZ, batch - b0);
+    const int64_t off = b0 * rows * cols;
     dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>((rows + 31) / 32),
               static_cast<unsigned>(nb));
-    TANDEM_LAUNCH((transpose_kernel<false, false, false>), grid, dim3(32, 8), 0, s, in + b0 * rows * cols,
-                  out + b0 * rows * cols, rows, cols, nullptr, nullptr);
+    TANDEM_LAUNCH((transpose_kernel<kMask, kBias, kRelu>), grid, dim3(32, 8), 0, s, in + off, out + off, rows, cols,
+                  kMask ? mask + off : nullptr, bias);
   }
+}
+}  // namespace
+
+void transpose_batched(cudaStream_t s, const float* in, float* out, int64_t batch, int64_t rows, int64_t cols) {
+  launch_transpose<false, false, false>(s, in, out, batch, rows, cols, nullptr, nullptr);
 }
 
 void transpose_batched_bias_relu(cudaStream_t s, const float* in, float* out, int64_t batch, int64_t rows,
                                  int64_t cols, const float* bias, bool relu) {
-  if (batch <= 0 || rows <= 0 || cols <= 0) return;
-  if (!bias && !relu) return transpose_batched(s, in, out, batch, rows, cols);
-  constexpr int64_t kMaxZ = 65535;
-  for (int64_t b0 = 0; b0 < batch; b0 += kMaxZ) {
-    const int64_t nb = std::min(kMaxZ, batch - b0);
-    dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>((rows + 31) / 32),
-              static_cast<unsigned>(nb));
-    const float* i = in + b0 * rows * cols;
-    float* o = out + b0 * rows * cols;
-    if (bias && relu)
-      TANDEM_LAUNCH((transpose_kernel<false, true, true>), grid, dim3(32, 8), 0, s, i, o, rows, cols, nullptr, bias);
-    else if (bias)
-      TANDEM_LAUNCH((transpose_kernel<false, true, false>), grid, dim3(32, 8), 0, s, i, o, rows, cols, nullptr, bias);
-    else
-      TANDEM_LAUNCH((transpose_kernel<false, false, true>), grid, dim3(32, 8), 0, s, i, o, rows, cols, nullptr,
-                    nullptr);
-  }
+  if (bias && relu)
+    launch_transpose<false, true, true>(s, in, out, batch, rows, cols, nullptr, bias);
+  else if (bias)
+    launch_transpose<false, true, false>(s, in, out, batch, rows, cols, nullptr, bias);
+  else if (relu)
+    launch_transpose<false, false, true>(s, in, out, batch, rows, cols, nullptr, nullptr);
+  else
+    launch_transpose<false, false, false>(s, in, out, batch, rows, cols, nullptr, nullptr);
 }
 
 void transpose_batched_relu_grad(cudaStream_t s, const float* dy, const float* y, float* out, int64_t batch,
                                  int64_t rows, int64_t cols) {
-  if (batch <= 0 || rows <= 0 || cols <= 0) return;
-  constexpr int64_t kMaxZ = 65535;
-  for (int64_t b0 = 0; b0 < batch; b0 += kMaxZ) {
-    const int64_t nb = std::min(kMaxZ, batch - b0);
-    dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>((rows + 31) / 32),
-              static_cast<unsigned>(nb));
-    const int64_t off = b0 * rows * cols;
-    TANDEM_LAUNCH((transpose_kernel<true, false, false>), grid, dim3(32, 8), 0, s, dy + off, out + off, rows, cols,
-                  y + off, nullptr);
-  }
+  launch_transpose<true, false, false>(s, dy, out, batch, rows, cols, y, nullptr);
 }
 
 size_t channel_sum_scratch_bytes(int64_t n, int k, int64_t plane) {
