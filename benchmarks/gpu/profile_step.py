@@ -38,12 +38,13 @@ def torch_worker(data, model, batch, samples, epochs):
 
 
 def run_ncu(ncu, cmd, skip, count, env):
-    log = tempfile.mktemp(suffix=".csv")
+    fd, log = tempfile.mkstemp(suffix=".csv")
+    os.close(fd)  # ncu writes the file itself
     full = [ncu, "--clock-control", "none", "--metrics", "gpu__time_duration.sum", "--csv",
             "--print-units", "base", "--launch-skip", str(skip), "--launch-count", str(count),
             "--log-file", log] + cmd
     p = subprocess.run(full, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    if not os.path.exists(log):
+    if os.path.getsize(log) == 0:
         raise RuntimeError(f"ncu wrote no log (rc {p.returncode}): {p.stdout[-800:]}")
     text = open(log).read()
     start = text.find('"ID"')
