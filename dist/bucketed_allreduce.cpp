@@ -80,7 +80,10 @@ void BucketedAllReduce::begin_step(Backend& backend, float* grads, size_t n, uin
 
 void BucketedAllReduce::reduce_bucket(size_t i) {
   const Bucket& b = buckets_[i];
-  comm_.all_reduce_sum(grads_ + b.begin, b.end - b.begin);
+  if (tree_)
+    comm_.tree_all_reduce_sum(grads_ + b.begin, b.end - b.begin);
+  else
+    comm_.all_reduce_sum(grads_ + b.begin, b.end - b.begin);
 }
 
 void BucketedAllReduce::layer_done(size_t first_final_offset) {
@@ -150,6 +153,23 @@ void BucketedAllReduce::all_reduce_gradients(Backend& backend, float* grads, siz
   grads_ = staging_.data();
   for (size_t i = 0; i < buckets_.size(); ++i) reduce_bucket(i);
   backend.upload(grads, staging_.data(), n * sizeof(float));
+}
+
+void BucketedAllReduce::all_reduce_state(Backend& backend, float* state, size_t n) {
+  if (comm_.size() == 1 || n == 0) return;
+  const bool host = backend.device().kind == DeviceKind::Cpu;
+  std::vector<float> staged;
+  float* data = state;
+  if (!host) {
+    staged.resize(n);
+    backend.download(staged.data(), state, n * sizeof(float));
+    data = staged.data();
+  }
+  if (tree_)
+    comm_.tree_all_reduce_sum(data, n);
+  else
+    comm_.all_reduce_sum(data, n);
+  if (!host) backend.upload(state, staged.data(), n * sizeof(float));
 }
 
 void BucketedAllReduce::all_reduce_metrics(double* values, int count) {

@@ -39,9 +39,14 @@ class BucketedAllReduce final : public GradientSync {
   void begin_step(Backend& backend, float* grads, size_t n, uint64_t step) override;
   void layer_done(size_t first_final_offset) override;
   void all_reduce_gradients(Backend& backend, float* grads, size_t n) override;
+  void all_reduce_state(Backend& backend, float* state, size_t n) override;
   void all_reduce_metrics(double* values, int count) override;
   void require_agreement(const std::string& what, const std::string& value) override;
   const std::vector<Bucket>& buckets() const { return buckets_; }
+  // Batch invariance: sum every bucket in the fixed tree over ranks (Communicator::
+  // tree_all_reduce_sum) instead of MPI's own order. Buckets are element-wise, so their sizes do
+  // not change the bits.
+  void set_tree(bool on) { tree_ = on; }
 
  private:
   void comm_loop();
@@ -49,6 +54,7 @@ class BucketedAllReduce final : public GradientSync {
   Communicator& comm_;
   std::vector<Bucket> buckets_;
   bool overlap_;
+  bool tree_ = false;
   // Current step's state.
   float* grads_ = nullptr;
   bool host_memory_ = true;

@@ -23,6 +23,11 @@ class Communicator {
   // In-place sum over all ranks; every rank ends with bit-identical values.
   virtual void all_reduce_sum(float* data, size_t n) = 0;
   virtual void all_reduce_sum(double* data, size_t n) = 0;
+  // In-place sum over all ranks in a fixed pairwise tree of ranks (ranks 2i and 2i+1 first, then
+  // pairs of pairs, ...), for batch invariance: every rank ends with the same bits, and they equal
+  // that tree evaluated anywhere else (one process summing the same values in the same pairs).
+  // Needs a power-of-2 number of ranks (else throws InvalidArgument).
+  virtual void tree_all_reduce_sum(float* data, size_t n) = 0;
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
   // Every rank contributes `bytes`; `out` receives size()*bytes in rank order.
   virtual void all_gather(const void* in, size_t bytes, void* out) = 0;

@@ -2,6 +2,7 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -14,6 +15,7 @@
 
 #include "dist/communicator.h"
 #include "engine/errors.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace tandem {
 
@@ -131,6 +133,46 @@ class MpiCommunicator final : public Communicator {
     Entered entered(*this);
     reduce_chunked(data, n, MPI_DOUBLE, sizeof(double), world_);
   }
+  // Recursive halving (a reduce-scatter) then recursive doubling (an all-gather), nearest partners
+  // first: after the exchange at distance d, each element this rank keeps is the sum over its
+  // aligned group of 2d ranks, formed as (lower d ranks' sum) + (upper d ranks' sum). That is the
+  // pairwise tree over ranks, at the bandwidth of a ring (each rank sends 2(p-1)/p of the buffer).
+  // With nodes made of consecutive ranks, the first exchanges stay inside a node.
+  void tree_all_reduce_sum(float* data, size_t n) override {
+    if (size_ == 1 || n == 0) return;
+    if ((size_ & (size_ - 1)) != 0)
+      throw_invalid("--batch-invariant needs a power-of-2 number of ranks, this job has " + std::to_string(size_),
+                    "launch 1, 2, 4, 8, ... ranks");
+    Entered entered(*this);
+    enable_flush_to_zero();  // the adds below round like the compute threads' (denormals flushed)
+    struct Segment {
+      size_t lo, hi;
+    };
+    std::vector<Segment> parents;
+    size_t lo = 0, hi = n;
+    for (int d = 1; d < size_; d <<= 1) {
+      const size_t mid = lo + (hi - lo) / 2;
+      const bool lower = (rank_ & d) == 0;
+      const size_t keep_lo = lower ? lo : mid, keep_hi = lower ? mid : hi;
+      const size_t send_lo = lower ? mid : lo, send_hi = lower ? hi : mid;
+      scratch_.resize(keep_hi - keep_lo);
+      exchange(data + send_lo, send_hi - send_lo, scratch_.data(), keep_hi - keep_lo, rank_ ^ d);
+      for (size_t i = keep_lo; i < keep_hi; ++i) data[i] += scratch_[i - keep_lo];
+      parents.push_back({lo, hi});
+      lo = keep_lo;
+      hi = keep_hi;
+    }
+    for (int d = size_ >> 1; d >= 1; d >>= 1) {
+      const Segment parent = parents.back();
+      parents.pop_back();
+      const size_t mid = parent.lo + (parent.hi - parent.lo) / 2;
+      const bool lower = (rank_ & d) == 0;
+      const size_t other_lo = lower ? mid : parent.lo, other_hi = lower ? parent.hi : mid;
+      exchange(data + lo, hi - lo, data + other_lo, other_hi - other_lo, rank_ ^ d);
+      lo = parent.lo;
+      hi = parent.hi;
+    }
+  }
   void broadcast(void* data, size_t bytes, int root) override {
     Entered entered(*this);
     MPI_CHECK(MPI_Bcast(data, static_cast<int>(bytes), MPI_BYTE, root, world_));
@@ -188,6 +230,18 @@ class MpiCommunicator final : public Communicator {
       MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(data) + off * elem, count, type, MPI_SUM, comm));
     }
   }
+
+  // Sends `send_n` floats to `peer` while receiving `recv_n` from it (MPI counts are ints: in pieces).
+  void exchange(const float* send, size_t send_n, float* recv, size_t recv_n, int peer) {
+    const size_t max_count = size_t(1) << 30;
+    for (size_t off = 0; off < std::max(send_n, recv_n); off += max_count) {
+      const int sc = static_cast<int>(off < send_n ? std::min(max_count, send_n - off) : 0);
+      const int rc = static_cast<int>(off < recv_n ? std::min(max_count, recv_n - off) : 0);
+      MPI_CHECK(MPI_Sendrecv(send + (off < send_n ? off : 0), sc, MPI_FLOAT, peer, kTreeTag, recv + (off < recv_n ? off : 0),
+                             rc, MPI_FLOAT, peer, kTreeTag, world_, MPI_STATUS_IGNORE));
+    }
+  }
+  static constexpr int kTreeTag = 7401;
 
   // Reduce-scatter inside the node, all-reduce of each node's share across nodes, all-gather
   // inside the node: every rank ends with the same bits, and inter-node traffic is 1/local_size.

@@ -132,6 +132,16 @@ class NcclGradientSync final : public GradientSync {
     track_step();
   }
 
+  // BatchNormalization's moving statistics: a few floats per step, through the host and MPI
+  // (the download waits for the step's compute; NCCL's ring is kept for the gradients).
+  void all_reduce_state(Backend& backend, float* state, size_t n) override {
+    if (comm_.size() == 1 || n == 0) return;
+    staged_state_.resize(n);
+    backend.download(staged_state_.data(), state, n * sizeof(float));
+    comm_.all_reduce_sum(staged_state_.data(), n);
+    backend.upload(state, staged_state_.data(), n * sizeof(float));
+  }
+
   void all_reduce_metrics(double* values, int count) override {
     comm_.all_reduce_sum(values, static_cast<size_t>(count));
   }
@@ -141,6 +151,8 @@ class NcclGradientSync final : public GradientSync {
   }
 
  private:
+  std::vector<float> staged_state_;
+
   void enqueue(size_t i) {
     const Bucket& b = buckets_[i];
     TANDEM_CUDA_CHECK(cudaSetDevice(device_));

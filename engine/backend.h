@@ -87,6 +87,12 @@ class Backend {
   // owner of those buffers drops them before freeing (Trainer::fit does, at its start and end).
   virtual void drop_step_graphs() noexcept {}
 
+  // --- batch invariance (--batch-invariant) ---------------------------------------------
+  // On: every op's bits depend only on its shapes and inputs, never on the thread count or on
+  // timing (the CPU cuts GEMMs into fixed blocks, each run single-threaded; CUDA takes cuDNN's
+  // heuristic algorithm choice instead of a timed search). The Trainer's leaves do the rest.
+  virtual void set_batch_invariant(bool /*on*/) {}
+
   // --- dense algebra (row-major) -------------------------------------------------------
   // C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C
   virtual void gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda,

@@ -118,6 +118,48 @@ void Replica::backward(const StepContext& ctx, const std::function<void(size_t)>
   }
 }
 
+void Replica::set_leaves(int leaves) {
+  TANDEM_ASSERT(leaves >= 1 && (leaves & (leaves - 1)) == 0);
+  leaves_ = leaves;
+  while ((size_t(1) << tree_.size()) < size_t(leaves)) tree_.push_back(alloc_floats(model_.arena_floats()));
+  const size_t state = model_.arena_floats() - model_.trainable_floats();
+  if (leaves > 1 && state > 0 && !step_state_) step_state_ = alloc_floats(state);
+}
+
+void Replica::fold(int leaf, float* live, size_t tree_offset, size_t count) {
+  TANDEM_ASSERT(leaf >= 0 && leaf < leaves_ && tree_offset + count <= model_.arena_floats());
+  if (count == 0) return;
+  // A binary counter over the leaves: at each level a left child waits in tree_[level]; a right
+  // child is added to it (x + y == y + x in IEEE arithmetic, so only the pairing matters) and the
+  // sum climbs a level. The last leaf climbs to the top, leaving the whole sum in `live`.
+  for (size_t level = 0; (size_t(1) << level) < size_t(leaves_); ++level) {
+    if (((leaf >> level) & 1) == 0) {
+      backend_.copy(tree_[level] + tree_offset, live, sizeof(float) * count);
+      return;
+    }
+    backend_.add(live, tree_[level] + tree_offset, count);
+  }
+}
+
+void Replica::fold_leaf(int leaf, size_t lo, size_t hi) {
+  TANDEM_ASSERT(lo <= hi && hi <= model_.trainable_floats());
+  fold(leaf, grads_ + lo, lo, hi - lo);
+}
+
+void Replica::begin_leaf(int leaf) {
+  const size_t t = model_.trainable_floats(), state = model_.arena_floats() - t;
+  if (!step_state_ || state == 0) return;
+  if (leaf == 0)
+    backend_.copy(step_state_, params_ + t, sizeof(float) * state);
+  else
+    backend_.copy(params_ + t, step_state_, sizeof(float) * state);
+}
+
+void Replica::fold_state(int leaf) {
+  const size_t t = model_.trainable_floats();
+  fold(leaf, params_ + t, t, model_.arena_floats() - t);
+}
+
 void Replica::reset_metrics() { set_metrics(0, 0); }
 
 void Replica::set_metrics(double loss_sum, double correct) {

@@ -42,6 +42,20 @@ class Replica {
   // layer, `on_layer_done(offset)` says that gradients at arena offsets >= offset are final.
   void backward(const StepContext& ctx, const std::function<void(size_t)>& on_layer_done = nullptr);
 
+  // Batch invariance (--batch-invariant): the replica's share of a global batch runs as `leaves`
+  // micro-batches (a power of 2), whose gradients are summed in a fixed pairwise tree (leaves 2i
+  // and 2i+1 first, then pairs of pairs). After leaf j's backward has written grads() over
+  // [lo, hi), fold_leaf(j, lo, hi) folds that range into the tree; after the last leaf grads()
+  // holds the sum. Leaves must be folded in order 0, 1, ..., each range once per leaf.
+  void set_leaves(int leaves);
+  int leaves() const { return leaves_; }
+  void fold_leaf(int leaf, size_t lo, size_t hi);
+  // The non-trainable state (BatchNormalization's moving statistics) goes through the same tree:
+  // begin_leaf(j) before leaf j's forward starts it from the state the step began with, and
+  // fold_state(j) after it folds the leaf's updated state in (the Trainer then averages).
+  void begin_leaf(int leaf);
+  void fold_state(int leaf);
+
   // metrics[0] = summed loss, metrics[1] = correct predictions since the last reset.
   void reset_metrics();
   void read_metrics(double* loss_sum, double* correct);
@@ -59,6 +73,11 @@ class Replica {
   float* input_ = nullptr;
   std::vector<float*> acts_;
   std::vector<size_t> grad_start_;  // per layer: lowest arena offset of its trainable params
+  int leaves_ = 1;
+  std::vector<float*> tree_;  // tree_[level]: a left subtree's sum waiting for its right sibling
+                              // (gradients at [0, trainable), then the state)
+  float* step_state_ = nullptr;  // the non-trainable state as the step began
+  void fold(int leaf, float* live, size_t tree_offset, size_t count);
   float* grad_a_ = nullptr;
   float* grad_b_ = nullptr;
   int32_t* index_ = nullptr;

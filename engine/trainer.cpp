@@ -16,6 +16,18 @@ void TrainOptions::validate(int replicas) const {
     throw_invalid("global batch size " + std::to_string(batch_size) + " does not split evenly over " +
                       std::to_string(replicas) + " replicas",
                   "choose a --batch-size that is a multiple of " + std::to_string(replicas));
+  if (leaves < 0 || leaves > 65536 || (leaves & (leaves - 1)) != 0)
+    throw_invalid("--batch-invariant must be a power of 2 (the number of leaves), got " + std::to_string(leaves),
+                  "e.g. --batch-invariant 8: the same weights for 1, 2, 4 or 8 replicas");
+  if (leaves > 0 && leaves % replicas != 0)
+    throw_invalid("--batch-invariant " + std::to_string(leaves) + " leaves do not split evenly over " +
+                      std::to_string(replicas) + " replicas",
+                  "the replica count must be a power of 2 no larger than the leaves; use --batch-invariant " +
+                      std::to_string(replicas > 0 ? replicas : 1) + " or more (a power of 2)");
+  if (leaves > 0 && batch_size % leaves != 0)
+    throw_invalid("global batch size " + std::to_string(batch_size) + " does not split into " +
+                      std::to_string(leaves) + " leaves",
+                  "choose a --batch-size that is a multiple of " + std::to_string(leaves));
 }
 
 // A dataset made resident in one backend's memory: aliased on the CPU, uploaded once elsewhere.
@@ -52,13 +64,16 @@ Trainer::Trainer(const Model& model, std::vector<Backend*> backends, const Train
   TANDEM_ASSERT(!backends_.empty());
   options_.validate(replicas_total());
   opt_config_.validate();
-  const int64_t per_replica = options_.batch_size / replicas_total();
+  // The largest batch one forward pass sees: a replica's share, or one leaf.
+  const int64_t per_replica = options_.batch_size / (options_.leaves > 0 ? options_.leaves : replicas_total());
   const std::vector<float> init = model.initial_weights(options_.seed);
   if (options_.central_storage && sync_)
     throw_invalid("central-storage runs in one process", "use --strategy multi-worker under mpirun");
   for (Backend* b : backends_) {
+    if (options_.leaves > 0) b->set_batch_invariant(true);
     replicas_.push_back(std::make_unique<Replica>(model, *b, per_replica));
     replicas_.back()->set_weights(init);
+    if (options_.leaves > 0) replicas_.back()->set_leaves(options_.leaves / replicas_total());
     if (!options_.central_storage)
       optimizers_.push_back(std::make_unique<Optimizer>(opt_config_, *b, model.trainable_floats()));
   }
@@ -70,18 +85,39 @@ Trainer::Trainer(const Model& model, std::vector<Backend*> backends, const Train
   }
 }
 
-// Sums the replicas' gradients (in replica order, so the result does not depend on timing),
-// then applies one identical update everywhere.
+namespace {
+// The order in which local gradient arenas are summed: a fixed pairwise tree (0+1, 2+3, then
+// (0+1)+(2+3), ...), whatever the timing, and the same tree that one replica's leaves and the
+// ranks' all-reduce use, so that batch-invariant runs agree bit for bit. sum(a, b) does a += b.
+template <class Sum>
+void tree_over_replicas(int count, const Sum& sum) {
+  for (int d = 1; d < count; d *= 2)
+    for (int l = 0; l + d < count; l += 2 * d) sum(l, l + d);
+}
+}  // namespace
+
+void Trainer::host_tree_sum() {
+  const size_t n = model_.trainable_floats();
+  const int local = static_cast<int>(replicas_.size());
+  staged_.resize(static_cast<size_t>(local));
+  for (int l = 0; l < local; ++l) {
+    staged_[l].resize(n);
+    replicas_[l]->backend().download(staged_[l].data(), replicas_[l]->grads(), n * sizeof(float));
+  }
+  tree_over_replicas(local, [&](int a, int b) {
+    float* x = staged_[a].data();
+    const float* y = staged_[b].data();
+    for (size_t i = 0; i < n; ++i) x[i] += y[i];
+  });
+  host_grads_.swap(staged_[0]);
+}
+
+// Sums the replicas' gradients, then applies one identical update everywhere.
 void Trainer::reduce_and_update() {
   const size_t n = model_.trainable_floats();
   const int local = static_cast<int>(replicas_.size());
   if (options_.central_storage) {
-    staging_.resize(n);
-    for (int l = 0; l < local; ++l) {
-      Replica& rep = *replicas_[l];
-      rep.backend().download(l == 0 ? host_grads_.data() : staging_.data(), rep.grads(), n * sizeof(float));
-      if (l > 0) host_->add(host_grads_.data(), staging_.data(), n);
-    }
+    host_tree_sum();
     host_optimizer_->apply(host_params_.data(), host_grads_.data(), step_);
     for (auto& rep : replicas_) rep->backend().upload(rep->params(), host_params_.data(), n * sizeof(float));
     return;
@@ -89,7 +125,8 @@ void Trainer::reduce_and_update() {
   Replica& r0 = *replicas_[0];
   bool all_host = true;
   for (auto& rep : replicas_) all_host = all_host && rep->backend().device().kind == DeviceKind::Cpu;
-  const bool device_reduce = local > 1 && !all_host && local_reduce_ != nullptr && sync_ == nullptr;
+  const bool device_reduce =
+      local > 1 && !all_host && local_reduce_ != nullptr && sync_ == nullptr && options_.leaves == 0;
   if (device_reduce) {
     std::vector<Backend*> backends;
     std::vector<float*> grads;
@@ -99,16 +136,10 @@ void Trainer::reduce_and_update() {
     }
     local_reduce_->all_reduce(backends, grads, n);
   } else if (local > 1 && all_host) {
-    for (int l = 1; l < local; ++l) r0.backend().add(r0.grads(), replicas_[l]->grads(), n);
+    tree_over_replicas(local, [&](int a, int b) { replicas_[a]->backend().add(replicas_[a]->grads(), replicas_[b]->grads(), n); });
   } else if (local > 1) {
     // Replicas on several devices without a device-to-device path: stage through the host.
-    host_grads_.resize(n);
-    staging_.resize(n);
-    r0.backend().download(host_grads_.data(), r0.grads(), n * sizeof(float));
-    for (int l = 1; l < local; ++l) {
-      replicas_[l]->backend().download(staging_.data(), replicas_[l]->grads(), n * sizeof(float));
-      for (size_t i = 0; i < n; ++i) host_grads_[i] += staging_[i];
-    }
+    host_tree_sum();
     r0.backend().upload(r0.grads(), host_grads_.data(), n * sizeof(float));
   }
   if (sync_) sync_->all_reduce_gradients(r0.backend(), r0.grads(), n);
@@ -122,6 +153,37 @@ void Trainer::reduce_and_update() {
     }
     optimizers_[l]->apply(rep.params(), rep.grads(), step_);
   }
+}
+
+void Trainer::average_state() {
+  const size_t t = model_.trainable_floats(), count = model_.arena_floats() - t;
+  // Each replica holds the sum of its leaves' updated states (one leaf per replica without leaves).
+  const int parts = options_.leaves > 0 ? options_.leaves : replicas_total();
+  if (count == 0 || parts == 1) return;
+  const int local = static_cast<int>(replicas_.size());
+  Replica& r0 = *replicas_[0];
+  bool all_host = true;
+  for (auto& rep : replicas_) all_host = all_host && rep->backend().device().kind == DeviceKind::Cpu;
+  std::vector<float> host;
+  if (all_host) {
+    tree_over_replicas(local, [&](int a, int b) {
+      replicas_[a]->backend().add(replicas_[a]->params() + t, replicas_[b]->params() + t, count);
+    });
+  } else if (local > 1) {
+    std::vector<std::vector<float>> staged(static_cast<size_t>(local), std::vector<float>(count));
+    for (int l = 0; l < local; ++l)
+      replicas_[l]->backend().download(staged[l].data(), replicas_[l]->params() + t, count * sizeof(float));
+    tree_over_replicas(local, [&](int a, int b) {
+      for (size_t i = 0; i < count; ++i) staged[a][i] += staged[b][i];
+    });
+    r0.backend().upload(r0.params() + t, staged[0].data(), count * sizeof(float));
+  }
+  if (sync_) sync_->all_reduce_state(r0.backend(), r0.params() + t, count);
+  r0.backend().scale(r0.params() + t, count, 1.0f / static_cast<float>(parts));
+  host.resize(count);
+  r0.backend().download(host.data(), r0.params() + t, count * sizeof(float));
+  for (int l = 1; l < local; ++l) replicas_[l]->backend().upload(replicas_[l]->params() + t, host.data(), count * sizeof(float));
+  if (options_.central_storage) std::copy(host.begin(), host.end(), host_params_.begin() + static_cast<std::ptrdiff_t>(t));
 }
 
 void Trainer::local_metric_sums(double* sums) {
@@ -180,7 +242,8 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
   const int rank = sync_ ? sync_->rank() : 0;
   const int local = static_cast<int>(replicas_.size());
   const size_t grad_n = model_.trainable_floats();
-  const bool graphs = options_.cuda_graphs && local == 1 && !sync_ && !options_.central_storage;
+  const bool graphs =
+      options_.cuda_graphs && local == 1 && !sync_ && !options_.central_storage && options_.leaves == 0;
   // Captured steps hold the addresses of this fit's buffers (the resident data among them).
   struct DropGraphs {
     Backend* backend;
@@ -212,23 +275,43 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
           sync_->begin_step(replicas_[0]->backend(), replicas_[0]->grads(), grad_n, static_cast<uint64_t>(step_));
         for (int l = 0; l < local; ++l) {
           Replica& rep = *replicas_[l];
-          Span sl = replica_slice(b, n, rank * local + l);
-          rep.load_batch(data[l]->data, order.data() + begin + sl.begin, sl.rows, options_.one_hot);
-          StepContext ctx;
-          ctx.backend = &rep.backend();
-          ctx.batch = sl.rows;
-          ctx.training = true;
-          ctx.seed = options_.seed;
-          ctx.step = static_cast<uint64_t>(step_);
-          ctx.first_sample = static_cast<uint64_t>(sl.begin);
-          rep.forward(ctx);
-          rep.loss(sl.rows, 1.0f / static_cast<float>(b), options_.one_hot, true);
-          if (sync_ && local == 1)  // one replica per process: buckets leave while backward continues
-            rep.backward(ctx, [this](size_t offset) { sync_->layer_done(offset); });
-          else
-            rep.backward(ctx);
+          const int g = rank * local + l;  // this replica's place among all replicas
+          const int leaves = rep.leaves();
+          // Buckets leave while backward continues (one replica per process), during the last leaf.
+          const bool overlap = sync_ && local == 1;
+          for (int j = 0; j < leaves; ++j) {
+            // Without leaves: replica g's slice of the batch. With them: leaf g*leaves+j of them all,
+            // the slices being unions of whole leaves.
+            const Span sl = options_.leaves > 0 ? replica_slice(b, options_.leaves, g * leaves + j)
+                                                : replica_slice(b, n, g);
+            rep.load_batch(data[l]->data, order.data() + begin + sl.begin, sl.rows, options_.one_hot);
+            StepContext ctx;
+            ctx.backend = &rep.backend();
+            ctx.batch = sl.rows;
+            ctx.training = true;
+            ctx.seed = options_.seed;
+            ctx.step = static_cast<uint64_t>(step_);
+            ctx.first_sample = static_cast<uint64_t>(sl.begin);
+            if (leaves > 1) rep.begin_leaf(j);
+            rep.forward(ctx);
+            if (leaves > 1) rep.fold_state(j);
+            rep.loss(sl.rows, 1.0f / static_cast<float>(b), options_.one_hot, true);
+            const bool last = j + 1 == leaves;
+            if (leaves == 1 && !overlap) {
+              rep.backward(ctx);
+              continue;
+            }
+            size_t folded = grad_n;  // gradients at offsets >= folded are folded into the tree
+            rep.backward(ctx, [&](size_t offset) {
+              if (leaves > 1) rep.fold_leaf(j, offset, folded);
+              folded = offset;
+              if (overlap && last) sync_->layer_done(offset);
+            });
+            if (leaves > 1) rep.fold_leaf(j, 0, folded);  // the rest (an empty leaf's zeros)
+          }
         }
         reduce_and_update();
+        average_state();
       } catch (...) {
         if (graph) graph_backend.abandon_step_graph();
         throw;

@@ -28,6 +28,9 @@ class GradientSync {
   // Gradients at offsets >= first_final_offset are final for this step.
   virtual void layer_done(size_t first_final_offset) {}
   virtual void all_reduce_gradients(Backend& backend, float* grads, size_t n) = 0;
+  // Sums a small buffer over processes in place (BatchNormalization's moving statistics, which
+  // the Trainer then averages); after all_reduce_gradients, on the same backend.
+  virtual void all_reduce_state(Backend& backend, float* state, size_t n) = 0;
   virtual void all_reduce_metrics(double* values, int count) = 0;  // host doubles, summed
   // Throws Error(Communication) naming the ranks whose `value` differs from rank 0's (e.g. a
   // digest of the weights, or of the run's configuration).
@@ -55,6 +58,12 @@ struct TrainOptions {
   // CUDA Graphs: capture a full-batch training step once and replay it (one GPU replica, one
   // process, no central storage); other configurations and backends run eagerly.
   bool cuda_graphs = true;
+  // Batch invariance (--batch-invariant LEAVES; 0 = off): every global batch is cut into LEAVES
+  // equal micro-batches, each replica runs its contiguous share of them one after another, and all
+  // gradients are summed in one fixed pairwise tree over the leaves (inside a replica, across local
+  // replicas, across ranks). With the backends' batch-invariant mode the final weights are then
+  // bit-identical for every replica count dividing LEAVES and every thread count.
+  int leaves = 0;
   void validate(int replicas) const;  // throws InvalidArgument
 };
 
@@ -139,9 +148,12 @@ class Trainer {
   std::vector<std::unique_ptr<Optimizer>> optimizers_;
   // Central storage (and staging for device replicas): host arenas and the host optimizer.
   std::unique_ptr<Backend> host_;
-  std::vector<float> host_params_, host_grads_, staging_;
+  std::vector<float> host_params_, host_grads_;
+  std::vector<std::vector<float>> staged_;  // replicas' gradients downloaded for a host sum
+  void host_tree_sum();                     // staged_ summed in the replica tree, into host_grads_
   std::unique_ptr<Optimizer> host_optimizer_;
   void reduce_and_update();
+  void average_state();  // the replicas' non-trainable state averaged (TensorFlow's ON_READ MEAN)
   void check_replicas();
   void local_metric_sums(double* sums);  // {loss sum, correct} over this process's replicas
   int64_t step_ = 0;

@@ -68,6 +68,10 @@ try:
     expect("--resume of a file", ["train", "--resume", not_dir] + quick, 2, "not a directory")
     expect("unknown communicator", ["train", "--communicator", "gloo"] + quick, 2, "--communicator")
     expect("nccl for CPU replicas", ["train", "--communicator", "nccl"] + quick, 2, "GPU")
+    expect("--batch-invariant not a power of 2", ["train", "--batch-invariant", "6"] + quick, 2, "power of 2")
+    expect("--batch-invariant leaves over too many replicas",
+           ["train", "--batch-invariant", "2", "--strategy", "mirrored", "--devices", "cpu:0,cpu:1,cpu:2,cpu:3"] + quick,
+           2, "do not split evenly over 4 replicas")
     expect("bad --cuda-graphs value", ["train", "--cuda-graphs", "maybe"] + quick, 2, "--cuda-graphs must be on or off")
 
     # Model specs.

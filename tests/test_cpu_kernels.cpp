@@ -6,17 +6,13 @@
 
 #include "engine/backend.h"
 #include "engine/rng.h"
+#include "test_support.h"
 
 using namespace tandem;
 
 namespace {
 
-std::vector<float> random_vec(size_t n, uint64_t seed) {
-  CounterRng r(seed, 1);
-  std::vector<float> v(n);
-  for (auto& x : v) x = 2.f * r.uniform() - 1.f;
-  return v;
-}
+std::vector<float> random_vec(size_t n, uint64_t seed) { return test::random_floats(n, seed); }
 
 ConvGeometry geometry(int n, int h, int w, int c, int kh, int kw, int k, int sh, int sw, bool same) {
   ConvGeometry g;

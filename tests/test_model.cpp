@@ -90,12 +90,6 @@ const char* kTinyCnn = R"({"name": "tiny", "input_shape": [6, 6, 1], "layers": [
 
 std::vector<float> train_weights(const Model& m, int replicas, int threads, uint64_t seed, int64_t batch,
                                  const std::string& optimizer = "sgd") {
-  std::vector<std::unique_ptr<Backend>> owned;
-  std::vector<Backend*> backends;
-  for (int i = 0; i < replicas; ++i) {
-    owned.push_back(make_cpu_backend(threads));
-    backends.push_back(owned.back().get());
-  }
   TrainOptions o;
   o.epochs = 2;
   o.batch_size = batch;
@@ -104,12 +98,9 @@ std::vector<float> train_weights(const Model& m, int replicas, int threads, uint
   opt.name = optimizer;
   opt.lr = optimizer == "sgd" ? 0.05 : 0.01;
   opt.momentum = optimizer == "sgd" ? 0.9 : 0.0;
-  Trainer t(m, backends, o, opt);
-  Dataset d = tiny_train();
-  t.fit(d, nullptr, {});
-  auto digests = t.replica_digests();
-  for (const auto& dg : digests) REQUIRE(dg == digests[0]);  // replicas stay bit-identical
-  return t.weights();
+  test::Trained t = test::train_cpu_replicas(m, replicas, threads, o, opt, tiny_train());
+  REQUIRE(t.replicas_agree);  // replicas stay bit-identical
+  return t.weights;
 }
 }  // namespace
 

@@ -34,6 +34,7 @@ class SoloCommunicator : public Communicator {
   int nodes() const override { return 1; }
   void all_reduce_sum(float*, size_t) override {}
   void all_reduce_sum(double*, size_t) override {}
+  void tree_all_reduce_sum(float*, size_t) override {}
   void broadcast(void*, size_t, int) override {}
   void all_gather(const void* in, size_t bytes, void* out) override { std::memcpy(out, in, bytes); }
   void barrier() override {}

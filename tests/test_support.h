@@ -8,6 +8,7 @@
 #include "data/dataset.h"
 #include "engine/model.h"
 #include "engine/rng.h"
+#include "engine/trainer.h"
 
 namespace tandem::test {
 
@@ -23,6 +24,38 @@ inline Dataset synthetic_dataset(int64_t count, int h, int w, int c, int classes
   d.labels.resize(static_cast<size_t>(count));
   for (auto& l : d.labels) l = static_cast<uint8_t>(rng.below(static_cast<uint64_t>(classes)));
   return d;
+}
+
+// `n` floats uniform in [-1, 1); seeded.
+inline std::vector<float> random_floats(size_t n, uint64_t seed, uint64_t stream = 1) {
+  CounterRng r(seed, stream);
+  std::vector<float> v(n);
+  for (auto& x : v) x = 2.f * r.uniform() - 1.f;
+  return v;
+}
+
+// Trains `m` on `data` with `replicas` CPU replicas of `threads` threads each; the final weights,
+// and whether every replica ended with the same digest.
+struct Trained {
+  std::vector<float> weights;
+  bool replicas_agree = false;
+};
+inline Trained train_cpu_replicas(const Model& m, int replicas, int threads, const TrainOptions& options,
+                                  const OptimizerConfig& optimizer, const Dataset& data) {
+  std::vector<std::unique_ptr<Backend>> owned;
+  std::vector<Backend*> backends;
+  for (int i = 0; i < replicas; ++i) {
+    owned.push_back(make_cpu_backend(threads));
+    backends.push_back(owned.back().get());
+  }
+  Trainer t(m, backends, options, optimizer);
+  t.fit(data, nullptr, {});
+  Trained out;
+  const auto digests = t.replica_digests();
+  out.replicas_agree = true;
+  for (const auto& d : digests) out.replicas_agree = out.replicas_agree && d == digests[0];
+  out.weights = t.weights();
+  return out;
 }
 
 inline Model model_from(const std::string& json_text) {

@@ -57,6 +57,7 @@ struct TrainArgs {
   double collective_timeout = 300;
   std::string communicator = "auto";
   std::string cuda_graphs = "on";
+  int batch_invariant = 0;  // leaves; 0 = off
   std::string checkpoint_every;  // "epoch" or a number of steps
   int keep_checkpoints = 3;
   std::string resume;
@@ -220,6 +221,10 @@ Command add_train(CLI::App& root) {
                 "on: capture a full-batch training step as a CUDA graph and replay it (one GPU, default "
                 "strategy; others run eagerly); off: launch every kernel eagerly, for debugging")
       ->capture_default_str();
+  c->add_option("--batch-invariant", args->batch_invariant,
+                "LEAVES (a power of 2): cut every global batch into LEAVES micro-batches and sum their gradients in "
+                "one fixed tree, so the weights are bit-identical for any replica count dividing LEAVES and any "
+                "thread count (slower; BatchNormalization statistics become per leaf)");
   c->add_option("--check-replicas", args->check_replicas,
                 "verify all replicas hold bit-identical weights every N steps (0: at each epoch end)");
   c->add_option("--checkpoint-every", args->checkpoint_every,
@@ -305,6 +310,7 @@ Command add_train(CLI::App& root) {
     options.seed = a.seed;
     options.one_hot = a.one_hot;
     options.central_storage = a.strategy == "central-storage";
+    options.leaves = a.batch_invariant;
     options.check_replicas = a.check_replicas >= 0;
     options.check_replicas_every = std::max<int64_t>(0, a.check_replicas);
     if (a.bucket_mb <= 0 || a.bucket_mb > 4096) throw_invalid("--bucket-mb must be in (0, 4096]");
@@ -323,8 +329,12 @@ Command add_train(CLI::App& root) {
     if (a.communicator == "nccl" && !nccl_available())
       throw_invalid("--communicator nccl: this build of Tandem has no NCCL support",
                     "build with CUDA and NCCL, or use --communicator mpi");
-    // NCCL where the replicas are GPUs and it is built in; MPI (host buffers) otherwise.
-    const bool use_nccl = gpu_replicas && nccl_available() && a.communicator != "mpi";
+    if (a.communicator == "nccl" && a.batch_invariant > 0)
+      throw_invalid("--batch-invariant cannot use --communicator nccl: NCCL does not fix the order of its sums",
+                    "use --communicator mpi (or auto), or drop --batch-invariant");
+    // NCCL where the replicas are GPUs and it is built in; MPI (host buffers) otherwise, and for
+    // batch invariance (its tree all-reduce).
+    const bool use_nccl = gpu_replicas && nccl_available() && a.communicator != "mpi" && a.batch_invariant == 0;
     const size_t bucket_bytes = static_cast<size_t>(a.bucket_mb * 1048576.0);
     if (placement.comm) {
       const std::string collectives = use_nccl ? "nccl" : "mpi";
@@ -336,7 +346,7 @@ Command add_train(CLI::App& root) {
                   {"momentum", opt.momentum},       {"schedule", opt.schedule.type},
                   {"strategy", a.strategy},         {"one_hot", a.one_hot},
                   {"bucket_mb", a.bucket_mb},       {"ranks", placement.comm->size()},
-                  {"collectives", collectives}};
+                  {"collectives", collectives},     {"batch_invariant", a.batch_invariant}};
       placement.comm->start_watchdog(a.collective_timeout);
       require_same_on_all_ranks(*placement.comm,
                                 "the run configuration (model, seed, batch size, data, optimizer, strategy, device kind)",
@@ -344,17 +354,21 @@ Command add_train(CLI::App& root) {
       if (use_nccl)
         sync = make_nccl_gradient_sync(*placement.comm, model, *backends[0], bucket_bytes, !a.no_overlap,
                                        a.collective_timeout);
-      else
-        sync = std::make_unique<BucketedAllReduce>(*placement.comm, model, bucket_bytes, !a.no_overlap,
-                                                   a.collective_timeout);
+      else {
+        auto bucketed = std::make_unique<BucketedAllReduce>(*placement.comm, model, bucket_bytes, !a.no_overlap,
+                                                            a.collective_timeout);
+        bucketed->set_tree(a.batch_invariant > 0);
+        sync = std::move(bucketed);
+      }
       if (rank0)
-        std::printf("multi-worker: %d ranks (%s gradients, %s), %d per node, %zu gradient buckets\n",
+        std::printf("multi-worker: %d ranks (%s gradients, %s%s), %d per node, %zu gradient buckets\n",
                     placement.comm->size(), collectives.c_str(), placement.comm->name().c_str(),
-                    placement.comm->local_size(), plan_buckets(model, bucket_bytes).size());
+                    a.batch_invariant > 0 ? ", tree all-reduce" : "", placement.comm->local_size(),
+                    plan_buckets(model, bucket_bytes).size());
     } else if (backends.size() > 1) {
       std::string how = "summed on the host";
       // GPU replicas are on distinct GPUs (parse_devices refuses a device listed twice).
-      if (gpu_replicas && !options.central_storage && use_nccl) {
+      if (gpu_replicas && !options.central_storage && use_nccl) {  // (never with --batch-invariant)
         local_reduce = make_nccl_local_reduce(backends);
         how = "nccl all-reduce";
       }
@@ -367,13 +381,19 @@ Command add_train(CLI::App& root) {
 
     // What a resumed run must share with the original (the replica count may change: shuffling,
     // dropout and the global batch do not depend on it).
-    const json identity{{"model", model.spec()},       {"batch_size", a.batch_size},
+    json identity{{"model", model.spec()},       {"batch_size", a.batch_size},
                         {"seed", a.seed},              {"optimizer", opt.name},
                         {"lr", opt.lr},                {"momentum", opt.momentum},
                         {"nesterov", opt.nesterov},    {"schedule", opt.schedule.type},
                         {"decay_rate", opt.schedule.decay_rate}, {"decay_steps", opt.schedule.decay_steps},
                         {"one_hot", a.one_hot},        {"train_samples", train.count},
                         {"validation_samples", validation.count}, {"central_storage", options.central_storage}};
+    if (a.batch_invariant > 0) {
+      identity["batch_invariant"] = a.batch_invariant;  // the leaves shape the sums
+      if (rank0)
+        std::printf("batch-invariant: %d leaves of %lld samples, gradients summed in one fixed tree\n",
+                    a.batch_invariant, static_cast<long long>(a.batch_size / a.batch_invariant));
+    }
     const std::string ckpt_root = output.empty() ? "" : (fs::path(output) / "checkpoints").string();
     if (!a.resume.empty()) {
       std::optional<Checkpoint> ck = read_latest_checkpoint(ckpt_root);
@@ -470,6 +490,7 @@ Command add_train(CLI::App& root) {
                   {"one_hot", a.one_hot},
                   {"strategy", a.strategy},
                   {"replicas", trainer.replicas_total()},
+                  {"batch_invariant", a.batch_invariant},
                   {"test_loss", test.loss},
                   {"test_accuracy", test.accuracy}};
     ModelVersion version;
@@ -501,6 +522,7 @@ Command add_train(CLI::App& root) {
                  {"model", model.name()},
                  {"strategy", a.strategy},
                  {"replicas", trainer.replicas_total()},
+                 {"batch_invariant", a.batch_invariant},
                  {"model_version_dir", version_dir}};
     if (checkpoints) {  // waited for above
       metrics["checkpoints_written"] = checkpoints->written();

@@ -18,11 +18,43 @@ namespace tandem {
 namespace {
 constexpr int64_t kElementwiseChunk = 1 << 15;
 constexpr size_t kIm2colBudgetFloats = size_t(4) << 20;  // 16 MiB of columns per chunk
+constexpr int64_t kReduceRows = 64;                       // rows per block of a column sum
+constexpr int kInvariantGemmBlock = 64;                   // rows (or columns) of C per GEMM block
+
+// Column sums over fixed blocks of rows: row_fn(r, acc) adds row r's terms to acc[0..width).
+// Each block is summed in row order and the blocks are combined in block order, so the result
+// depends on neither the thread count nor how the pool splits the rows.
+template <class RowFn>
+std::vector<double> block_sums(ThreadPool& pool, int64_t rows, size_t width, const RowFn& row_fn) {
+  const int64_t blocks = std::max<int64_t>(1, (rows + kReduceRows - 1) / kReduceRows);
+  std::vector<double> partial(static_cast<size_t>(blocks) * width, 0.0);
+  pool.parallel_for(blocks, [&](int64_t b, int64_t e, int) {
+    for (int64_t k = b; k < e; ++k) {
+      double* acc = partial.data() + static_cast<size_t>(k) * width;
+      const int64_t end = std::min(rows, (k + 1) * kReduceRows);
+      for (int64_t r = k * kReduceRows; r < end; ++r) row_fn(r, acc);
+    }
+  });
+  std::vector<double> total(width, 0.0);
+  for (int64_t k = 0; k < blocks; ++k) {
+    const double* acc = partial.data() + static_cast<size_t>(k) * width;
+    for (size_t i = 0; i < width; ++i) total[i] += acc[i];
+  }
+  return total;
+}
 }  // namespace
 
 CpuBackend::CpuBackend(int threads) : pool_(threads) {
   enable_flush_to_zero();
   openblas_set_num_threads(pool_.size());
+}
+
+void CpuBackend::set_batch_invariant(bool on) {
+  invariant_ = on;
+  // OpenBLAS's own threads give bits that depend on how many there are (so do its single-thread
+  // kernels for small products): in batch-invariant mode it runs one thread per call, on our
+  // workers, over blocks fixed by the shapes (gemm below).
+  openblas_set_num_threads(on ? 1 : pool_.size());
 }
 
 void* CpuBackend::allocate(size_t bytes) {
@@ -60,8 +92,28 @@ void CpuBackend::gemm(bool ta, bool tb, int m, int n, int k, float alpha, const 
       for (int j = 0; j < n; ++j) c[int64_t(i) * ldc + j] *= beta;
     return;
   }
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda,
-              b, ldb, beta, c, ldc);
+  const CBLAS_TRANSPOSE opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
+  if (!invariant_) {
+    cblas_sgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  // Batch-invariant: C in blocks of kInvariantGemmBlock rows (or columns, when C is wider than
+  // tall), each one single-threaded OpenBLAS call on a pool worker. The blocks depend only on the
+  // shapes, so the bits do not depend on the thread count.
+  const bool by_rows = m >= n;
+  const int dim = by_rows ? m : n;
+  const int64_t blocks = (dim + kInvariantGemmBlock - 1) / kInvariantGemmBlock;
+  pool_.parallel_for(blocks, [&](int64_t first, int64_t last, int) {
+    for (int64_t blk = first; blk < last; ++blk) {
+      const int lo = static_cast<int>(blk) * kInvariantGemmBlock, len = std::min(kInvariantGemmBlock, dim - lo);
+      if (by_rows)  // rows lo.. of op(A): A's rows, or A's columns when transposed
+        cblas_sgemm(CblasRowMajor, opa, opb, len, n, k, alpha, ta ? a + lo : a + int64_t(lo) * lda, lda, b, ldb,
+                    beta, c + int64_t(lo) * ldc, ldc);
+      else  // columns lo.. of op(B): B's columns, or B's rows when transposed
+        cblas_sgemm(CblasRowMajor, opa, opb, m, len, k, alpha, a, lda, tb ? b + int64_t(lo) * ldb : b + lo, ldb,
+                    beta, c + lo, ldc);
+    }
+  });
 }
 
 void CpuBackend::bias_add(float* y, const float* bias, int64_t rows, int cols) {
@@ -77,24 +129,11 @@ void CpuBackend::bias_add(float* y, const float* bias, int64_t rows, int cols) {
 }
 
 void CpuBackend::bias_grad(const float* dy, float* db, int64_t rows, int cols) {
-  // Per-thread partial sums combined in a fixed order: deterministic for a given thread count.
-  int parts = pool_.size();
-  std::vector<double> partial(static_cast<size_t>(parts) * cols, 0.0);
-  pool_.parallel_for(
-      rows,
-      [&](int64_t b, int64_t e, int t) {
-        double* acc = partial.data() + static_cast<size_t>(t) * cols;
-        for (int64_t r = b; r < e; ++r) {
-          const float* row = dy + r * cols;
-          for (int c = 0; c < cols; ++c) acc[c] += row[c];
-        }
-      },
-      64);
-  for (int c = 0; c < cols; ++c) {
-    double s = 0;
-    for (int t = 0; t < parts; ++t) s += partial[static_cast<size_t>(t) * cols + c];
-    db[c] = static_cast<float>(s);
-  }
+  const std::vector<double> sum = block_sums(pool_, rows, static_cast<size_t>(cols), [&](int64_t r, double* acc) {
+    const float* row = dy + r * cols;
+    for (int c = 0; c < cols; ++c) acc[c] += row[c];
+  });
+  for (int c = 0; c < cols; ++c) db[c] = static_cast<float>(sum[c]);
 }
 
 void CpuBackend::relu_forward(const float* x, float* y, size_t n) {
@@ -326,36 +365,20 @@ void CpuBackend::batchnorm_forward_train(const BatchNormParams& p, const float* 
                                          const float* beta, float* moving_mean, float* moving_var, float* y,
                                          float* save_mean, float* save_inv_std) {
   const int C = p.channels;
-  const int parts = pool_.size();
-  std::vector<double> sum(size_t(parts) * C, 0.0), sq(size_t(parts) * C, 0.0);
-  pool_.parallel_for(
-      p.rows,
-      [&](int64_t b, int64_t e, int t) {
-        double* s = sum.data() + size_t(t) * C;
-        for (int64_t r = b; r < e; ++r)
-          for (int c = 0; c < C; ++c) s[c] += x[r * C + c];
-      },
-      64);
+  const size_t width = static_cast<size_t>(C);
+  const std::vector<double> sum = block_sums(pool_, p.rows, width, [&](int64_t r, double* acc) {
+    for (int c = 0; c < C; ++c) acc[c] += x[r * C + c];
+  });
   std::vector<float> mean(C);
+  for (int c = 0; c < C; ++c) mean[c] = p.rows ? static_cast<float>(sum[c] / double(p.rows)) : 0.f;
+  const std::vector<double> sq = block_sums(pool_, p.rows, width, [&](int64_t r, double* acc) {
+    for (int c = 0; c < C; ++c) {
+      double d = double(x[r * C + c]) - mean[c];
+      acc[c] += d * d;
+    }
+  });
   for (int c = 0; c < C; ++c) {
-    double s = 0;
-    for (int t = 0; t < parts; ++t) s += sum[size_t(t) * C + c];
-    mean[c] = p.rows ? static_cast<float>(s / double(p.rows)) : 0.f;
-  }
-  pool_.parallel_for(
-      p.rows,
-      [&](int64_t b, int64_t e, int t) {
-        double* q = sq.data() + size_t(t) * C;
-        for (int64_t r = b; r < e; ++r)
-          for (int c = 0; c < C; ++c) {
-            double d = double(x[r * C + c]) - mean[c];
-            q[c] += d * d;
-          }
-      },
-      64);
-  for (int c = 0; c < C; ++c) {
-    double s = 0;
-    for (int t = 0; t < parts; ++t) s += sq[size_t(t) * C + c];
+    const double s = sq[c];
     float var = p.rows ? static_cast<float>(s / double(p.rows)) : 0.f;
     save_mean[c] = mean[c];
     save_inv_std[c] = 1.f / std::sqrt(var + p.epsilon);
@@ -397,31 +420,20 @@ void CpuBackend::batchnorm_backward(const BatchNormParams& p, const float* x, co
   // zero, and without this the gradient of a bias feeding the normalisation (exactly zero in
   // theory) picks up a systematic error that grows with the number of rows.
   const int C = p.channels;
-  const int parts = pool_.size();
-  std::vector<double> acc(size_t(parts) * C * 3, 0.0);  // per thread: sum dy, sum dy*xhat, sum xhat
-  pool_.parallel_for(
-      p.rows,
-      [&](int64_t b, int64_t e, int t) {
-        double* a = acc.data() + size_t(t) * C * 3;
-        for (int64_t r = b; r < e; ++r)
-          for (int c = 0; c < C; ++c) {
-            double g = dy[r * C + c];
-            double xhat = (double(x[r * C + c]) - save_mean[c]) * save_inv_std[c];
-            a[c] += g;
-            a[C + c] += g * xhat;
-            a[2 * C + c] += xhat;
-          }
-      },
-      64);
+  // Per channel: sum dy, sum dy*xhat, sum xhat.
+  const std::vector<double> acc = block_sums(pool_, p.rows, size_t(C) * 3, [&](int64_t r, double* a) {
+    for (int c = 0; c < C; ++c) {
+      double g = dy[r * C + c];
+      double xhat = (double(x[r * C + c]) - save_mean[c]) * save_inv_std[c];
+      a[c] += g;
+      a[C + c] += g * xhat;
+      a[2 * C + c] += xhat;
+    }
+  });
   std::vector<float> mdy(C), mdyx(C), mx(C);
   const double n = double(std::max<int64_t>(p.rows, 1));
   for (int c = 0; c < C; ++c) {
-    double sdy = 0, sdyx = 0, sx = 0;
-    for (int t = 0; t < parts; ++t) {
-      sdy += acc[size_t(t) * C * 3 + c];
-      sdyx += acc[size_t(t) * C * 3 + C + c];
-      sx += acc[size_t(t) * C * 3 + 2 * C + c];
-    }
+    const double sdy = acc[c], sdyx = acc[C + c], sx = acc[2 * C + c];
     dbeta[c] = static_cast<float>(sdy);
     dgamma[c] = static_cast<float>(sdyx);
     mdy[c] = static_cast<float>(sdy / n);

@@ -22,6 +22,7 @@ class CpuBackend final : public Backend {
   void download(void* dst, const void* src, size_t bytes) override;
   void copy(void* dst, const void* src, size_t bytes) override;
   void fill(float* x, size_t n, float value) override;
+  void set_batch_invariant(bool on) override;
 
   void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb,
             float beta, float* c, int ldc) override;
@@ -66,6 +67,7 @@ class CpuBackend final : public Backend {
 
   ThreadPool pool_;
   std::vector<float> scratch_;
+  bool invariant_ = false;
 };
 
 }  // namespace tandem

@@ -249,6 +249,9 @@ class CudaBackend final : public Backend {
   void end_step_graph() override;
   void abandon_step_graph() noexcept override;
   void drop_step_graphs() noexcept override;
+  // Batch invariance: cuDNN's heuristic ranking instead of a timed search, which can choose
+  // differently from one process to the next (cuBLAS and our kernels give fixed bits per shape).
+  void set_batch_invariant(bool on) override { heuristic_search_ = on; }
 
   void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb,
             float beta, float* c, int ldc) override;
@@ -333,6 +336,7 @@ class CudaBackend final : public Backend {
 #endif
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  bool heuristic_search_ = false;  // set_batch_invariant
   struct Stage {
     void* host = nullptr;
     cudaEvent_t done = nullptr;
@@ -765,8 +769,9 @@ void report_choice(const char* what, const ConvGeometry& g, const AlgoChoice& c,
 // With TANDEM_CUDNN_SEARCH=heuristic: the choice from cuDNN's heuristic ranking (no timing), if
 // it gave one.
 template <class Perf>
-bool take_heuristic(const Perf* perf, int returned, const char* what, const ConvGeometry& g, AlgoChoice* out) {
-  if (conv_timed_search() || returned <= 0) return false;
+bool take_heuristic(bool timed, const Perf* perf, int returned, const char* what, const ConvGeometry& g,
+                    AlgoChoice* out) {
+  if (timed || returned <= 0) return false;
   if (!choose_algo(perf, returned, kFindWorkspaceCap, out)) out->state = AlgoState::Im2col;
   report_choice(what, g, *out, 0.f);
   return true;
@@ -802,7 +807,7 @@ void CudaBackend::search_forward(ConvPlan& plan, const ConvGeometry& g, const fl
   if (cudnnGetConvolutionForwardAlgorithm_v7(cudnn_, plan.xd, plan.wd, plan.cd, plan.yd, max_count, &returned,
                                              perf.data()) != CUDNN_STATUS_SUCCESS)
     returned = 0;  // no heuristics: search with no workspace
-  if (take_heuristic(perf.data(), returned, "forward", g, &plan.fwd)) return;
+  if (take_heuristic(conv_timed_search() && !heuristic_search_, perf.data(), returned, "forward", g, &plan.fwd)) return;
   size_t ws_size = 0;
   void* ws = find_workspace(max_workspace(perf.data(), returned), &ws_size);
   cudnnStatus_t st = cudnnFindConvolutionForwardAlgorithmEx(cudnn_, plan.xd, x, plan.wd, w, plan.cd, plan.yd, y,
@@ -823,7 +828,7 @@ void CudaBackend::search_backward_data(ConvPlan& plan, const ConvGeometry& g, co
   if (cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnn_, plan.wd, plan.yd, plan.cd, plan.xd, max_count, &returned,
                                                   perf.data()) != CUDNN_STATUS_SUCCESS)
     returned = 0;  // no heuristics: search with no workspace
-  if (take_heuristic(perf.data(), returned, "backward-data", g, &plan.bwd_data)) return;
+  if (take_heuristic(conv_timed_search() && !heuristic_search_, perf.data(), returned, "backward-data", g, &plan.bwd_data)) return;
   size_t ws_size = 0;
   void* ws = find_workspace(max_workspace(perf.data(), returned), &ws_size);
   cudnnStatus_t st = cudnnFindConvolutionBackwardDataAlgorithmEx(cudnn_, plan.wd, w, plan.yd, dy, plan.cd, plan.xd, dx,
@@ -844,7 +849,7 @@ void CudaBackend::search_backward_filter(ConvPlan& plan, const ConvGeometry& g, 
   if (cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnn_, plan.xd, plan.yd, plan.cd, plan.wd, max_count, &returned,
                                                     perf.data()) != CUDNN_STATUS_SUCCESS)
     returned = 0;  // no heuristics: search with no workspace
-  if (take_heuristic(perf.data(), returned, "backward-filter", g, &plan.bwd_filter)) return;
+  if (take_heuristic(conv_timed_search() && !heuristic_search_, perf.data(), returned, "backward-filter", g, &plan.bwd_filter)) return;
   size_t ws_size = 0;
   void* ws = find_workspace(max_workspace(perf.data(), returned), &ws_size);
   cudnnStatus_t st = cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnn_, plan.xd, x, plan.yd, dy, plan.cd, plan.wd,
