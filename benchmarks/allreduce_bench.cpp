@@ -1,8 +1,9 @@
 // allreduce_bench: bus bandwidth of Tandem's bucketed gradient all-reduce (the path a training
 // step takes: buckets of --bucket-mb reduced on the communication
 // thread) against a raw MPI_Allreduce of the same buffer, as nccl-tests reports it:
-// algbw = bytes / time, busbw = algbw * 2(n-1)/n.
-//   mpirun -np 2 build/benchmarks/allreduce_bench [--bucket-mb 25] [--iters 20] [--rounds 7]
+// algbw = bytes / time, busbw = algbw * 2(n-1)/n. --tree measures the batch-invariant path
+// (each bucket summed by Communicator::tree_all_reduce_sum, in a fixed tree over ranks).
+//   mpirun -np 2 build/benchmarks/allreduce_bench [--bucket-mb 25] [--iters 20] [--rounds 7] [--tree]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -24,19 +25,31 @@ using namespace tandem;
 int main(int argc, char** argv) {
   double bucket_mb = 25;
   int iters = 20, rounds = 7;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--bucket-mb")) bucket_mb = std::atof(argv[i + 1]);
-    if (!std::strcmp(argv[i], "--iters")) iters = std::atoi(argv[i + 1]);
-    if (!std::strcmp(argv[i], "--rounds")) rounds = std::max(1, std::atoi(argv[i + 1]));
+  bool tree = false;
+  for (int i = 1; i < argc; ++i) {
+    const bool has_value = i + 1 < argc;
+    if (!std::strcmp(argv[i], "--tree")) {
+      tree = true;
+    } else if (has_value && !std::strcmp(argv[i], "--bucket-mb")) {
+      bucket_mb = std::atof(argv[++i]);
+    } else if (has_value && !std::strcmp(argv[i], "--iters")) {
+      iters = std::atoi(argv[++i]);
+    } else if (has_value && !std::strcmp(argv[i], "--rounds")) {
+      rounds = std::max(1, std::atoi(argv[++i]));
+    } else {
+      std::fprintf(stderr, "allreduce_bench: unknown argument '%s'\n"
+                           "usage: allreduce_bench [--bucket-mb MIB] [--iters N] [--rounds N] [--tree]\n", argv[i]);
+      return 2;
+    }
   }
   try {
     auto comm = make_mpi_communicator(true);
     const int n = comm->size();
     auto cpu = make_cpu_backend(1);
     if (comm->rank() == 0)
-      std::printf("# %d ranks (%s), bucket %.0f MiB, median of %d rounds of %d iterations; busbw = algbw * 2(n-1)/n\n"
+      std::printf("# %d ranks (%s%s), bucket %.0f MiB, median of %d rounds of %d iterations; busbw = algbw * 2(n-1)/n\n"
                   "%10s %12s %12s %12s %12s %8s\n",
-                  n, comm->name().c_str(), bucket_mb, rounds, iters, "bytes", "tandem_us", "tandem_busbw", "mpi_us",
+                  n, comm->name().c_str(), tree ? ", tree all-reduce" : "", bucket_mb, rounds, iters, "bytes", "tandem_us", "tandem_busbw", "mpi_us",
                   "mpi_busbw", "ratio");
     for (size_t bytes : {size_t(1) << 20, size_t(4) << 20, size_t(16) << 20, size_t(64) << 20}) {
       const size_t floats = bytes / sizeof(float);
@@ -49,6 +62,7 @@ int main(int argc, char** argv) {
         end = begin;
       }
       BucketedAllReduce sync(*comm, buckets, true, 300);
+      sync.set_tree(tree);
       auto time_it = [&](auto&& fn) {
         fn();  // warm-up
         MPI_Barrier(MPI_COMM_WORLD);

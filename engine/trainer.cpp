@@ -164,7 +164,6 @@ void Trainer::average_state() {
   Replica& r0 = *replicas_[0];
   bool all_host = true;
   for (auto& rep : replicas_) all_host = all_host && rep->backend().device().kind == DeviceKind::Cpu;
-  std::vector<float> host;
   if (all_host) {
     tree_over_replicas(local, [&](int a, int b) {
       replicas_[a]->backend().add(replicas_[a]->params() + t, replicas_[b]->params() + t, count);
@@ -180,10 +179,13 @@ void Trainer::average_state() {
   }
   if (sync_) sync_->all_reduce_state(r0.backend(), r0.params() + t, count);
   r0.backend().scale(r0.params() + t, count, 1.0f / static_cast<float>(parts));
-  host.resize(count);
+  if (local == 1 && !options_.central_storage) return;
+  std::vector<float> host(count);
   r0.backend().download(host.data(), r0.params() + t, count * sizeof(float));
-  for (int l = 1; l < local; ++l) replicas_[l]->backend().upload(replicas_[l]->params() + t, host.data(), count * sizeof(float));
-  if (options_.central_storage) std::copy(host.begin(), host.end(), host_params_.begin() + static_cast<std::ptrdiff_t>(t));
+  for (int l = 1; l < local; ++l)
+    replicas_[l]->backend().upload(replicas_[l]->params() + t, host.data(), count * sizeof(float));
+  if (options_.central_storage)
+    std::copy(host.begin(), host.end(), host_params_.begin() + static_cast<std::ptrdiff_t>(t));
 }
 
 void Trainer::local_metric_sums(double* sums) {

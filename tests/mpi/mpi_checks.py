@@ -86,7 +86,8 @@ try:
         # itself by as much, so there the bound is that control: a strategy may differ from one
         # replica by at most 3x what the thread count alone does (a slicing, masking or
         # normalisation bug moves weights by far more). The strict 1e-4 for the cnn is checked on
-        # generated data, where no such ties occur.
+        # generated data, where no such ties occur, and bit for bit on the real data with
+        # --batch-invariant (the "invariance" check).
         cases = [("mlp", "2", "adam", equiv, 256), ("mlp", "2", "sgd", equiv, 256), ("cnn", "1", "sgd", base, 64)]
         if equiv:
             cases.append(("cnn", "1", "sgd", equiv, 256))
