@@ -49,8 +49,8 @@ int main(int argc, char** argv) {
     if (comm->rank() == 0)
       std::printf("# %d ranks (%s%s), bucket %.0f MiB, median of %d rounds of %d iterations; busbw = algbw * 2(n-1)/n\n"
                   "%10s %12s %12s %12s %12s %8s\n",
-                  n, comm->name().c_str(), tree ? ", tree all-reduce" : "", bucket_mb, rounds, iters, "bytes", "tandem_us", "tandem_busbw", "mpi_us",
-                  "mpi_busbw", "ratio");
+                  n, comm->name().c_str(), tree ? ", tree all-reduce" : "", bucket_mb, rounds, iters, "bytes",
+                  "tandem_us", "tandem_busbw", "mpi_us", "mpi_busbw", "ratio");
     for (size_t bytes : {size_t(1) << 20, size_t(4) << 20, size_t(16) << 20, size_t(64) << 20}) {
       const size_t floats = bytes / sizeof(float);
       std::vector<float> buf(floats, 1.0f);

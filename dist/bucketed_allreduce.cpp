@@ -80,10 +80,14 @@ void BucketedAllReduce::begin_step(Backend& backend, float* grads, size_t n, uin
 
 void BucketedAllReduce::reduce_bucket(size_t i) {
   const Bucket& b = buckets_[i];
+  sum_over_ranks(grads_ + b.begin, b.end - b.begin);
+}
+
+void BucketedAllReduce::sum_over_ranks(float* data, size_t n) {
   if (tree_)
-    comm_.tree_all_reduce_sum(grads_ + b.begin, b.end - b.begin);
+    comm_.tree_all_reduce_sum(data, n);
   else
-    comm_.all_reduce_sum(grads_ + b.begin, b.end - b.begin);
+    comm_.all_reduce_sum(data, n);
 }
 
 void BucketedAllReduce::layer_done(size_t first_final_offset) {
@@ -157,19 +161,15 @@ void BucketedAllReduce::all_reduce_gradients(Backend& backend, float* grads, siz
 
 void BucketedAllReduce::all_reduce_state(Backend& backend, float* state, size_t n) {
   if (comm_.size() == 1 || n == 0) return;
-  const bool host = backend.device().kind == DeviceKind::Cpu;
-  std::vector<float> staged;
-  float* data = state;
-  if (!host) {
-    staged.resize(n);
-    backend.download(staged.data(), state, n * sizeof(float));
-    data = staged.data();
+  if (backend.device().kind == DeviceKind::Cpu) {
+    sum_over_ranks(state, n);
+    return;
   }
-  if (tree_)
-    comm_.tree_all_reduce_sum(data, n);
-  else
-    comm_.all_reduce_sum(data, n);
-  if (!host) backend.upload(state, staged.data(), n * sizeof(float));
+  // Device memory: through the host, in the gradients' staging buffer (their step is done).
+  staging_.resize(n);
+  backend.download(staging_.data(), state, n * sizeof(float));
+  sum_over_ranks(staging_.data(), n);
+  backend.upload(state, staging_.data(), n * sizeof(float));
 }
 
 void BucketedAllReduce::all_reduce_metrics(double* values, int count) {

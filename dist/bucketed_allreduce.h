@@ -51,6 +51,7 @@ class BucketedAllReduce final : public GradientSync {
  private:
   void comm_loop();
   void reduce_bucket(size_t i);
+  void sum_over_ranks(float* data, size_t n);  // in the tree when set_tree(true)
   Communicator& comm_;
   std::vector<Bucket> buckets_;
   bool overlap_;

@@ -22,8 +22,9 @@ void TrainOptions::validate(int replicas) const {
   if (leaves > 0 && leaves % replicas != 0)
     throw_invalid("--batch-invariant " + std::to_string(leaves) + " leaves do not split evenly over " +
                       std::to_string(replicas) + " replicas",
-                  "the replica count must be a power of 2 no larger than the leaves; use --batch-invariant " +
-                      std::to_string(replicas > 0 ? replicas : 1) + " or more (a power of 2)");
+                  (replicas & (replicas - 1)) == 0
+                      ? "use --batch-invariant " + std::to_string(replicas) + " or more (a power of 2)"
+                      : std::string("the replica count must be a power of 2 (1, 2, 4, 8, ...)"));
   if (leaves > 0 && batch_size % leaves != 0)
     throw_invalid("global batch size " + std::to_string(batch_size) + " does not split into " +
                       std::to_string(leaves) + " leaves",
@@ -70,6 +71,7 @@ Trainer::Trainer(const Model& model, std::vector<Backend*> backends, const Train
   if (options_.central_storage && sync_)
     throw_invalid("central-storage runs in one process", "use --strategy multi-worker under mpirun");
   for (Backend* b : backends_) {
+    all_host_ = all_host_ && b->device().kind == DeviceKind::Cpu;
     if (options_.leaves > 0) b->set_batch_invariant(true);
     replicas_.push_back(std::make_unique<Replica>(model, *b, per_replica));
     replicas_.back()->set_weights(init);
@@ -96,20 +98,20 @@ void tree_over_replicas(int count, const Sum& sum) {
 }
 }  // namespace
 
-void Trainer::host_tree_sum() {
-  const size_t n = model_.trainable_floats();
+void Trainer::host_tree_sum(float* (Replica::*arena)(), size_t at, size_t count, std::vector<float>& out) {
   const int local = static_cast<int>(replicas_.size());
   staged_.resize(static_cast<size_t>(local));
   for (int l = 0; l < local; ++l) {
-    staged_[l].resize(n);
-    replicas_[l]->backend().download(staged_[l].data(), replicas_[l]->grads(), n * sizeof(float));
+    Replica& rep = *replicas_[l];
+    staged_[l].resize(count);
+    rep.backend().download(staged_[l].data(), (rep.*arena)() + at, count * sizeof(float));
   }
   tree_over_replicas(local, [&](int a, int b) {
     float* x = staged_[a].data();
     const float* y = staged_[b].data();
-    for (size_t i = 0; i < n; ++i) x[i] += y[i];
+    for (size_t i = 0; i < count; ++i) x[i] += y[i];
   });
-  host_grads_.swap(staged_[0]);
+  out.swap(staged_[0]);
 }
 
 // Sums the replicas' gradients, then applies one identical update everywhere.
@@ -117,16 +119,14 @@ void Trainer::reduce_and_update() {
   const size_t n = model_.trainable_floats();
   const int local = static_cast<int>(replicas_.size());
   if (options_.central_storage) {
-    host_tree_sum();
+    host_tree_sum(&Replica::grads, 0, n, host_grads_);
     host_optimizer_->apply(host_params_.data(), host_grads_.data(), step_);
     for (auto& rep : replicas_) rep->backend().upload(rep->params(), host_params_.data(), n * sizeof(float));
     return;
   }
   Replica& r0 = *replicas_[0];
-  bool all_host = true;
-  for (auto& rep : replicas_) all_host = all_host && rep->backend().device().kind == DeviceKind::Cpu;
   const bool device_reduce =
-      local > 1 && !all_host && local_reduce_ != nullptr && sync_ == nullptr && options_.leaves == 0;
+      local > 1 && !all_host_ && local_reduce_ != nullptr && sync_ == nullptr && options_.leaves == 0;
   if (device_reduce) {
     std::vector<Backend*> backends;
     std::vector<float*> grads;
@@ -135,18 +135,18 @@ void Trainer::reduce_and_update() {
       grads.push_back(rep->grads());
     }
     local_reduce_->all_reduce(backends, grads, n);
-  } else if (local > 1 && all_host) {
+  } else if (local > 1 && all_host_) {
     tree_over_replicas(local, [&](int a, int b) { replicas_[a]->backend().add(replicas_[a]->grads(), replicas_[b]->grads(), n); });
   } else if (local > 1) {
     // Replicas on several devices without a device-to-device path: stage through the host.
-    host_tree_sum();
+    host_tree_sum(&Replica::grads, 0, n, host_grads_);
     r0.backend().upload(r0.grads(), host_grads_.data(), n * sizeof(float));
   }
   if (sync_) sync_->all_reduce_gradients(r0.backend(), r0.grads(), n);
   for (int l = 0; l < local; ++l) {
     Replica& rep = *replicas_[l];
     if (l > 0 && !device_reduce) {
-      if (all_host)
+      if (all_host_)
         rep.backend().copy(rep.grads(), r0.grads(), sizeof(float) * n);
       else
         rep.backend().upload(rep.grads(), host_grads_.data(), sizeof(float) * n);
@@ -162,20 +162,14 @@ void Trainer::average_state() {
   if (count == 0 || parts == 1) return;
   const int local = static_cast<int>(replicas_.size());
   Replica& r0 = *replicas_[0];
-  bool all_host = true;
-  for (auto& rep : replicas_) all_host = all_host && rep->backend().device().kind == DeviceKind::Cpu;
-  if (all_host) {
+  if (all_host_) {
     tree_over_replicas(local, [&](int a, int b) {
       replicas_[a]->backend().add(replicas_[a]->params() + t, replicas_[b]->params() + t, count);
     });
   } else if (local > 1) {
-    std::vector<std::vector<float>> staged(static_cast<size_t>(local), std::vector<float>(count));
-    for (int l = 0; l < local; ++l)
-      replicas_[l]->backend().download(staged[l].data(), replicas_[l]->params() + t, count * sizeof(float));
-    tree_over_replicas(local, [&](int a, int b) {
-      for (size_t i = 0; i < count; ++i) staged[a][i] += staged[b][i];
-    });
-    r0.backend().upload(r0.params() + t, staged[0].data(), count * sizeof(float));
+    std::vector<float> sum;
+    host_tree_sum(&Replica::params, t, count, sum);
+    r0.backend().upload(r0.params() + t, sum.data(), count * sizeof(float));
   }
   if (sync_) sync_->all_reduce_state(r0.backend(), r0.params() + t, count);
   r0.backend().scale(r0.params() + t, count, 1.0f / static_cast<float>(parts));

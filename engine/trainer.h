@@ -149,8 +149,11 @@ class Trainer {
   // Central storage (and staging for device replicas): host arenas and the host optimizer.
   std::unique_ptr<Backend> host_;
   std::vector<float> host_params_, host_grads_;
-  std::vector<std::vector<float>> staged_;  // replicas' gradients downloaded for a host sum
-  void host_tree_sum();                     // staged_ summed in the replica tree, into host_grads_
+  std::vector<std::vector<float>> staged_;  // replicas' buffers downloaded for a host sum
+  bool all_host_ = true;                    // every local replica's memory is host memory
+  // Downloads `count` floats at offset `at` of each local replica's `arena` (grads() or
+  // params()), sums them on the host in the replica tree, and leaves the sum in `out`.
+  void host_tree_sum(float* (Replica::*arena)(), size_t at, size_t count, std::vector<float>& out);
   std::unique_ptr<Optimizer> host_optimizer_;
   void reduce_and_update();
   void average_state();  // the replicas' non-trainable state averaged (TensorFlow's ON_READ MEAN)

@@ -123,10 +123,7 @@ std::vector<float> train_invariant(const Model& m, int replicas, int threads, in
   o.seed = 5;
   o.leaves = leaves;
   o.central_storage = central_storage;
-  OptimizerConfig opt;
-  opt.name = optimizer;
-  opt.lr = optimizer == "sgd" ? 0.05 : 0.01;
-  opt.momentum = optimizer == "sgd" ? 0.9 : 0.0;
+  const OptimizerConfig opt = test::test_optimizer(optimizer);
   // 296 images: two full batches and a last one of 40 (10 per leaf of 4).
   test::Trained t = test::train_cpu_replicas(m, replicas, threads, o, opt, test::synthetic_dataset(296, 12, 12, 1, 4, 9));
   REQUIRE(t.replicas_agree);

@@ -94,10 +94,7 @@ std::vector<float> train_weights(const Model& m, int replicas, int threads, uint
   o.epochs = 2;
   o.batch_size = batch;
   o.seed = seed;
-  OptimizerConfig opt;
-  opt.name = optimizer;
-  opt.lr = optimizer == "sgd" ? 0.05 : 0.01;
-  opt.momentum = optimizer == "sgd" ? 0.9 : 0.0;
+  const OptimizerConfig opt = test::test_optimizer(optimizer);
   test::Trained t = test::train_cpu_replicas(m, replicas, threads, o, opt, tiny_train());
   REQUIRE(t.replicas_agree);  // replicas stay bit-identical
   return t.weights;

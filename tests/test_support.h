@@ -34,6 +34,15 @@ inline std::vector<float> random_floats(size_t n, uint64_t seed, uint64_t stream
   return v;
 }
 
+// The training tests' optimizers: SGD with lr 0.05 and momentum 0.9, or Adam with lr 0.01.
+inline OptimizerConfig test_optimizer(const std::string& name) {
+  OptimizerConfig opt;
+  opt.name = name;
+  opt.lr = name == "sgd" ? 0.05 : 0.01;
+  opt.momentum = name == "sgd" ? 0.9 : 0.0;
+  return opt;
+}
+
 // Trains `m` on `data` with `replicas` CPU replicas of `threads` threads each; the final weights,
 // and whether every replica ended with the same digest.
 struct Trained {

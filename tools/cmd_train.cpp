@@ -382,12 +382,12 @@ Command add_train(CLI::App& root) {
     // What a resumed run must share with the original (the replica count may change: shuffling,
     // dropout and the global batch do not depend on it).
     json identity{{"model", model.spec()},       {"batch_size", a.batch_size},
-                        {"seed", a.seed},              {"optimizer", opt.name},
-                        {"lr", opt.lr},                {"momentum", opt.momentum},
-                        {"nesterov", opt.nesterov},    {"schedule", opt.schedule.type},
-                        {"decay_rate", opt.schedule.decay_rate}, {"decay_steps", opt.schedule.decay_steps},
-                        {"one_hot", a.one_hot},        {"train_samples", train.count},
-                        {"validation_samples", validation.count}, {"central_storage", options.central_storage}};
+                  {"seed", a.seed},              {"optimizer", opt.name},
+                  {"lr", opt.lr},                {"momentum", opt.momentum},
+                  {"nesterov", opt.nesterov},    {"schedule", opt.schedule.type},
+                  {"decay_rate", opt.schedule.decay_rate}, {"decay_steps", opt.schedule.decay_steps},
+                  {"one_hot", a.one_hot},        {"train_samples", train.count},
+                  {"validation_samples", validation.count}, {"central_storage", options.central_storage}};
     if (a.batch_invariant > 0) {
       identity["batch_invariant"] = a.batch_invariant;  // the leaves shape the sums
       if (rank0)

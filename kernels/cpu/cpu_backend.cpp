@@ -378,8 +378,7 @@ void CpuBackend::batchnorm_forward_train(const BatchNormParams& p, const float* 
     }
   });
   for (int c = 0; c < C; ++c) {
-    const double s = sq[c];
-    float var = p.rows ? static_cast<float>(s / double(p.rows)) : 0.f;
+    float var = p.rows ? static_cast<float>(sq[c] / double(p.rows)) : 0.f;
     save_mean[c] = mean[c];
     save_inv_std[c] = 1.f / std::sqrt(var + p.epsilon);
     moving_mean[c] = moving_mean[c] * p.momentum + mean[c] * (1.f - p.momentum);
