@@ -80,6 +80,12 @@ void Replica::load_batch(const ResidentData& data, const int32_t* host_index, in
                         one_hot ? onehot_ : nullptr);
 }
 
+void Replica::load_input(const float* host, int64_t rows) {
+  TANDEM_ASSERT(rows <= max_batch_);
+  if (rows == 0) return;
+  backend_.upload(input_, host, sizeof(float) * static_cast<size_t>(rows * model_.input_shape().numel()));
+}
+
 const float* Replica::forward(const StepContext& ctx) {
   TANDEM_ASSERT(ctx.batch <= max_batch_);
   const float* x = input_;

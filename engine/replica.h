@@ -34,6 +34,9 @@ class Replica {
 
   // Gathers samples index[0..rows) of `data` into the input (normalised) and the targets.
   void load_batch(const ResidentData& data, const int32_t* host_index, int64_t rows, bool one_hot);
+  // Copies `rows` host inputs, already normalised (x / 255, as the exported graphs take them), into
+  // the input (inference: a served request's rows).
+  void load_input(const float* host, int64_t rows);
   // Forward over the loaded batch; returns the output (logits, or probabilities if want_probs).
   const float* forward(const StepContext& ctx);
   // Loss and metrics of the last forward; when `backward`, also d(loss)/d(logits) * grad_scale.

@@ -10,6 +10,7 @@
 
 #include "engine/errors.h"
 #include "engine/model.h"
+#include "export/loaded_model.h"
 #include "export/atomic_file.h"
 #include "export/model_dir.h"
 #include "export/onnx_writer.h"
@@ -113,12 +114,10 @@ std::string export_model(const std::string& src_version_dir, const std::string& 
   // Read and check the source completely, and build every file in memory, before touching the
   // destination: a bad source or a model that cannot be converted leaves nothing behind.
   const fs::path src(src_version_dir);
-  ModelVersion mv = read_model_version(src_version_dir);
+  const LoadedModel loaded = load_model(src_version_dir);  // every parameter present with its shape
+  const ModelVersion& mv = loaded.version;
+  const Model& model = loaded.model;
   const std::string json_path = (src / kModelJsonName).string();
-  if (!mv.model_json.contains("spec"))
-    throw_data(json_path + ": missing field \"spec\"", "model.json must be the file written by Tandem");
-  const Model model = Model::from_spec(mv.model_json["spec"], json_path);
-  model.from_tensors(mv.tensors, src_version_dir);  // every parameter present with its shape
 
   std::vector<std::pair<std::string, std::string>> files;
   files.emplace_back(kModelJsonName, read_text_file(json_path));  // byte copies: same digest

@@ -9,6 +9,7 @@
 #include "data/dataset.h"
 #include "engine/backend.h"
 #include "engine/model.h"
+#include "export/loaded_model.h"
 #include "export/model_dir.h"
 
 namespace tandem::cli {
@@ -25,15 +26,9 @@ Command add_predict(CLI::App& root);
 Command add_summary(CLI::App& root);
 Command add_inspect(CLI::App& root);
 Command add_export(CLI::App& root);
+Command add_serve(CLI::App& root);  // tools/cmd_serve.cpp
 
 int default_threads();
-// A trained model reloaded from a version directory.
-struct LoadedModel {
-  ModelVersion version;
-  Model model;
-  std::vector<float> arena;
-};
-LoadedModel load_model_version(const std::string& dir);
 nlohmann::json model_json(const Model& model, const std::vector<std::string>& class_names,
                           const nlohmann::json& metadata);
 

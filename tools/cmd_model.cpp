@@ -9,15 +9,6 @@ namespace tandem::cli {
 
 using nlohmann::json;
 
-LoadedModel load_model_version(const std::string& dir) {
-  ModelVersion v = read_model_version(dir);
-  const json& mj = v.model_json;
-  if (!mj.contains("spec")) throw_data(dir + "/model.json: missing field \"spec\"");
-  Model model = Model::from_spec(mj["spec"], dir + "/model.json");
-  std::vector<float> arena = model.from_tensors(v.tensors, dir);
-  return LoadedModel{std::move(v), std::move(model), std::move(arena)};
-}
-
 namespace {
 
 struct ModelArgs {
@@ -60,7 +51,7 @@ Command add_evaluate(CLI::App& root) {
   add_common(c, *a);
   c->add_flag("--json", a->json_out, "print the result as JSON");
   return Command{c, [a]() -> int {
-                   LoadedModel m = load_model_version(a->dir);
+                   LoadedModel m = load_model(a->dir);
                    auto backend = make_backend(Device::parse(a->device), a->threads ? a->threads : default_threads());
                    LabelledData data = load_fashion_mnist(resolve_data_dir(a->data));
                    auto trainer = inference_trainer(m, *backend);
@@ -84,7 +75,7 @@ Command add_predict(CLI::App& root) {
   c->add_flag("--json", a->json_out, "print every probability as JSON");
   return Command{c, [a]() -> int {
                    if (a->count <= 0) throw_invalid("--count must be positive, got " + std::to_string(a->count));
-                   LoadedModel m = load_model_version(a->dir);
+                   LoadedModel m = load_model(a->dir);
                    auto backend = make_backend(Device::parse(a->device), a->threads ? a->threads : default_threads());
                    LabelledData data = load_fashion_mnist(resolve_data_dir(a->data));
                    auto trainer = inference_trainer(m, *backend);
@@ -120,7 +111,7 @@ Command add_summary(CLI::App& root) {
   return Command{c, [model]() -> int {
                    namespace fs = std::filesystem;
                    if (fs::is_directory(*model)) {
-                     std::printf("%s", load_model_version(*model).model.summary().c_str());
+                     std::printf("%s", load_model(*model).model.summary().c_str());
                    } else {
                      std::printf("%s", Model::from_name_or_file(*model).summary().c_str());
                    }

@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(cmake g++ make pkg-config nlohmann-json3-dev catch2 libcli11-dev zlib1g-dev libopenblas-dev
-              openmpi-bin libopenmpi-dev dataset-fashion-mnist python3)
+              openmpi-bin libopenmpi-dev dataset-fashion-mnist python3
+              # tandem serve: gRPC, protobuf, HTTP, Prometheus; curl and wrk for its tests and benchmarks
+              protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev libcpp-httplib-dev
+              prometheus-cpp-dev curl wrk)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,6 +24,9 @@ fi
 # Python packages for the interop tests and peer benchmarks (TensorFlow, ONNX Runtime).
 if [ "${TANDEM_SKIP_PIP:-0}" != 1 ]; then
   python3 -m pip install -q --disable-pip-version-check -r tools/requirements.txt 2>&1 | grep -v "Running pip as the 'root'" || true
+  # TF Serving's official client: its one dependency is the name `tensorflow`, which tensorflow-cpu
+  # (above) provides under another name, so it goes in without dependencies.
+  python3 -m pip install -q --disable-pip-version-check --no-deps tensorflow-serving-api 2>&1 | grep -v "Running pip as the 'root'" || true
 fi
 
 mkdir -p build

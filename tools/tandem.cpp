@@ -3,6 +3,7 @@
 //   cmd_model.cpp     defines: evaluate, predict, summary (work on a saved model version)
 //   cmd_inspect.cpp   defines: inspect (tensors, checksums, digest, --compare, exported formats)
 //   cmd_export.cpp    defines: export (SavedModel / ONNX / native versions for serving)
+//   cmd_serve.cpp     defines: serve (a TensorFlow Serving-compatible server, serve/)
 // Only this file catches errors: one clear message, exit 2 for bad input and 1 otherwise.
 #include <cstdio>
 #include <exception>
@@ -32,6 +33,9 @@ int main(int argc, char** argv) {
   std::vector<tandem::cli::Command> commands = {
       tandem::cli::add_train(app),   tandem::cli::add_evaluate(app), tandem::cli::add_predict(app),
       tandem::cli::add_summary(app), tandem::cli::add_inspect(app),  tandem::cli::add_export(app),
+#ifdef TANDEM_HAVE_SERVE
+      tandem::cli::add_serve(app),
+#endif
   };
   try {
     app.parse(argc, argv);

@@ -1,0 +1,22 @@
+// A trained model reloaded from a version directory: the files (verified), the Model built from
+// model.json's spec, and its parameter arena. Used by the CLI, the exporter and the server.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "engine/model.h"
+#include "export/model_dir.h"
+
+namespace tandem {
+
+struct LoadedModel {
+  ModelVersion version;
+  Model model;
+  std::vector<float> arena;
+};
+
+// Throws what read_model_version throws, and Error(Data) naming model.json when its "spec" is
+// missing or invalid, or when the weights do not fit the spec.
+LoadedModel load_model(const std::string& version_dir);
+
+}  // namespace tandem

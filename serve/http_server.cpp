@@ -1,0 +1,71 @@
+#include "serve/http_server.h"
+
+#include <httplib.h>
+
+#include "engine/errors.h"
+
+namespace tandem::serve {
+
+struct HttpServer::Impl {
+  HttpOptions options;
+  const RestHandler& handler;
+  httplib::Server server;
+  std::thread thread;
+  Impl(HttpOptions o, const RestHandler& h) : options(std::move(o)), handler(h) {}
+
+  void serve(const httplib::Request& req, httplib::Response& res) {
+    const auto arrival = Clock::now();
+    HttpRequest r;
+    r.method = req.method;
+    r.path = req.path;
+    for (const char* name : {"inference-header-content-length"})
+      if (req.has_header(name)) r.headers[name] = req.get_header_value(name);
+    r.body = req.body;
+    HttpReply reply = handler.handle(r, arrival);
+    res.status = reply.status;
+    for (auto& [k, v] : reply.headers) res.set_header(k, v);
+    res.set_content(std::move(reply.body), reply.content_type.c_str());
+  }
+};
+
+HttpServer::HttpServer(HttpOptions options, const RestHandler& handler)
+    : impl_(std::make_unique<Impl>(std::move(options), handler)) {}
+
+HttpServer::~HttpServer() { stop(); }
+
+void HttpServer::start() {
+  auto& s = impl_->server;
+  const int threads = impl_->options.threads;
+  s.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  s.set_payload_max_length(impl_->options.max_body_bytes);
+  s.set_read_timeout(impl_->options.read_timeout_seconds, 0);
+  s.set_write_timeout(impl_->options.read_timeout_seconds, 0);
+  s.set_keep_alive_timeout(impl_->options.keep_alive_seconds);
+  s.set_keep_alive_max_count(100000);
+  auto handler = [this](const httplib::Request& req, httplib::Response& res) { impl_->serve(req, res); };
+  s.Get(".*", handler);
+  s.Post(".*", handler);
+  s.Put(".*", handler);
+  s.Delete(".*", handler);
+  s.Patch(".*", handler);
+  const size_t max_body = impl_->options.max_body_bytes;
+  s.set_error_handler([max_body](const httplib::Request&, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    std::string msg = res.status == 413 ? "the request body is larger than " + std::to_string(max_body) +
+                                              " bytes (--rest_api_max_body_bytes)"
+                                        : "HTTP error " + std::to_string(res.status);
+    res.set_content(nlohmann::json{{"error", msg}}.dump(), "application/json");
+  });
+  if (!s.bind_to_port(impl_->options.host.c_str(), impl_->options.port))
+    throw_io("cannot listen for REST on " + impl_->options.host + ":" + std::to_string(impl_->options.port),
+             "is the port in use by another server? choose another with --rest_api_port (0 turns REST off)");
+  impl_->thread = std::thread([this] { impl_->server.listen_after_bind(); });
+}
+
+void HttpServer::stop() {
+  if (!impl_->thread.joinable()) return;
+  impl_->server.stop();
+  impl_->thread.join();
+}
+
+}  // namespace tandem::serve

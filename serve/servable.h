@@ -1,0 +1,71 @@
+// One loaded model version, ready for inference: the model, its weights on a Backend, and one
+// Replica whose activations are planned once for the largest batch (no allocation per request).
+// Held through a ServableHandle (shared_ptr): a request keeps its version alive until it is
+// answered, so a swap never cuts a request in half; the version is freed after its last request.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/model.h"
+#include "engine/replica.h"
+
+namespace tandem::serve {
+
+struct ServableOptions {
+  std::string device = "cpu";  // cpu or gpu:N
+  int threads = 1;             // CPU compute threads
+  int64_t max_batch = 256;     // rows per forward pass; larger requests run in chunks of this
+};
+
+// The one signature every Tandem servable has, as the SavedModel export writes it.
+constexpr const char* kDefaultSignature = "serving_default";
+constexpr const char* kPredictMethod = "tensorflow/serving/predict";
+constexpr const char* kInputName = "input";
+constexpr const char* kOutputName = "probabilities";
+
+class Servable {
+ public:
+  // Reads, verifies (every CRC32C) and builds version `version` of model `name` from `dir`, then
+  // warms it up (a forward pass at every batch size in `warmup_batches`, and at 1 and max_batch).
+  // Throws tandem::Error naming the file and the problem. `on_destroy` runs when it is freed.
+  static std::shared_ptr<Servable> load(const std::string& name, int64_t version, const std::string& dir,
+                                        const ServableOptions& options, std::function<void()> on_destroy = nullptr);
+  ~Servable();
+
+  const std::string& name() const { return name_; }
+  int64_t version() const { return version_; }
+  const Shape& input_shape() const { return model_.input_shape(); }  // one row, e.g. [28, 28, 1]
+  int64_t row_elems() const { return model_.input_shape().numel(); }
+  int num_classes() const { return model_.num_classes(); }
+  int64_t max_batch() const { return options_.max_batch; }
+  double load_seconds() const { return load_seconds_; }
+
+  // Class probabilities for `rows` inputs (row-major, already x/255) into out[rows * classes].
+  // Forward passes of one servable run one at a time; a call whose `deadline` has passed by the
+  // time its turn comes computes nothing and returns false.
+  bool predict(const float* inputs, int64_t rows, float* out,
+               std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max());
+
+ private:
+  Servable(std::string name, int64_t version, Model model, const ServableOptions& options);
+  void forward_chunk(const float* inputs, int64_t rows, float* out);
+  std::string name_;
+  int64_t version_;
+  Model model_;
+  ServableOptions options_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Replica> replica_;
+  std::mutex mu_;
+  double load_seconds_ = 0;
+  std::function<void()> on_destroy_;
+};
+
+using ServableHandle = std::shared_ptr<Servable>;
+
+}  // namespace tandem::serve
