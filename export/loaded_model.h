@@ -15,6 +15,11 @@ struct LoadedModel {
   std::vector<float> arena;
 };
 
+// model.json for `model`: format, architecture ("spec"), input shape, class names, the weights'
+// names and shapes, and `metadata`.
+nlohmann::json model_json(const Model& model, const std::vector<std::string>& class_names,
+                          const nlohmann::json& metadata);
+
 // Throws what read_model_version throws, and Error(Data) naming model.json when its "spec" is
 // missing or invalid, or when the weights do not fit the spec.
 LoadedModel load_model(const std::string& version_dir);

@@ -101,11 +101,13 @@ struct ModelManager::Board {
   std::map<std::string, std::map<int64_t, Entry>> versions;
   uint64_t next_generation = 1;
 
+  // A load starts a new generation (returned); later states of that load keep it.
   uint64_t set(const std::string& model, int64_t version, State state, Status status = {}) {
     std::lock_guard<std::mutex> lock(mu);
     Entry& e = versions[model][version];
     e.status = VersionStatus{version, state, std::move(status)};
-    return e.generation = next_generation++;
+    if (state == State::Loading) e.generation = next_generation++;
+    return e.generation;
   }
   // Marks END if `generation` is still the version's latest.
   bool end_if(const std::string& model, int64_t version, uint64_t generation) {
@@ -284,20 +286,18 @@ void ModelManager::poll_model(const std::string& name) {
     const std::string fp = fingerprint(dir);
     auto f = failed.find(v);
     if (f != failed.end() && f->second == fp) continue;  // unchanged since it failed
-    board_->set(name, v, State::Loading);
+    const uint64_t generation = board_->set(name, v, State::Loading);
     log_info("model '" + name + "' version " + std::to_string(v) + ": LOADING from " + dir.string());
     ServableHandle handle;
     Status error;
     try {
-      // The generation is set just below, before the handle can be freed.
-      auto generation = std::make_shared<uint64_t>(0);
       std::weak_ptr<Board> board = board_;
       handle = Servable::load(name, v, dir.string(), options_.servable, [board, name, v, generation] {
         auto b = board.lock();
-        if (b && b->end_if(name, v, *generation))
+        if (b && b->end_if(name, v, generation))
           log_info("model '" + name + "' version " + std::to_string(v) + ": END (unloaded after its last request)");
       });
-      *generation = board_->set(name, v, State::Available);
+      board_->set(name, v, State::Available);
     } catch (...) {
       error = current_exception_status();
     }

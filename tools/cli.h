@@ -29,7 +29,5 @@ Command add_export(CLI::App& root);
 Command add_serve(CLI::App& root);  // tools/cmd_serve.cpp
 
 int default_threads();
-nlohmann::json model_json(const Model& model, const std::vector<std::string>& class_names,
-                          const nlohmann::json& metadata);
 
 }  // namespace tandem::cli

@@ -175,14 +175,6 @@ int default_threads() {
   return n ? static_cast<int>(n) : 1;
 }
 
-json model_json(const Model& model, const std::vector<std::string>& class_names, const json& metadata) {
-  json weights = json::array();
-  for (const auto& p : model.params()) weights.push_back({{"name", p.name}, {"shape", p.shape.dims}});
-  return json{{"format", "tandem-model"},       {"format_version", 1},   {"name", model.name()},
-              {"input_shape", model.input_shape().dims}, {"class_names", class_names}, {"spec", model.spec()},
-              {"weights", weights},                 {"metadata", metadata}};
-}
-
 Command add_train(CLI::App& root) {
   auto args = std::make_shared<TrainArgs>();
   CLI::App* c = root.add_subcommand("train", "Train a model on Fashion-MNIST (defaults: the mlp preset)");
