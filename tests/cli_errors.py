@@ -63,6 +63,13 @@ try:
     expect("tpu device", ["train", "--device", "tpu:0"] + quick, 2, "TPU")
     expect("gpu without a GPU", ["train", "--device", "gpu:0"] + quick, 1, "--device cpu")
     expect("lr schedule", ["train", "--lr-schedule", "cosine"] + quick, 2, "schedule")
+    # An explicit rate is never silently replaced by the default.
+    for bad_lr in ("nan", "-1", "0", "inf"):
+        expect(f"--lr {bad_lr}", ["train", "--lr", bad_lr] + quick, 2, "--lr must be a finite positive number")
+    expect("--momentum 1", ["train", "--optimizer", "sgd", "--momentum", "1"] + quick, 2, "--momentum must be in [0, 1)")
+    expect("--momentum -0.5", ["train", "--optimizer", "sgd", "--momentum", "-0.5"] + quick, 2, "--momentum")
+    expect("--lr-decay-rate 0", ["train", "--lr-decay-rate", "0"] + quick, 2, "--lr-decay-rate must be in (0, 1]")
+    expect("--lr-decay-rate 1.5", ["train", "--lr-decay-rate", "1.5"] + quick, 2, "--lr-decay-rate")
     not_dir = os.path.join(tmp, "a-file")
     open(not_dir, "w").close()
     expect("--resume of a file", ["train", "--resume", not_dir] + quick, 2, "not a directory")

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -35,8 +36,9 @@ struct TrainArgs {
   int epochs = 10;
   int64_t batch_size = 32;
   std::string optimizer = "adam";
-  double lr = -1;  // optimizer's default
-  double momentum = -1;
+  double lr = 0;  // with lr_given; else the optimizer's default
+  double momentum = 0;
+  bool lr_given = false, momentum_given = false;
   bool nesterov = false;
   std::string schedule = "exponential";
   double decay_rate = 0.8;
@@ -80,20 +82,40 @@ std::string iso_time_now() {
   return buf;
 }
 
+// "a, b, c": the keys of a JSON object, for messages.
+std::string join_keys(const json& object) {
+  std::string out;
+  for (auto it = object.begin(); it != object.end(); ++it) out += (out.empty() ? "" : ", ") + it.key();
+  return out;
+}
+
+std::string format_double(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  return buf;
+}
+
 OptimizerConfig optimizer_config(const TrainArgs& a, int64_t steps_per_epoch) {
   OptimizerConfig o;
   o.name = a.optimizer;
   // Default: Adam 1e-3 with the rate decayed by 0.8 per epoch, chosen by measurement
   // (benchmarks/RESULTS.md, "Choice of defaults").
+  // An explicit value is never replaced by a default: it is valid or it is an error.
+  if (a.lr_given && !(std::isfinite(a.lr) && a.lr > 0))
+    throw_invalid("--lr must be a finite positive number, got " + format_double(a.lr), "e.g. --lr 0.01");
+  if (a.momentum_given && !(a.momentum >= 0 && a.momentum < 1))
+    throw_invalid("--momentum must be in [0, 1), got " + format_double(a.momentum), "e.g. --momentum 0.9");
+  if (!(a.decay_rate > 0 && a.decay_rate <= 1))
+    throw_invalid("--lr-decay-rate must be in (0, 1], got " + format_double(a.decay_rate),
+                  "e.g. --lr-decay-rate 0.8; 1 keeps the rate constant");
   if (o.name == "sgd") {
-    o.lr = a.lr > 0 ? a.lr : 0.01;
-    o.momentum = a.momentum >= 0 ? a.momentum : 0.9;
-    o.nesterov = a.momentum >= 0 ? a.nesterov : true;
+    o.lr = a.lr_given ? a.lr : 0.01;
+    o.momentum = a.momentum_given ? a.momentum : 0.9;
+    o.nesterov = a.momentum_given ? a.nesterov : true;
   } else {
-    o.lr = a.lr > 0 ? a.lr : 0.001;
-    if (a.momentum >= 0) throw_invalid("--momentum applies to --optimizer sgd only");
+    o.lr = a.lr_given ? a.lr : 0.001;
+    if (a.momentum_given) throw_invalid("--momentum applies to --optimizer sgd only");
   }
-  if (a.lr == 0 || (a.lr < 0 && a.lr != -1)) throw_invalid("--lr must be positive", "e.g. --lr 0.01");
   o.schedule.type = a.schedule;
   o.schedule.decay_rate = a.decay_rate;
   o.schedule.decay_steps = a.decay_steps > 0 ? a.decay_steps : steps_per_epoch;
@@ -184,8 +206,9 @@ Command add_train(CLI::App& root) {
   c->add_option("--epochs", args->epochs, "number of epochs")->capture_default_str();
   c->add_option("--batch-size", args->batch_size, "global batch size")->capture_default_str();
   c->add_option("--optimizer", args->optimizer, "sgd or adam")->capture_default_str();
-  c->add_option("--lr", args->lr, "learning rate (default: 0.01 for sgd, 0.001 for adam)");
-  c->add_option("--momentum", args->momentum, "SGD momentum (default 0.9, with Nesterov)");
+  CLI::Option* lr_option = c->add_option("--lr", args->lr, "learning rate (default: 0.01 for sgd, 0.001 for adam)");
+  CLI::Option* momentum_option =
+      c->add_option("--momentum", args->momentum, "SGD momentum in [0, 1) (default 0.9, with Nesterov)");
   c->add_flag("--nesterov", args->nesterov, "Nesterov momentum (with an explicit --momentum)");
   c->add_option("--lr-schedule", args->schedule, "none, exponential or step")->capture_default_str();
   c->add_option("--lr-decay-rate", args->decay_rate, "multiply the rate by this every decay period")
@@ -238,7 +261,9 @@ Command add_train(CLI::App& root) {
 
   Command cmd;
   cmd.app = c;
-  cmd.run = [args]() -> int {
+  cmd.run = [args, lr_option, momentum_option]() -> int {
+    args->lr_given = lr_option->count() > 0;
+    args->momentum_given = momentum_option->count() > 0;
     const TrainArgs& a = *args;
     if (a.threads < 0 || a.threads > 1024) throw_invalid("--threads must be between 1 and 1024");
     if (a.epochs < 0) throw_invalid("--epochs must be at least 0, got " + std::to_string(a.epochs), "e.g. --epochs 10");
@@ -328,21 +353,38 @@ Command add_train(CLI::App& root) {
     // batch invariance (its tree all-reduce).
     const bool use_nccl = gpu_replicas && nccl_available() && a.communicator != "mpi" && a.batch_invariant == 0;
     const size_t bucket_bytes = static_cast<size_t>(a.bucket_mb * 1048576.0);
+    // The run's identity: everything that shapes the computation. Ranks of a job must agree on it
+    // (with how the job runs it, below), and a resumed run must match the checkpoint's. The
+    // replica count may change on resume: shuffling, dropout and the global batch do not depend on it.
+    const json identity{{"model", model.spec()},
+                        {"seed", a.seed},
+                        {"batch_size", a.batch_size},
+                        {"train_samples", train.count},
+                        {"validation_samples", validation.count},
+                        {"one_hot", a.one_hot},
+                        {"optimizer", opt.name},
+                        {"lr", opt.lr},
+                        {"momentum", opt.momentum},
+                        {"nesterov", opt.nesterov},
+                        {"schedule", opt.schedule.type},
+                        {"decay_rate", opt.schedule.decay_rate},
+                        {"decay_steps", opt.schedule.decay_steps},
+                        {"central_storage", options.central_storage},
+                        {"batch_invariant", a.batch_invariant},  // the leaves shape the sums
+                        {"precision", a.precision},
+                        {"device_kind", gpu_replicas ? "gpu" : "cpu"}};
     if (placement.comm) {
       const std::string collectives = use_nccl ? "nccl" : "mpi";
-      // Ranks agree on everything that shapes the computation before any training collective.
-      json config{{"model", model.spec()},          {"seed", a.seed},
-                  {"batch_size", a.batch_size},     {"epochs", a.epochs},
-                  {"train_samples", train.count},   {"validation_samples", validation.count},
-                  {"optimizer", opt.name},          {"lr", opt.lr},
-                  {"momentum", opt.momentum},       {"schedule", opt.schedule.type},
-                  {"strategy", a.strategy},         {"one_hot", a.one_hot},
-                  {"bucket_mb", a.bucket_mb},       {"ranks", placement.comm->size()},
-                  {"collectives", collectives},     {"batch_invariant", a.batch_invariant}};
+      // Ranks agree on the run's identity, and on how this job runs it, before any training collective.
+      json config = identity;
+      config["epochs"] = a.epochs;
+      config["strategy"] = a.strategy;
+      config["bucket_mb"] = a.bucket_mb;
+      config["ranks"] = placement.comm->size();
+      config["collectives"] = collectives;
       placement.comm->start_watchdog(a.collective_timeout);
       require_same_on_all_ranks(*placement.comm,
-                                "the run configuration (model, seed, batch size, data, optimizer, strategy, device kind)",
-                                config.dump());
+                                "the run configuration (" + join_keys(config) + ")", config.dump());
       if (use_nccl)
         sync = make_nccl_gradient_sync(*placement.comm, model, *backends[0], bucket_bytes, !a.no_overlap,
                                        a.collective_timeout);
@@ -371,17 +413,7 @@ Command add_train(CLI::App& root) {
     Trainer trainer(model, backends, options, opt, sync.get());
     if (local_reduce) trainer.set_local_reduce(local_reduce.get());
 
-    // What a resumed run must share with the original (the replica count may change: shuffling,
-    // dropout and the global batch do not depend on it).
-    json identity{{"model", model.spec()},       {"batch_size", a.batch_size},
-                  {"seed", a.seed},              {"optimizer", opt.name},
-                  {"lr", opt.lr},                {"momentum", opt.momentum},
-                  {"nesterov", opt.nesterov},    {"schedule", opt.schedule.type},
-                  {"decay_rate", opt.schedule.decay_rate}, {"decay_steps", opt.schedule.decay_steps},
-                  {"one_hot", a.one_hot},        {"train_samples", train.count},
-                  {"validation_samples", validation.count}, {"central_storage", options.central_storage}};
     if (a.batch_invariant > 0) {
-      identity["batch_invariant"] = a.batch_invariant;  // the leaves shape the sums
       if (rank0)
         std::printf("batch-invariant: %d leaves of %lld samples, gradients summed in one fixed tree\n",
                     a.batch_invariant, static_cast<long long>(a.batch_size / a.batch_invariant));

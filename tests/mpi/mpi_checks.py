@@ -233,14 +233,24 @@ try:
             check("kill -9 of a rank ends the job non-zero within 60 s", False, "still running after 60 s")
 
     if "mismatch" in WHICH:
-        cmd = MPI + ["-np", "2", "sh", "-c", f'exec "{TANDEM}" "$@" --seed $((5 + OMPI_COMM_WORLD_RANK))', "sh"] + \
-            [a for a in base if a not in ("--seed", "11")] + ["--model", "mlp", "--epochs", "1", "--batch-size", "64",
-                                                               "--strategy", "multi-worker"]
-        start = time.time()
-        r = run(cmd, timeout=120)
-        check("ranks with different flags stop at start-up with a clear error",
-              r.returncode != 0 and "differs between rank 0 and rank(s) 1" in r.stderr and time.time() - start < 60,
-              r.stderr.strip()[-300:])
+        # Each flag that shapes the computation, given differently on rank 1, stops the job at start-up.
+        R = "$OMPI_COMM_WORLD_RANK"
+        variants = {
+            "--seed": f"--seed $((5 + {R}))",
+            "--nesterov": f"--optimizer sgd --momentum 0.9 $([ {R} = 1 ] && echo --nesterov)",
+            "--lr-decay-rate": f"--lr-decay-rate 0.$((7 + {R}))",
+            "--lr-decay-steps": f"--lr-decay-steps $((10 + {R}))",
+            "--lr": f"--lr 0.00$((1 + {R}))",
+        }
+        for flag, extra in variants.items():
+            cmd = MPI + ["-np", "2", "sh", "-c", f'exec "{TANDEM}" "$@" {extra}', "sh"] + \
+                [a for a in base if a not in ("--seed", "11")] + ["--model", "mlp", "--epochs", "1", "--batch-size",
+                                                                   "64", "--strategy", "multi-worker"]
+            start = time.time()
+            r = run(cmd, timeout=120)
+            check(f"ranks with different {flag} stop at start-up with a clear error",
+                  r.returncode != 0 and "differs between rank 0 and rank(s) 1" in r.stderr and time.time() - start < 60,
+                  r.stderr.strip()[-300:])
 
     if "stall" in WHICH:
         for stalled in (2, 0):  # rank 0 runs the watchdog's bookkeeping: it must name itself too
