@@ -1,0 +1,81 @@
+// Closed-loop gRPC load generator for tandem serve (or any TF Serving): CONCURRENCY threads, each
+// with its own channel, send PredictionService/Predict with ROWS Fashion-MNIST-shaped rows
+// (tensor_content) back to back for SECONDS, after one warm-up second. Prints one JSON line:
+// requests, errors, requests/s, and p50/p99/p99.9 latency in microseconds.
+//
+// Usage: grpc_load HOST:PORT MODEL CONCURRENCY SECONDS [ROWS]
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tensorflow_serving/apis/prediction_service.grpc.pb.h"
+
+namespace tfs = tensorflow::serving;
+using Clock = std::chrono::steady_clock;
+
+int main(int argc, char** argv) {
+  if (argc < 5) {
+    std::fprintf(stderr, "usage: grpc_load HOST:PORT MODEL CONCURRENCY SECONDS [ROWS]\n");
+    return 2;
+  }
+  const std::string address = argv[1], model = argv[2];
+  const int concurrency = std::max(1, std::atoi(argv[3]));
+  const double seconds = std::atof(argv[4]);
+  const int rows = argc > 5 ? std::max(1, std::atoi(argv[5])) : 1;
+
+  tfs::PredictRequest request;
+  request.mutable_model_spec()->set_name(model);
+  tensorflow::TensorProto& t = (*request.mutable_inputs())["input"];
+  t.set_dtype(tensorflow::DT_FLOAT);
+  for (int64_t d : {int64_t{rows}, int64_t{28}, int64_t{28}, int64_t{1}}) t.mutable_tensor_shape()->add_dim()->set_size(d);
+  std::vector<float> pixels(static_cast<size_t>(rows) * 784);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<float>((i * 37) % 256) / 255.f;
+  t.set_tensor_content(std::string(reinterpret_cast<const char*>(pixels.data()), pixels.size() * 4));
+
+  std::atomic<bool> measuring{false}, stop{false};
+  std::atomic<int64_t> errors{0};
+  std::vector<std::vector<double>> latencies(static_cast<size_t>(concurrency));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < concurrency; ++i) {
+    threads.emplace_back([&, i] {
+      grpc::ChannelArguments args;
+      args.SetInt("grpc.use_local_subchannel_pool", 1);  // one connection per thread
+      auto stub = tfs::PredictionService::NewStub(
+          grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+      while (!stop) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+        tfs::PredictResponse response;
+        const auto t0 = Clock::now();
+        const grpc::Status s = stub->Predict(&ctx, request, &response);
+        const double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+        if (!measuring) continue;
+        if (!s.ok()) ++errors;
+        latencies[static_cast<size_t>(i)].push_back(us);
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  measuring = true;
+  const auto start = Clock::now();
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  measuring = false;
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  stop = true;
+  for (auto& th : threads) th.join();
+  std::vector<double> all;
+  for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  std::sort(all.begin(), all.end());
+  auto pct = [&](double p) {
+    return all.empty() ? 0.0 : all[std::min(all.size() - 1, static_cast<size_t>(p / 100.0 * all.size()))];
+  };
+  std::printf("{\"requests\": %zu, \"errors\": %lld, \"rps\": %.1f, \"p50_us\": %.0f, \"p99_us\": %.0f, \"p999_us\": %.0f}\n",
+              all.size(), static_cast<long long>(errors.load()), all.size() / elapsed, pct(50), pct(99), pct(99.9));
+  return 0;
+}
