@@ -25,19 +25,24 @@ class FirstError : public google::protobuf::io::ErrorCollector {
 
 template <typename Proto>
 Proto parse_text(const std::string& path, const char* what, const char* hint) {
-  const std::string text = read_config_text(path);
   Proto proto;
-  google::protobuf::TextFormat::Parser parser;
-  FirstError errors;
-  parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(text, &proto))
-    throw_data(path + ":" + (errors.text.empty() ? std::string("1:1: does not parse") : errors.text) + " (in a " +
-                   what + ")",
-               hint);
+  parse_text_proto(path, what, hint, &proto);
   return proto;
 }
 
 }  // namespace
+
+void parse_text_proto(const std::string& path, const std::string& what, const std::string& hint,
+                      google::protobuf::Message* proto) {
+  const std::string text = read_config_text(path);
+  google::protobuf::TextFormat::Parser parser;
+  FirstError errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, proto))
+    throw_data(path + ":" + (errors.text.empty() ? std::string("1:1: does not parse") : errors.text) + " (in a " +
+                   what + ")",
+               hint);
+}
 
 std::string read_config_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

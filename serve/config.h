@@ -6,6 +6,9 @@
 
 #include "serve/model_manager.h"
 
+namespace google::protobuf {
+class Message;
+}
 namespace tensorflow::serving {
 class ModelServerConfig;
 }
@@ -23,6 +26,11 @@ struct MonitoringOptions {
   std::string path = "/monitoring/prometheus/metrics";
 };
 MonitoringOptions read_monitoring_config_file(const std::string& path);
+
+// Parses a text-format proto file into `proto`; throws Error(Io), or Error(Data) with
+// "FILE:LINE:COL: message (in a WHAT)" and `hint`.
+void parse_text_proto(const std::string& path, const std::string& what, const std::string& hint,
+                      google::protobuf::Message* proto);
 
 // Reads a whole file; throws Error(Io) naming it.
 std::string read_config_text(const std::string& path);

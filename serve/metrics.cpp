@@ -45,9 +45,42 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
                .Name(":tandem:serving:rows_computed")
                .Help("Input rows run through a forward pass.")
                .Register(*registry_);
+  batch_size_ = &prometheus::BuildHistogram()
+                     .Name(":tensorflow:serving:batching_session:input_batch_size")
+                     .Help("Rows of the requests in each batch, before padding.")
+                     .Register(*registry_);
+  padding_size_ = &prometheus::BuildHistogram()
+                       .Name(":tensorflow:serving:batching_session:padding_size")
+                       .Help("Padding rows added to each batch to reach an allowed batch size.")
+                       .Register(*registry_);
+  queuing_latency_ = &prometheus::BuildHistogram()
+                          .Name(":tensorflow:serving:batching_session:queuing_latency")
+                          .Help("Time a request waited in the batch queue (microseconds).")
+                          .Register(*registry_);
+  compute_latency_ = &prometheus::BuildHistogram()
+                          .Name(":tandem:serving:batch_compute_latency")
+                          .Help("Forward-pass time of each batch (microseconds).")
+                          .Register(*registry_);
+  padding_rows_ = &prometheus::BuildCounter()
+                       .Name(":tandem:serving:padding_rows")
+                       .Help("Padding rows computed and dropped.")
+                       .Register(*registry_);
 }
 
 ServerMetrics::~ServerMetrics() = default;
+
+void ServerMetrics::batch(const std::string& model, int64_t version, int64_t rows, int64_t padded_rows,
+                          const std::vector<double>& queue_micros, double compute_micros) {
+  static const prometheus::Histogram::BucketBoundaries sizes{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+  static const auto buckets = latency_buckets();
+  const prometheus::Labels labels{{"model_name", model}, {"version", std::to_string(version)}};
+  batch_size_->Add(labels, sizes).Observe(static_cast<double>(rows));
+  padding_size_->Add(labels, sizes).Observe(static_cast<double>(padded_rows - rows));
+  auto& queued = queuing_latency_->Add(labels, buckets);
+  for (double q : queue_micros) queued.Observe(q);
+  compute_latency_->Add(labels, buckets).Observe(compute_micros);
+  padding_rows_->Add(labels).Increment(static_cast<double>(padded_rows - rows));
+}
 
 void ServerMetrics::request(const std::string& model, const std::string& version, const std::string& api,
                             const std::string& entrypoint, const char* status, double micros) {

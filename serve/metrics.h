@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace prometheus {
 class Registry;
@@ -29,6 +30,9 @@ class ServerMetrics {
   void load(const std::string& model, int64_t version, bool ok, double seconds);
   void unload(const std::string& model, int64_t version);
   void rows_computed(const std::string& model, int64_t version, int64_t rows);
+  // One batch of the batcher (beyond TF Serving, #1529: batch sizes, padding and both latencies).
+  void batch(const std::string& model, int64_t version, int64_t rows, int64_t padded_rows,
+             const std::vector<double>& queue_micros, double compute_micros);
   std::string text() const;  // the exposition format
 
  private:
@@ -39,6 +43,11 @@ class ServerMetrics {
   prometheus::Family<prometheus::Histogram>* load_latency_;
   prometheus::Family<prometheus::Counter>* unload_count_;
   prometheus::Family<prometheus::Counter>* rows_;
+  prometheus::Family<prometheus::Histogram>* batch_size_;
+  prometheus::Family<prometheus::Histogram>* padding_size_;
+  prometheus::Family<prometheus::Histogram>* queuing_latency_;
+  prometheus::Family<prometheus::Histogram>* compute_latency_;
+  prometheus::Family<prometheus::Counter>* padding_rows_;
 };
 
 }  // namespace tandem::serve

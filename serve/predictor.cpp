@@ -60,8 +60,7 @@ PredictResult Predictor::predict(const PredictCall& call) const {
   if (Clock::now() >= call.deadline)
     fail(Code::DEADLINE_EXCEEDED, "Deadline exceeded before the request was computed");
   r.probabilities.resize(static_cast<size_t>(r.rows * r.classes));
-  if (!r.servable->predict(call.values.data(), r.rows, r.probabilities.data(), call.deadline))
-    fail(Code::DEADLINE_EXCEEDED, "Deadline exceeded while the request waited for its turn to compute");
+  r.servable->infer(call.values.data(), r.rows, r.probabilities.data(), call.deadline);
   if (metrics_) metrics_->rows_computed(s.name(), s.version(), r.rows);
   return r;
 }

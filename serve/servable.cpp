@@ -13,6 +13,7 @@ Servable::Servable(std::string name, int64_t version, Model model, const Servabl
     : name_(std::move(name)), version_(version), model_(std::move(model)), options_(options) {}
 
 Servable::~Servable() {
+  batch_.reset();    // no batch runs after this
   replica_.reset();  // frees the replica's device memory before its backend goes
   backend_.reset();
   if (on_destroy_) on_destroy_();
@@ -33,9 +34,24 @@ std::shared_ptr<Servable> Servable::load(const std::string& name, int64_t versio
   s->replica_->set_weights(loaded.arena);
   // Warm-up: the largest and the smallest batch touch every planned buffer and the backend's
   // per-shape state (cuDNN algorithm choice, thread pool start), before the first request does.
-  std::vector<float> in(static_cast<size_t>(options.max_batch * s->row_elems()), 0.5f);
-  std::vector<float> out(static_cast<size_t>(options.max_batch * s->num_classes()));
-  for (int64_t rows : {options.max_batch, int64_t{1}}) s->forward_chunk(in.data(), rows, out.data());
+  // With batching, also at every allowed batch size (each runs as chunks of at most max_batch).
+  std::vector<int64_t> sizes{options.max_batch, 1};
+  if (options.batching)
+    for (int64_t b : options.batch.allowed_batch_sizes) sizes.push_back(b);
+  int64_t largest = 0;
+  for (int64_t b : sizes) largest = std::max(largest, b);
+  std::vector<float> in(static_cast<size_t>(largest * s->row_elems()), 0.5f);
+  std::vector<float> out(static_cast<size_t>(largest * s->num_classes()));
+  for (int64_t rows : sizes) s->predict(in.data(), rows, out.data());
+  if (options.batching) {
+    Servable* self = s.get();
+    std::function<void(const BatchStats&)> observe;
+    if (options.on_batch)
+      observe = [self, cb = options.on_batch](const BatchStats& st) { cb(self->name(), self->version(), st); };
+    s->batch_ = std::make_unique<BatchQueue>(
+        options.batch, s->row_elems(), s->num_classes(),
+        [self](const float* x, int64_t rows, float* y) { self->predict(x, rows, y); }, std::move(observe));
+  }
   s->load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   s->on_destroy_ = std::move(on_destroy);
   return s;
@@ -50,6 +66,12 @@ void Servable::forward_chunk(const float* inputs, int64_t rows, float* out) {
   ctx.want_probs = true;
   const float* probs = replica_->forward(ctx);
   backend_->download(out, probs, sizeof(float) * static_cast<size_t>(rows * num_classes()));
+}
+
+void Servable::infer(const float* inputs, int64_t rows, float* out, std::chrono::steady_clock::time_point deadline) {
+  if (batch_) return batch_->run(inputs, rows, out, deadline);
+  if (!predict(inputs, rows, out, deadline))
+    fail(Code::DEADLINE_EXCEEDED, "Deadline exceeded while the request waited for its turn to compute");
 }
 
 bool Servable::predict(const float* inputs, int64_t rows, float* out, std::chrono::steady_clock::time_point deadline) {

@@ -14,6 +14,7 @@
 #include "engine/backend.h"
 #include "engine/model.h"
 #include "engine/replica.h"
+#include "serve/batching.h"
 
 namespace tandem::serve {
 
@@ -21,6 +22,10 @@ struct ServableOptions {
   std::string device = "cpu";  // cpu or gpu:N
   int threads = 1;             // CPU compute threads
   int64_t max_batch = 256;     // rows per forward pass; larger requests run in chunks of this
+  bool batching = false;       // queue requests into batches (BatchQueue) with `batch`
+  BatchingOptions batch;
+  // Called after each batch (metrics), with the servable's model name and version.
+  std::function<void(const std::string& model, int64_t version, const BatchStats&)> on_batch;
 };
 
 // The one signature every Tandem servable has, as the SavedModel export writes it.
@@ -47,6 +52,10 @@ class Servable {
   double load_seconds() const { return load_seconds_; }
 
   // Class probabilities for `rows` inputs (row-major, already x/255) into out[rows * classes].
+  // Answers one request: through the batch queue when batching is on, else directly. Throws
+  // RequestError: DEADLINE_EXCEEDED (nothing computed), and the batch queue's errors.
+  void infer(const float* inputs, int64_t rows, float* out, std::chrono::steady_clock::time_point deadline);
+
   // Forward passes of one servable run one at a time; a call whose `deadline` has passed by the
   // time its turn comes computes nothing and returns false.
   bool predict(const float* inputs, int64_t rows, float* out,
@@ -64,6 +73,7 @@ class Servable {
   std::mutex mu_;
   double load_seconds_ = 0;
   std::function<void()> on_destroy_;
+  std::unique_ptr<BatchQueue> batch_;  // declared last: its workers stop before the rest goes
 };
 
 using ServableHandle = std::shared_ptr<Servable>;

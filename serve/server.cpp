@@ -124,6 +124,17 @@ int run_server(const ServerOptions& o) {
   ServerMetrics metrics;
   ManagerOptions mo;
   mo.servable = o.servable;
+  if (mo.servable.batching) {
+    mo.servable.batch.validate();
+    mo.servable.on_batch = [&metrics](const std::string& model, int64_t version, const BatchStats& st) {
+      metrics.batch(model, version, st.rows, st.padded_rows, st.queue_micros, st.compute_micros);
+    };
+    const BatchingOptions& b = mo.servable.batch;
+    log_info("batching: max_batch_size " + std::to_string(b.max_batch_size) + ", batch_timeout_micros " +
+             std::to_string(b.batch_timeout_micros) + ", max_enqueued_batches " +
+             std::to_string(b.max_enqueued_batches) + ", num_batch_threads " + std::to_string(b.num_batch_threads) +
+             (b.allowed_batch_sizes.empty() ? "" : ", allowed_batch_sizes given"));
+  }
   mo.allow_labels_for_unavailable = o.allow_labels_for_unavailable;
   ModelManager manager(mo, [&metrics](const std::string& model, int64_t version, const char* event, bool ok,
                                       double seconds) {

@@ -33,7 +33,7 @@ struct ServerOptions {
   int64_t max_rows_per_request = 10000;
   int max_json_depth = 64;
   double drain_seconds = 30;
-  ServableOptions servable;
+  ServableOptions servable;  // .batching and .batch: --enable_batching, --batching_parameters_file
 };
 
 // Runs the server until SIGTERM or SIGINT, then drains and returns 0. Throws tandem::Error for

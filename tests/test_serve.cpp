@@ -508,3 +508,111 @@ TEST_CASE("serve: REST paths, codes and the v2 protocol", "[cpu][serve]") {
   CHECK_THAT(metrics, Catch::Contains(":tandem:serving:rows_computed{model_name=\"fashion\",version=\"1\"} 3"));
 }
 #endif  // TANDEM_HAVE_SERVE
+
+#ifdef TANDEM_HAVE_SERVE
+#include <atomic>
+#include <thread>
+
+#include "serve/batching.h"
+
+TEST_CASE("serve: batching gives every request exactly its own rows, padded batches, bounded queues", "[cpu][serve]") {
+  BatchingOptions o;
+  o.max_batch_size = 8;
+  o.batch_timeout_micros = 2000;
+  o.max_enqueued_batches = 100;
+  o.num_batch_threads = 2;
+  o.allowed_batch_sizes = {2, 4, 8};
+  o.validate();
+  // Row r of a batch -> (value * 10 + 1, batch size): proves row order and shows the padded size.
+  std::mutex mu;
+  std::vector<int64_t> sizes;
+  std::atomic<int64_t> computed{0}, padding{0};
+  BatchQueue q(
+      o, 1, 2,
+      [&](const float* in, int64_t rows, float* out) {
+        for (int64_t r = 0; r < rows; ++r) {
+          out[2 * r] = in[r] * 10 + 1;
+          out[2 * r + 1] = static_cast<float>(rows);
+        }
+        std::lock_guard<std::mutex> lock(mu);
+        sizes.push_back(rows);
+      },
+      [&](const BatchStats& s) {
+        computed += s.rows;
+        padding += s.padded_rows - s.rows;
+        CHECK(s.padded_rows == o.padded_size(s.rows));
+        CHECK(s.queue_micros.size() == static_cast<size_t>(s.tasks));
+      });
+  std::vector<std::thread> clients;
+  std::atomic<int> wrong{0};
+  int64_t sent = 0;
+  for (int c = 0; c < 6; ++c) {
+    const int64_t rows = 1 + c % 5;  // 1..5 rows: most batches need padding
+    sent += rows * 20;
+    clients.emplace_back([&, c, rows] {
+      for (int i = 0; i < 20; ++i) {
+        std::vector<float> in(static_cast<size_t>(rows)), out(static_cast<size_t>(rows * 2));
+        for (int64_t r = 0; r < rows; ++r) in[r] = static_cast<float>(c * 1000 + i * 10 + r);
+        q.run(in.data(), rows, out.data(), Clock::time_point::max());
+        for (int64_t r = 0; r < rows; ++r)
+          if (out[2 * r] != in[r] * 10 + 1 || out[2 * r + 1] < rows) ++wrong;
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  CHECK(wrong == 0);
+  CHECK(computed == sent);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (int64_t s : sizes) CHECK((s == 2 || s == 4 || s == 8));
+    CHECK(sizes.size() < static_cast<size_t>(6 * 20));  // requests were batched together
+  }
+  CHECK(padding > 0);
+
+  std::vector<float> big(9), big_out(18);
+  CHECK(code_of([&] { q.run(big.data(), 9, big_out.data(), Clock::time_point::max()); }) == Code::INVALID_ARGUMENT);
+}
+
+TEST_CASE("serve: a full batch queue answers UNAVAILABLE at once; expired requests are never computed", "[cpu][serve]") {
+  BatchingOptions o;
+  o.max_batch_size = 4;
+  o.max_enqueued_batches = 1;
+  o.num_batch_threads = 1;
+  std::mutex gate;
+  gate.lock();  // the first batch blocks in compute until released
+  std::atomic<int64_t> computed{0};
+  std::atomic<bool> first{true};
+  BatchQueue q(
+      o, 1, 1,
+      [&](const float* in, int64_t rows, float* out) {
+        if (first.exchange(false)) std::lock_guard<std::mutex> wait(gate);
+        for (int64_t r = 0; r < rows; ++r) out[r] = in[r];
+        computed += rows;
+      },
+      nullptr);
+  std::vector<float> in(4, 1.f), out(4);
+  std::thread busy([&] { q.run(in.data(), 4, out.data(), Clock::time_point::max()); });
+  while (!first) std::this_thread::yield();  // wait until the batch is computing
+  for (int i = 0; i < 200 && first; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  // One batch fits the queue; this one waits, with a deadline that passes while it waits.
+  std::vector<float> in2(3, 2.f), out2(3);
+  std::atomic<int> late_code{-1};
+  std::thread late([&] {
+    late_code = static_cast<int>(
+        code_of([&] { q.run(in2.data(), 3, out2.data(), Clock::now() + std::chrono::milliseconds(50)); }));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // The queue now holds one batch's worth of rows: another batch does not fit.
+  std::vector<float> in3(2, 3.f), out3(2);
+  const auto t0 = Clock::now();
+  CHECK(code_of([&] { q.run(in3.data(), 2, out3.data(), Clock::time_point::max()); }) == Code::UNAVAILABLE);
+  CHECK(Clock::now() - t0 < std::chrono::milliseconds(100));
+  late.join();
+  CHECK(late_code == static_cast<int>(Code::DEADLINE_EXCEEDED));
+  gate.unlock();
+  busy.join();
+  CHECK(computed == 4);  // the expired request's 3 rows never ran
+  CHECK(code_of([&] { q.run(in3.data(), 2, out3.data(), Clock::time_point::max()); }) == Code::OK);
+  CHECK(computed == 6);
+}
+#endif  // TANDEM_HAVE_SERVE

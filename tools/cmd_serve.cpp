@@ -1,6 +1,7 @@
 // `tandem serve`: a drop-in for `tensorflow_model_server` over Tandem's version trees. Takes TF
 // Serving's flag spellings (underscores) and kebab-case aliases; the server itself is serve/.
 #include "engine/errors.h"
+#include "serve/batching.h"
 #include "serve/server.h"
 #include "tools/cli.h"
 
@@ -70,21 +71,30 @@ Command add_serve(CLI::App& root) {
   c->add_option(both("device"), o->servable.device, "cpu or gpu:N")->capture_default_str();
   c->add_option(both("threads"), o->servable.threads, "CPU compute threads per version (default: all cores)");
   // TF Serving flags that a launch line may carry.
-  c->add_flag(both("enable_batching"), *enable_batching, "dynamic batching (not available in this build yet)");
-  c->add_option(both("batching_parameters_file"), *batching_file, "BatchingParameters (with --enable_batching)");
+  c->add_flag(both("enable_batching"), *enable_batching,
+              "dynamic batching: requests that arrive close together run as one forward pass");
+  c->add_option(both("batching_parameters_file"), *batching_file,
+                "text-format BatchingParameters (max_batch_size, batch_timeout_micros, ...; TF Serving's defaults)");
   c->add_option(both("enable_model_warmup"), *warmup, "accepted for compatibility: versions are always warmed up");
   c->add_option(both("max_num_load_retries"), *load_retries,
                 "accepted for compatibility: a failed version is retried when its directory changes");
   c->add_option(both("tensorflow_intra_op_parallelism"), *intra_op, "as --threads");
   c->add_option(both("ssl_config_file"), *ssl_file, "TLS (not supported)");
   return Command{c, [=]() -> int {
-                   if (*enable_batching || !batching_file->empty())
-                     throw_invalid("--enable_batching is not available in this build yet",
-                                   "drop --enable_batching and --batching_parameters_file; requests then run as they come");
+                   if (!batching_file->empty() && !*enable_batching)
+                     throw_invalid("--batching_parameters_file needs --enable_batching");
                    if (!ssl_file->empty())
                      throw_invalid("--ssl_config_file: TLS is not supported", "terminate TLS in a proxy in front of the server");
                    serve::ServerOptions opts = *o;
                    if (opts.servable.threads <= 0) opts.servable.threads = *intra_op > 0 ? *intra_op : default_threads();
+                   if (*enable_batching) {
+                     opts.servable.batching = true;
+                     if (batching_file->empty()) {
+                       opts.servable.batch.num_batch_threads = default_threads();  // TF Serving's default
+                     } else {
+                       opts.servable.batch = serve::read_batching_parameters_file(*batching_file, default_threads());
+                     }
+                   }
                    return serve::run_server(opts);
                  }};
 }
