@@ -9,7 +9,9 @@ APT_PACKAGES=(cmake g++ make pkg-config nlohmann-json3-dev catch2 libcli11-dev z
               openmpi-bin libopenmpi-dev dataset-fashion-mnist python3
               # tandem serve: gRPC, protobuf, HTTP, Prometheus; curl and wrk for its tests and benchmarks
               protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev libcpp-httplib-dev
-              prometheus-cpp-dev curl wrk)
+              prometheus-cpp-dev curl wrk
+              # oneDNN: the CPU backend's GEMMs and convolutions
+              libdnnl-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,10 @@
 #include "kernels/cpu/cpu_backend.h"
 
 #include <cblas.h>
+#ifdef TANDEM_HAVE_DNNL
+#include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -10,6 +14,7 @@
 
 #include "engine/errors.h"
 #include "engine/rng.h"
+#include "kernels/cpu/onednn_conv.h"
 
 extern "C" void openblas_set_num_threads(int num_threads);
 
@@ -48,6 +53,8 @@ CpuBackend::CpuBackend(int threads) : pool_(threads) {
   enable_flush_to_zero();
   openblas_set_num_threads(pool_.size());
 }
+
+CpuBackend::~CpuBackend() = default;
 
 void CpuBackend::set_batch_invariant(bool on) {
   invariant_ = on;
@@ -94,7 +101,16 @@ void CpuBackend::gemm(bool ta, bool tb, int m, int n, int k, float alpha, const 
   }
   const CBLAS_TRANSPOSE opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
   if (!invariant_) {
+#ifdef TANDEM_HAVE_DNNL
+    // oneDNN's OpenMP team is sized per calling thread: the backend's thread count.
+    omp_set_num_threads(pool_.size());
+    const dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    if (st != dnnl_success)
+      throw_error(ErrorKind::Internal, "dnnl_sgemm failed with status " + std::to_string(static_cast<int>(st)),
+                  "please report this as a bug");
+#else
     cblas_sgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+#endif
     return;
   }
   // Batch-invariant: C in blocks of kInvariantGemmBlock rows (or columns, when C is wider than
@@ -252,6 +268,19 @@ void CpuBackend::conv2d_forward(const ConvGeometry& g, const float* x, const flo
     gemm(false, false, ns * g.oh * g.ow, g.k, kk, 1.f, col, kk, w, g.k, 0.f, y + int64_t(s0) * g.oh * g.ow * g.k,
          g.k);
   }
+}
+
+void CpuBackend::conv2d_bias_relu_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                                          bool relu, float* y) {
+#ifdef TANDEM_HAVE_DNNL
+  // Batch-invariant mode keeps im2col + blocked GEMM, whose bits do not depend on the thread count.
+  if (!invariant_ && !conv_is_pointwise(g)) {
+    if (!onednn_conv_) onednn_conv_ = std::make_unique<OneDnnConv>();
+    onednn_conv_->forward(g, x, w, bias, relu, y, pool_.size());
+    return;
+  }
+#endif
+  Backend::conv2d_bias_relu_forward(g, x, w, bias, relu, y);
 }
 
 void CpuBackend::conv2d_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {

@@ -9,9 +9,12 @@
 
 namespace tandem {
 
+class OneDnnConv;
+
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads);
+  ~CpuBackend() override;
   std::string name() const override { return "cpu"; }
   Device device() const override { return Device{DeviceKind::Cpu, 0}; }
   int threads() const { return pool_.size(); }
@@ -34,6 +37,8 @@ class CpuBackend final : public Backend {
   void scale(float* x, size_t n, float s) override;
 
   void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y) override;
+  void conv2d_bias_relu_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, bool relu,
+                                float* y) override;
   void conv2d_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) override;
   void conv2d_backward_filter(const ConvGeometry& g, const float* x, const float* dy, float* dw) override;
   void maxpool_forward(const PoolGeometry& g, const float* x, float* y, int32_t* argmax) override;
@@ -68,6 +73,7 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   std::vector<float> scratch_;
   bool invariant_ = false;
+  std::unique_ptr<OneDnnConv> onednn_conv_;  // oneDNN's convolutions, where built in
 };
 
 }  // namespace tandem
