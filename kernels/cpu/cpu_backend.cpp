@@ -326,26 +326,35 @@ void CpuBackend::maxpool_forward(const PoolGeometry& g, const float* x, float* y
       for (int ox = 0; ox < g.ow; ++ox) {
         float* yo = y + s * out_s + (int64_t(oy) * g.ow + ox) * g.c;
         int32_t* ao = argmax + s * out_s + (int64_t(oy) * g.ow + ox) * g.c;
-        for (int c = 0; c < g.c; ++c) {
-          yo[c] = -std::numeric_limits<float>::infinity();
-          ao[c] = -1;
-        }
+        bool first = true;  // the window's first valid element starts the maximum (a NaN there stays)
         for (int ky = 0; ky < g.ph; ++ky) {
           int iy = oy * g.sh - g.pad_top + ky;
           if (iy < 0 || iy >= g.h) continue;
           for (int kx = 0; kx < g.pw; ++kx) {
             int ix = ox * g.sw - g.pad_left + kx;
             if (ix < 0 || ix >= g.w) continue;
-            int32_t base = (iy * g.w + ix) * g.c;
-            for (int c = 0; c < g.c; ++c) {
-              float v = xs[base + c];
-              if (v > yo[c] || ao[c] < 0) {
-                yo[c] = v;
+            const int32_t base = (iy * g.w + ix) * g.c;
+            const float* xv = xs + base;
+            if (first) {
+              for (int c = 0; c < g.c; ++c) {
+                yo[c] = xv[c];
                 ao[c] = base + c;
               }
+              first = false;
+              continue;
+            }
+            for (int c = 0; c < g.c; ++c) {  // branch-free, so the channel loop vectorizes
+              const bool take = xv[c] > yo[c];
+              yo[c] = take ? xv[c] : yo[c];
+              ao[c] = take ? base + c : ao[c];
             }
           }
         }
+        if (first)  // a window entirely in the padding
+          for (int c = 0; c < g.c; ++c) {
+            yo[c] = -std::numeric_limits<float>::infinity();
+            ao[c] = -1;
+          }
       }
     }
   });
