@@ -74,7 +74,7 @@ def main():
                                    str(rest_port), "--model_config_file", config, "--file_system_poll_wait_seconds",
                                    str(a.poll)], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
-        while "serving" not in open(log_path).read():
+        while not re.search(r"tandem serve: serving$", open(log_path).read(), re.M):
             if server.poll() is not None or time.time() > deadline:
                 sys.exit("server did not start:\n" + open(log_path).read())
             time.sleep(0.1)
