@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Tandem's test suite: every ctest label of the release build (cpu, interop, mpi; gpu tests
 # report "skipped" without a GPU), then the cpu tests again under AddressSanitizer and
-# UndefinedBehaviorSanitizer. Expects tools/setup.sh to have built build/.
+# UndefinedBehaviorSanitizer, and the server checks against the sanitized server. Expects
+# tools/setup.sh to have built build/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -15,3 +16,7 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_SANITIZE=ON 
 cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j"$jobs" -L cpu
+
+echo "== server checks against the ASan + UBSan server (all but the long predict sweep)"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan --output-on-failure -j"$jobs" -L serve -E "serve: predict"
