@@ -42,6 +42,9 @@ void HttpServer::start() {
   s.set_write_timeout(impl_->options.read_timeout_seconds, 0);
   s.set_keep_alive_timeout(impl_->options.keep_alive_seconds);
   s.set_keep_alive_max_count(100000);
+  // Small replies go out at once: without it Nagle's algorithm meets the client's delayed ACK and
+  // every keep-alive request waits ~40 ms (measured: mlp at concurrency 1, 23 requests/s).
+  s.set_tcp_nodelay(true);
   auto handler = [this](const httplib::Request& req, httplib::Response& res) { impl_->serve(req, res); };
   s.Get(".*", handler);
   s.Post(".*", handler);

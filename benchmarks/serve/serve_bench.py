@@ -45,7 +45,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tandem", default=os.path.join(ROOT, "build/tandem"))
     ap.add_argument("--grpc-load", default=os.path.join(ROOT, "build/benchmarks/grpc_load"))
-    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--poll", type=float, default=1.0)
     ap.add_argument("--swaps", type=int, default=3)
@@ -119,7 +119,7 @@ def main():
             for m in ("mlp", "cnn"):
                 for c in (1, 16):
                     env = dict(os.environ, TANDEM_BODY=body)
-                    out = run(["wrk", f"-t{min(c, 2)}", f"-c{c}", f"-d{a.seconds}s", "--timeout", "10s", "-s",
+                    out = run(["wrk", f"-t{min(c, 2)}", f"-c{c}", f"-d{int(round(a.seconds))}s", "--timeout", "10s", "-s",
                                os.path.join(ROOT, "benchmarks/serve/predict.lua"),
                                f"http://127.0.0.1:{rest_port}/v1/models/{m}:predict"], env=env).stdout
                     results.setdefault((m, "REST", c), []).append(json.loads(out.strip().splitlines()[-1]))
