@@ -350,31 +350,16 @@ void ModelManager::poll_model(const std::string& name) {
 }
 
 void ModelManager::start_polling(double seconds) {
-  stop_polling();
-  stop_ = false;
-  poller_ = std::thread([this, seconds] {
-    std::unique_lock<std::mutex> lock(poll_mu_);
-    for (;;) {
-      if (poll_cv_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return stop_; })) return;
-      lock.unlock();
-      try {
-        poll();
-      } catch (const std::exception& e) {
-        log_error(std::string("poll failed: ") + e.what());
-      }
-      lock.lock();
+  poller_ = std::make_unique<PeriodicThread>(seconds, [this] {
+    try {
+      poll();
+    } catch (const std::exception& e) {
+      log_error(std::string("poll failed: ") + e.what());
     }
   });
 }
 
-void ModelManager::stop_polling() {
-  {
-    std::lock_guard<std::mutex> lock(poll_mu_);
-    stop_ = true;
-  }
-  poll_cv_.notify_all();
-  if (poller_.joinable()) poller_.join();
-}
+void ModelManager::stop_polling() { poller_.reset(); }
 
 ServableHandle ModelManager::resolve(const std::string& model, std::optional<int64_t> version,
                                      const std::string& label) const {

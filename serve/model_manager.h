@@ -8,7 +8,6 @@
 // directory changes (a half-copied version loads once its copy completes), and its error is logged
 // once. Requests hold a ServableHandle, so a version is freed after its last request.
 #pragma once
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -17,9 +16,9 @@
 #include <optional>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "serve/periodic.h"
 #include "serve/servable.h"
 #include "serve/status.h"
 
@@ -115,10 +114,7 @@ class ModelManager {
   mutable std::mutex state_mu_;  // models_ (held briefly; never while loading)
   std::map<std::string, ModelState> models_;
   ServerConfig config_;
-  std::thread poller_;
-  std::mutex poll_mu_;
-  std::condition_variable poll_cv_;
-  bool stop_ = false;
+  std::unique_ptr<PeriodicThread> poller_;
 };
 
 }  // namespace tandem::serve

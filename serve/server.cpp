@@ -2,8 +2,6 @@
 
 #include <signal.h>
 
-#include <condition_variable>
-#include <mutex>
 #include <thread>
 
 #include "engine/errors.h"
@@ -13,6 +11,7 @@
 #include "serve/log.h"
 #include "serve/metrics.h"
 #include "serve/model_manager.h"
+#include "serve/periodic.h"
 #include "serve/predictor.h"
 #include "serve/rest_api.h"
 
@@ -46,22 +45,7 @@ class ConfigFilePoller {
       last_text_ = read_config_text(path_);
     } catch (const Error&) {
     }
-    thread_ = std::thread([this, seconds, &manager] {
-      std::unique_lock<std::mutex> lock(mu_);
-      while (!cv_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return stop_; })) {
-        lock.unlock();
-        check(manager);
-        lock.lock();
-      }
-    });
-  }
-  ~ConfigFilePoller() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
+    thread_ = std::make_unique<PeriodicThread>(seconds, [this, &manager] { check(manager); });
   }
 
  private:
@@ -90,10 +74,7 @@ class ConfigFilePoller {
     }
   }
   std::string path_, last_text_, last_error_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  std::thread thread_;
+  std::unique_ptr<PeriodicThread> thread_;  // last: stopped before the strings it uses go
 };
 
 }  // namespace
