@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   const int iters = std::atoi(argv[3]), threads = std::atoi(argv[4]);
   LoadedModel m = load_model(argv[1]);
   auto backend = make_backend(Device::parse("cpu"), threads);
+  backend->set_inference_only(true);  // as tandem serve runs it
   Replica r(m.model, *backend, batch);
   r.set_weights(m.arena);
   std::vector<float> in(static_cast<size_t>(batch * m.model.input_shape().numel()));

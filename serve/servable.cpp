@@ -30,6 +30,7 @@ std::shared_ptr<Servable> Servable::load(const std::string& name, int64_t versio
   LoadedModel loaded = load_model(dir);
   std::shared_ptr<Servable> s(new Servable(name, version, std::move(loaded.model), options));
   s->backend_ = make_backend(Device::parse(options.device), std::max(1, options.threads));
+  s->backend_->set_inference_only(true);
   s->replica_ = std::make_unique<Replica>(s->model_, *s->backend_, options.max_batch);
   s->replica_->set_weights(loaded.arena);
   // Warm-up: the largest and the smallest batch touch every planned buffer and the backend's

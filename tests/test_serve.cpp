@@ -64,6 +64,7 @@ void write_version(const std::string& dir, uint64_t seed) {
 std::vector<float> reference(const std::string& dir, const std::vector<float>& input) {
   LoadedModel lm = load_model(dir);
   auto backend = make_cpu_backend(1);
+  backend->set_inference_only(true);  // the servable's kernels
   Replica r(lm.model, *backend, 1);
   r.set_weights(lm.arena);
   r.load_input(input.data(), 1);

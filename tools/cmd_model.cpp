@@ -27,6 +27,7 @@ void add_common(CLI::App* c, ModelArgs& a) {
 
 // A trainer set up for inference on a loaded model.
 std::unique_ptr<Trainer> inference_trainer(const LoadedModel& m, Backend& backend) {
+  backend.set_inference_only(true);  // the kernels tandem serve runs, so their answers agree
   TrainOptions o;
   o.batch_size = 256;
   o.epochs = 0;

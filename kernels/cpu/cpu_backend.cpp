@@ -102,6 +102,10 @@ void CpuBackend::gemm(bool ta, bool tb, int m, int n, int k, float alpha, const 
   const CBLAS_TRANSPOSE opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
   if (!invariant_) {
 #ifdef TANDEM_HAVE_DNNL
+    if (!inference_only_) {
+      cblas_sgemm(CblasRowMajor, opa, opb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+      return;
+    }
     // oneDNN's OpenMP team is sized per calling thread: the backend's thread count.
     omp_set_num_threads(pool_.size());
     const dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
@@ -273,8 +277,8 @@ void CpuBackend::conv2d_forward(const ConvGeometry& g, const float* x, const flo
 void CpuBackend::conv2d_bias_relu_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                                           bool relu, float* y) {
 #ifdef TANDEM_HAVE_DNNL
-  // Batch-invariant mode keeps im2col + blocked GEMM, whose bits do not depend on the thread count.
-  if (!invariant_ && !conv_is_pointwise(g)) {
+  // Forward-only backends (served and predicting models) only: see set_inference_only.
+  if (inference_only_ && !invariant_ && !conv_is_pointwise(g)) {
     if (!onednn_conv_) onednn_conv_ = std::make_unique<OneDnnConv>();
     onednn_conv_->forward(g, x, w, bias, relu, y, pool_.size());
     return;

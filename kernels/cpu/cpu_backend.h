@@ -15,6 +15,7 @@ class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads);
   ~CpuBackend() override;
+  void set_inference_only(bool on) override { inference_only_ = on; }
   std::string name() const override { return "cpu"; }
   Device device() const override { return Device{DeviceKind::Cpu, 0}; }
   int threads() const { return pool_.size(); }
@@ -73,6 +74,7 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   std::vector<float> scratch_;
   bool invariant_ = false;
+  bool inference_only_ = false;
   std::unique_ptr<OneDnnConv> onednn_conv_;  // oneDNN's convolutions, where built in
 };
 
