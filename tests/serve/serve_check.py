@@ -218,6 +218,16 @@ def check_predict(work):
             rows = np.concatenate([np.array(rest_predict(s, preset, x[i:i + chunk]).json()["predictions"], np.float32)
                                    for i in range(0, len(x), chunk)])
             compare(f"{preset}: REST rows equal tandem predict", rows, want)
+            # curl, as a user would call it.
+            body = os.path.join(work, "one.json")
+            with open(body, "w") as f:
+                json.dump({"instances": x[:2].tolist()}, f)
+            r = run(["curl", "-s", "-S", "-X", "POST", "--data-binary", "@" + body,
+                     f"{s.url}/v1/models/{preset}:predict"], timeout=60)
+            got = np.array(json.loads(r.stdout)["predictions"], np.float32) if r.returncode == 0 else np.zeros(0)
+            compare(f"{preset}: curl :predict equals tandem predict", got, want[:2])
+            r = run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{s.url}/v1/models/{preset}/versions/9"])
+            check(f"{preset}: curl status of a missing version: 404", r.stdout == "404", r.stdout)
             cols = np.concatenate([np.array(rest_predict(s, preset, x[i:i + chunk], columns=True).json()["outputs"],
                                             np.float32) for i in range(0, len(x), chunk)])
             compare(f"{preset}: REST columns equal tandem predict", cols, want)
