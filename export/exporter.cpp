@@ -16,6 +16,7 @@
 #include "export/onnx_writer.h"
 #include "export/posix_file.h"
 #include "export/savedmodel_writer.h"
+#include "export/tflite_writer.h"
 
 namespace tandem {
 
@@ -25,8 +26,9 @@ using nlohmann::json;
 namespace {
 
 constexpr const char* kFormatHint =
-    "use --format savedmodel, onnx or native, or several separated by commas (e.g. savedmodel,onnx)";
-const std::vector<std::string> kFormats{"native", "savedmodel", "onnx"};
+    "use --format savedmodel, onnx, tflite or native, or several separated by commas (e.g. savedmodel,onnx), "
+    "or all";
+const std::vector<std::string> kFormats{"native", "savedmodel", "onnx", "tflite"};
 
 std::function<void(const std::string&)>& fault_hook() {
   static std::function<void(const std::string&)> hook;
@@ -69,6 +71,42 @@ FoldedBatchNorm fold_batch_norm(const std::vector<float>& gamma, const std::vect
   return f;
 }
 
+ModelWeights::ModelWeights(const Model& model, const std::vector<NamedTensor>& tensors) {
+  model.from_tensors(tensors, "the weights of model '" + model.name() + "'");  // names and shapes
+  for (const NamedTensor& t : tensors) by_name_[t.name] = &t;
+}
+
+const NamedTensor& ModelWeights::operator[](const std::string& name) const {
+  auto it = by_name_.find(name);
+  TANDEM_ASSERT(it != by_name_.end());  // the constructor checked every parameter
+  return *it->second;
+}
+
+std::vector<float> transpose(const std::vector<float>& values, const std::vector<int64_t>& dims,
+                             const std::vector<int>& perm) {
+  const size_t rank = dims.size();
+  TANDEM_ASSERT(perm.size() == rank);
+  std::vector<int64_t> in_strides(rank, 1), out_dims(rank), index(rank, 0);
+  for (size_t k = rank; k-- > 1;) in_strides[k - 1] = in_strides[k] * dims[k];
+  int64_t total = 1;
+  for (size_t k = 0; k < rank; ++k) {
+    out_dims[k] = dims[static_cast<size_t>(perm[k])];
+    total *= dims[k];
+  }
+  TANDEM_ASSERT(static_cast<size_t>(total) == values.size());
+  std::vector<float> out(values.size());
+  for (size_t n = 0; n < out.size(); ++n) {  // walk the output in order, `index` its coordinates
+    int64_t from = 0;
+    for (size_t k = 0; k < rank; ++k) from += index[k] * in_strides[static_cast<size_t>(perm[k])];
+    out[n] = values[static_cast<size_t>(from)];
+    for (size_t k = rank; k-- > 0;) {
+      if (++index[k] < out_dims[k]) break;
+      index[k] = 0;
+    }
+  }
+  return out;
+}
+
 void set_export_fault_hook_for_testing(std::function<void(const std::string& stage)> hook) {
   fault_hook() = std::move(hook);
 }
@@ -89,8 +127,12 @@ std::vector<std::string> parse_export_formats(const std::string& format) {
       throw_invalid("--format '" + format + "' has an empty entry", kFormatHint);
     }
     auto it = std::find(kFormats.begin(), kFormats.end(), item);
-    if (it == kFormats.end()) throw_invalid("unknown export format '" + item + "'", kFormatHint);
-    wanted[static_cast<size_t>(it - kFormats.begin())] = true;
+    if (item == "all")
+      wanted.assign(kFormats.size(), true);
+    else if (it == kFormats.end())
+      throw_invalid("unknown export format '" + item + "'", kFormatHint);
+    else
+      wanted[static_cast<size_t>(it - kFormats.begin())] = true;
     any = true;
     start = end + 1;
   }
@@ -125,6 +167,7 @@ std::string export_model(const std::string& src_version_dir, const std::string& 
   if (has("savedmodel"))
     files.emplace_back(kSavedModelFileName, savedmodel::encode_saved_model(savedmodel::build_graph(model, mv.tensors)));
   if (has("onnx")) files.emplace_back(kOnnxFileName, onnx::encode_model(onnx::build_graph(model, mv.tensors)));
+  if (has("tflite")) files.emplace_back(kTfliteFileName, tfl::encode_model(tfl::build_graph(model, mv.tensors)));
 
   // The destination: BASE/NAME/<version>.
   const fs::path parent = normalized_dir(dest_model_dir);
@@ -206,6 +249,18 @@ json describe_export(const std::string& version_dir) {
   if (is_file(onnx_path)) {
     out["formats"].push_back("onnx");
     out["onnx"] = onnx::describe_onnx(read_text_file(onnx_path.string()), onnx_path.string());
+  }
+  const fs::path tflite_path = dir / kTfliteFileName;
+  if (is_file(tflite_path)) {
+    out["formats"].push_back("tflite");
+    const std::string bytes = read_text_file(tflite_path.string());
+    if (tfl::available()) {
+      out["tflite"] = tfl::describe_tflite(bytes, tflite_path.string());
+    } else {
+      out["tflite"] = {{"file", kTfliteFileName},
+                       {"bytes", bytes.size()},
+                       {"note", "not read: this tandem was built without flatbuffers"}};
+    }
   }
   return out;
 }

@@ -3,6 +3,7 @@
 //   native      model.json + weights.tdw (byte copies of the source version)
 //   savedmodel  saved_model.pb (a frozen inference graph for TensorFlow / TF Serving) + the native files
 //   onnx        model.onnx (ONNX IR 8, opset 17) + the native files
+//   tflite      model.tflite (TensorFlow Lite, float32; export/tflite_writer.h) + the native files
 // Several formats may be combined ("savedmodel,onnx"); the native files are always there, so the same
 // tree serves Tandem's own tools too.
 //
@@ -16,17 +17,23 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "engine/model.h"
+#include "export/weights_file.h"
 
 namespace tandem {
 
 constexpr const char* kSavedModelFileName = "saved_model.pb";
 constexpr const char* kOnnxFileName = "model.onnx";
+constexpr const char* kTfliteFileName = "model.tflite";
 
-// Parses --format: "native", "savedmodel", "onnx", or a comma-separated list of them. Returns the
-// distinct formats in canonical order (native, savedmodel, onnx). Throws InvalidArgument with a hint.
+// Parses --format: "native", "savedmodel", "onnx", "tflite", a comma-separated list of them, or "all".
+// Returns the distinct formats in canonical order (native, savedmodel, onnx, tflite). Throws
+// InvalidArgument with a hint.
 std::vector<std::string> parse_export_formats(const std::string& format);
 
 // Exports `src_version_dir` (a model version directory, e.g. out/model/1) to
@@ -48,9 +55,12 @@ std::string export_model(const std::string& src_version_dir, const std::string& 
 //             "initializers", "ops": {op: count},
 //             "inputs": [{"name": "input", "dtype": "FLOAT", "shape": [-1, 28, 28, 1],
 //                         "dim_params": ["batch", "", "", ""]}],
-//             "outputs": [...]}}
-// A symbolic dimension (TF's -1, ONNX's dim_param) is -1 in "shape". The files are parsed, not
-// trusted: a malformed saved_model.pb or model.onnx throws Error(Data) naming the file.
+//             "outputs": [...]},
+//    "tflite": tfl::describe_tflite's object (ops with counts, tensors, buffers and their bytes,
+//              inputs/outputs with shapes, signatures)}
+// A symbolic dimension (TF's -1, ONNX's dim_param, TFLite's shape_signature -1) is -1 in "shape".
+// The files are parsed, not trusted: a malformed saved_model.pb, model.onnx or model.tflite throws
+// Error(Data) naming the file.
 // Throws Error(Io) if `version_dir` is not a readable directory.
 nlohmann::json describe_export(const std::string& version_dir);
 
@@ -64,6 +74,23 @@ struct FoldedBatchNorm {
 FoldedBatchNorm fold_batch_norm(const std::vector<float>& gamma, const std::vector<float>& beta,
                                 const std::vector<float>& moving_mean, const std::vector<float>& moving_variance,
                                 float epsilon);
+
+// The weights of a model by name, checked against it first (every parameter present with its shape,
+// none extra: Error(Data) otherwise). What the format writers read their constants from.
+class ModelWeights {
+ public:
+  ModelWeights(const Model& model, const std::vector<NamedTensor>& tensors);
+  const NamedTensor& operator[](const std::string& name) const;  // a parameter of the model
+
+ private:
+  std::map<std::string, const NamedTensor*> by_name_;
+};
+
+// `values` of a row-major tensor of shape `dims`, with its axes permuted: output axis k is input axis
+// perm[k] (numpy's transpose). The writers' layouts: HWIO -> OIHW (ONNX) is {3, 2, 0, 1}, HWIO -> OHWI
+// (TFLite) {3, 0, 1, 2}, a Dense kernel [in, out] -> [out, in] {1, 0}.
+std::vector<float> transpose(const std::vector<float>& values, const std::vector<int64_t>& dims,
+                             const std::vector<int>& perm);
 
 // For tests: called with a stage name ("files-written", "before-commit") while an export writes
 // its temporary directory; a hook that throws simulates a failure there. Pass {} to clear.

@@ -69,10 +69,7 @@ std::pair<int64_t, int64_t> same_pads(int64_t in, int64_t k, int64_t stride) {
 
 class GraphBuilder {
  public:
-  GraphBuilder(const Model& model, const std::vector<NamedTensor>& tensors) : model_(model) {
-    model.from_tensors(tensors, "the weights of model '" + model.name() + "'");  // names and shapes
-    for (const NamedTensor& t : tensors) tensors_[t.name] = &t;
-  }
+  GraphBuilder(const Model& model, const std::vector<NamedTensor>& tensors) : model_(model), weights_(model, tensors) {}
 
   Graph build() {
     graph_.name = model_.name();
@@ -100,11 +97,7 @@ class GraphBuilder {
     graph_.initializers.push_back(Initializer{name, FLOAT, std::move(dims), proto::float_bytes(values)});
     return name;
   }
-  const NamedTensor& tensor(const std::string& name) const {
-    auto it = tensors_.find(name);
-    TANDEM_ASSERT(it != tensors_.end());  // from_tensors checked every parameter
-    return *it->second;
-  }
+  const NamedTensor& tensor(const std::string& name) const { return weights_[name]; }
   std::string to_nchw(const std::string& p, const std::string& x) {
     if (nchw_) return x;
     nchw_ = true;
@@ -143,13 +136,7 @@ class GraphBuilder {
     if (type == "Conv2D") {
       const NamedTensor& k = tensor(p + "/kernel");  // HWIO
       const int64_t H = k.shape[0], W = k.shape[1], I = k.shape[2], O = k.shape[3];
-      std::vector<float> oihw(k.values.size());
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t w = 0; w < W; ++w)
-          for (int64_t i = 0; i < I; ++i)
-            for (int64_t o = 0; o < O; ++o)
-              oihw[static_cast<size_t>(((o * I + i) * H + h) * W + w)] =
-                  k.values[static_cast<size_t>(((h * W + w) * I + i) * O + o)];
+      const std::vector<float> oihw = transpose(k.values, k.shape.dims, {3, 2, 0, 1});
       x = to_nchw(p, x);
       std::vector<std::string> inputs{x, initializer(p + "/kernel", {O, I, H, W}, oihw)};
       if (use_bias) inputs.push_back(initializer(p + "/bias", {O}, tensor(p + "/bias").values));
@@ -193,7 +180,7 @@ class GraphBuilder {
   }
 
   const Model& model_;
-  std::map<std::string, const NamedTensor*> tensors_;
+  ModelWeights weights_;
   std::set<std::string> names_{kInputName, kOutputName};
   bool nchw_ = false;
   Graph graph_;

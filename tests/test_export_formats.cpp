@@ -19,6 +19,7 @@
 #include "export/onnx_writer.h"
 #include "export/protobuf.h"
 #include "export/savedmodel_writer.h"
+#include "export_fixtures.h"
 #include "temp_dir.h"
 
 namespace fs = std::filesystem;
@@ -54,52 +55,6 @@ Error error_of(F&& f) {
   return tandem::test::catch_error(std::forward<F>(f));
 }
 
-// Every layer type, both paddings, strides, with and without bias, BN on images and on vectors.
-constexpr const char* kAllLayersSpec = R"({
-  "name": "all_layers",
-  "input_shape": [28, 28, 1],
-  "layers": [
-    {"type": "Conv2D", "name": "c1", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
-    {"type": "BatchNormalization", "name": "bn1"},
-    {"type": "ReLU", "name": "r1"},
-    {"type": "MaxPool2D", "name": "p1", "pool_size": 2},
-    {"type": "Conv2D", "name": "c2", "filters": 6, "kernel_size": [3, 2], "strides": 2, "padding": "same",
-     "use_bias": false},
-    {"type": "MaxPool2D", "name": "p2", "pool_size": 3, "strides": 2, "padding": "same"},
-    {"type": "Dropout", "name": "d1", "rate": 0.25},
-    {"type": "Flatten", "name": "f"},
-    {"type": "Dense", "name": "h", "units": 8, "use_bias": false},
-    {"type": "BatchNormalization", "name": "bn2", "epsilon": 0.01},
-    {"type": "Activation", "name": "a1", "activation": "relu"},
-    {"type": "Activation", "name": "lin", "activation": "linear"},
-    {"type": "Dense", "name": "out", "units": 10, "activation": "softmax"}
-  ]})";
-
-Model all_layers_model() { return Model::from_spec(json::parse(kAllLayersSpec), "test spec"); }
-
-// Seeded weights with non-trivial BatchNormalization statistics.
-std::vector<NamedTensor> weights_of(const Model& m, uint64_t seed = 5) {
-  std::vector<NamedTensor> t = m.to_tensors(m.initial_weights(seed));
-  std::mt19937 rng(static_cast<uint32_t>(seed));
-  std::uniform_real_distribution<float> u(0.5f, 1.5f), v(-0.5f, 0.5f);
-  for (auto& x : t) {
-    const std::string& n = x.name;
-    const bool bn = n.find("/gamma") != std::string::npos || n.find("/beta") != std::string::npos ||
-                    n.find("/moving_") != std::string::npos || n.find("/bias") != std::string::npos;
-    if (!bn) continue;
-    for (float& f : x.values)
-      f = (n.find("variance") != std::string::npos || n.find("gamma") != std::string::npos) ? u(rng) : v(rng);
-  }
-  return t;
-}
-
-const NamedTensor& tensor_named(const std::vector<NamedTensor>& ts, const std::string& name) {
-  for (const auto& t : ts)
-    if (t.name == name) return t;
-  FAIL("no tensor " << name);
-  return ts.front();
-}
-
 std::vector<std::string> tf_ops(const sm::Graph& g) {
   std::vector<std::string> ops;
   for (const auto& n : g.nodes)
@@ -111,25 +66,6 @@ std::vector<std::string> attr_keys(const sm::NodeDef& n) {
   std::vector<std::string> keys;
   for (const auto& [k, v] : n.attrs) keys.push_back(k);
   return keys;
-}
-
-// A source model version on disk, as `tandem train` writes it.
-std::string write_source(const TempDir& tmp, const Model& m, const std::vector<NamedTensor>& tensors) {
-  tandem::ModelVersion v;
-  json weights = json::array();
-  for (const auto& p : m.params()) weights.push_back({{"name", p.name}, {"shape", p.shape.dims}});
-  v.model_json = json{{"format", "tandem-model"},
-                      {"format_version", 1},
-                      {"name", m.name()},
-                      {"input_shape", m.input_shape().dims},
-                      {"class_names", json::array()},
-                      {"spec", m.spec()},
-                      {"weights", weights},
-                      {"metadata", json::object()}};
-  v.tensors = tensors;
-  const std::string dir = tmp / "src/model/1";
-  tandem::write_model_version(dir, v);
-  return dir;
 }
 
 std::vector<std::string> entries(const std::string& dir) { return tandem::test::entries_of(dir); }
@@ -568,7 +504,9 @@ TEST_CASE("export: formats", "[cpu][export]") {
   CHECK(tandem::parse_export_formats("savedmodel") == std::vector<std::string>{"savedmodel"});
   CHECK(tandem::parse_export_formats(" SavedModel , onnx") == std::vector<std::string>{"savedmodel", "onnx"});
   CHECK(tandem::parse_export_formats("onnx,native,onnx") == std::vector<std::string>{"native", "onnx"});
-  for (const char* bad : {"", ",", "tflite", "onnx,", "savedmodel,,onnx"}) {
+  CHECK(tandem::parse_export_formats("tflite,onnx") == std::vector<std::string>{"onnx", "tflite"});
+  CHECK(tandem::parse_export_formats("all") == std::vector<std::string>{"native", "savedmodel", "onnx", "tflite"});
+  for (const char* bad : {"", ",", "coreml", "onnx,", "savedmodel,,onnx", "tf lite"}) {
     Error e = error_of([&] { tandem::parse_export_formats(bad); });
     CHECK(e.kind() == ErrorKind::InvalidArgument);
     CHECK(e.hint().find("--format") != std::string::npos);
@@ -672,7 +610,7 @@ TEST_CASE("export: bad input", "[cpu][export]") {
   const std::string src = write_source(tmp, m, weights_of(m));
   const std::string base = tmp / "serving/all";
 
-  CHECK(error_of([&] { tandem::export_model(src, base, 0, "tflite", false); }).kind() == ErrorKind::InvalidArgument);
+  CHECK(error_of([&] { tandem::export_model(src, base, 0, "coreml", false); }).kind() == ErrorKind::InvalidArgument);
   CHECK(error_of([&] { tandem::export_model(src, base, -3, "onnx", false); }).kind() == ErrorKind::InvalidArgument);
   CHECK(error_of([&] { tandem::export_model(src, "", 0, "onnx", false); }).kind() == ErrorKind::InvalidArgument);
   CHECK(error_of([&] { tandem::export_model(tmp / "missing/1", base, 0, "onnx", false); }).kind() == ErrorKind::Io);

@@ -11,7 +11,9 @@ APT_PACKAGES=(cmake g++ make pkg-config nlohmann-json3-dev catch2 libcli11-dev z
               protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev libcpp-httplib-dev
               prometheus-cpp-dev curl wrk
               # oneDNN: the CPU backend's GEMMs and convolutions
-              libdnnl-dev)
+              libdnnl-dev
+              # TensorFlow Lite export: flatc compiles export/tflite_schema.fbs at build time
+              flatbuffers-compiler libflatbuffers-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -236,7 +236,7 @@ def main():
         p = run([TANDEM, "export", src, "--to", base, "--format", "native"])
         if not p.stdout.strip().endswith(os.path.join(base, "3")):
             fail(f"the next free version should be 3: {p.stdout}")
-        run([TANDEM, "export", src, "--to", base, "--format", "tflite"], expect=2)
+        run([TANDEM, "export", src, "--to", base, "--format", "coreml"], expect=2)
         run([TANDEM, "export", src, "--to", base, "--format", "onnx", "--version", "0"], expect=2)
         run([TANDEM, "export", os.path.join(tmp, "missing"), "--to", base, "--format", "onnx"], expect=2)
         if sorted(os.listdir(base)) != ["1", "2", "3"]:
