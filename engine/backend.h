@@ -126,7 +126,8 @@ class Backend {
   // conv2d_backward_filter, bias_grad and conv2d_backward_data.
   virtual void conv2d_bias_relu_backward(const ConvGeometry& g, const float* x, const float* y, float* dy,
                                          const float* w, bool relu, float* dw, float* db, float* dx);
-  // argmax[i] = index within the sample's input of the maximum for output element i
+  // argmax[i] = index within the sample's input of the maximum for output element i; a null
+  // argmax (a forward pass that no backward follows) records none
   virtual void maxpool_forward(const PoolGeometry& g, const float* x, float* y, int32_t* argmax) = 0;
   virtual void maxpool_backward(const PoolGeometry& g, const float* dy, const int32_t* argmax, float* dx) = 0;
 

@@ -336,7 +336,8 @@ class MaxPool2D final : public Layer {
   void forward(const StepContext& ctx, const float* x, float* y) override {
     PoolGeometry g = g_;
     g.n = static_cast<int>(ctx.batch);
-    ctx.backend->maxpool_forward(g, x, y, reinterpret_cast<int32_t*>(scratch_));
+    // Only a training step's backward reads the argmax.
+    ctx.backend->maxpool_forward(g, x, y, ctx.training ? reinterpret_cast<int32_t*>(scratch_) : nullptr);
   }
   void backward(const StepContext& ctx, const float*, const float*, float* dy, float* dx) override {
     if (!dx) return;

@@ -610,6 +610,12 @@ void check_maxpool(Backend& ref, Backend& dut, Rand& r) {
       dut.maxpool_forward(g, x.d.f(), y.d.f(), am.d.i32());
       expect_twin(y, yn, kExact, ties ? "maxpool_forward (ties)" : "maxpool_forward");
       expect_equal_i32(am.r.get<int32_t>(yn), am.d.get<int32_t>(yn), ties ? "argmax (ties)" : "argmax");
+      // Forward only (inference: no argmax recorded) gives the same maxima.
+      Twin y_only(ref, dut, yn * 4);
+      y_only.poison(yn);
+      dut.maxpool_forward(g, x.d.f(), y_only.d.f(), nullptr);
+      ref.maxpool_forward(g, x.r.f(), y_only.r.f(), am.r.i32());
+      expect_twin(y_only, yn, kExact, ties ? "maxpool_forward without argmax (ties)" : "maxpool_forward without argmax");
       dy.put(r.vec(yn));
       dx.poison(xn);
       ref.maxpool_backward(g, dy.r.f(), am.r.i32(), dx.r.f());

@@ -122,6 +122,9 @@ TEST_CASE("cpu maxpool forward and backward match the definition", "[cpu][kernel
     std::vector<int32_t> arg(dy.size(), -7);
     backend->maxpool_forward(g, x.data(), y.data(), arg.data());
     backend->maxpool_backward(g, dy.data(), arg.data(), dx.data());
+    std::vector<float> y_only(dy.size(), NAN);  // forward only: no argmax recorded, same maxima
+    backend->maxpool_forward(g, x.data(), y_only.data(), nullptr);
+    require_close(y_only, y, 0);
     for (int n = 0; n < g.n; ++n)
       for (int oy = 0; oy < g.oh; ++oy)
         for (int ox = 0; ox < g.ow; ++ox)

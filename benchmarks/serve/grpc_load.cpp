@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,6 +41,8 @@ int main(int argc, char** argv) {
 
   std::atomic<bool> measuring{false}, stop{false};
   std::atomic<int64_t> errors{0};
+  std::mutex first_error_mu;
+  std::string first_error;  // the first failed call's code and message, for the report
   std::vector<std::vector<double>> latencies(static_cast<size_t>(concurrency));
   std::vector<std::thread> threads;
   for (int i = 0; i < concurrency; ++i) {
@@ -56,7 +59,11 @@ int main(int argc, char** argv) {
         const grpc::Status s = stub->Predict(&ctx, request, &response);
         const double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
         if (!measuring) continue;
-        if (!s.ok()) ++errors;
+        if (!s.ok()) {
+          ++errors;
+          std::lock_guard<std::mutex> lock(first_error_mu);
+          if (first_error.empty()) first_error = std::to_string(s.error_code()) + " " + s.error_message();
+        }
         latencies[static_cast<size_t>(i)].push_back(us);
       }
     });
@@ -75,6 +82,7 @@ int main(int argc, char** argv) {
   auto pct = [&](double p) {
     return all.empty() ? 0.0 : all[std::min(all.size() - 1, static_cast<size_t>(p / 100.0 * all.size()))];
   };
+  if (!first_error.empty()) std::fprintf(stderr, "grpc_load: first error: %s\n", first_error.c_str());
   std::printf("{\"requests\": %zu, \"errors\": %lld, \"rps\": %.1f, \"p50_us\": %.0f, \"p99_us\": %.0f, \"p999_us\": %.0f}\n",
               all.size(), static_cast<long long>(errors.load()), all.size() / elapsed, pct(50), pct(99), pct(99.9));
   return 0;

@@ -320,7 +320,40 @@ void CpuBackend::conv2d_backward_filter(const ConvGeometry& g, const float* x, c
   if (g.n == 0) fill(dw, size_t(kk) * g.k, 0.f);
 }
 
+// Forward only (no argmax to record): the maximum over the window's valid positions, channels
+// innermost so the loop is one vector max per 16 channels. `x > m ? x : m` keeps the same NaN
+// behaviour as the argmax loop below (the window's first valid element starts the maximum).
+static void maxpool_forward_values(const PoolGeometry& g, const float* x, float* y, int64_t r) {
+  const int64_t in_s = int64_t(g.h) * g.w * g.c, out_s = int64_t(g.oh) * g.ow * g.c;
+  const int64_t s = r / g.oh;
+  const int oy = static_cast<int>(r % g.oh);
+  const float* xs = x + s * in_s;
+  const int c_n = g.c;
+  const int y0 = std::max(0, oy * g.sh - g.pad_top), y1 = std::min(g.h, oy * g.sh - g.pad_top + g.ph);
+  for (int ox = 0; ox < g.ow; ++ox) {
+    float* __restrict yo = y + s * out_s + (int64_t(oy) * g.ow + ox) * c_n;
+    const int x0 = std::max(0, ox * g.sw - g.pad_left), x1 = std::min(g.w, ox * g.sw - g.pad_left + g.pw);
+    if (y0 >= y1 || x0 >= x1) {  // a window entirely in the padding
+      for (int c = 0; c < c_n; ++c) yo[c] = -std::numeric_limits<float>::infinity();
+      continue;
+    }
+    const float* __restrict first = xs + (int64_t(y0) * g.w + x0) * c_n;
+    for (int c = 0; c < c_n; ++c) yo[c] = first[c];
+    for (int iy = y0; iy < y1; ++iy)
+      for (int ix = (iy == y0 ? x0 + 1 : x0); ix < x1; ++ix) {
+        const float* __restrict xv = xs + (int64_t(iy) * g.w + ix) * c_n;
+        for (int c = 0; c < c_n; ++c) yo[c] = xv[c] > yo[c] ? xv[c] : yo[c];
+      }
+  }
+}
+
 void CpuBackend::maxpool_forward(const PoolGeometry& g, const float* x, float* y, int32_t* argmax) {
+  if (!argmax) {
+    pool_.parallel_for(int64_t(g.n) * g.oh, [&](int64_t b, int64_t e, int) {
+      for (int64_t r = b; r < e; ++r) maxpool_forward_values(g, x, y, r);
+    });
+    return;
+  }
   const int64_t in_s = int64_t(g.h) * g.w * g.c, out_s = int64_t(g.oh) * g.ow * g.c;
   pool_.parallel_for(int64_t(g.n) * g.oh, [&](int64_t b, int64_t e, int) {
     for (int64_t r = b; r < e; ++r) {

@@ -262,7 +262,7 @@ __global__ void maxpool_forward_kernel(PoolGeometry g, const float* x, float* y,
       }
     }
     y[o] = best;
-    argmax[o] = best_idx;
+    if (argmax) argmax[o] = best_idx;
   }
 }
 
