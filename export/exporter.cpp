@@ -10,12 +10,13 @@
 
 #include "engine/errors.h"
 #include "engine/model.h"
-#include "export/loaded_model.h"
 #include "export/atomic_file.h"
+#include "export/loaded_model.h"
 #include "export/model_dir.h"
 #include "export/onnx_writer.h"
 #include "export/posix_file.h"
 #include "export/savedmodel_writer.h"
+#include "export/tfjs_writer.h"
 #include "export/tflite_writer.h"
 
 namespace tandem {
@@ -26,9 +27,9 @@ using nlohmann::json;
 namespace {
 
 constexpr const char* kFormatHint =
-    "use --format savedmodel, onnx, tflite or native, or several separated by commas (e.g. savedmodel,onnx), "
-    "or all";
-const std::vector<std::string> kFormats{"native", "savedmodel", "onnx", "tflite"};
+    "use --format savedmodel, onnx, tflite, tfjs or native, or several separated by commas (e.g. "
+    "savedmodel,onnx), or all";
+const std::vector<std::string> kFormats{"native", "savedmodel", "onnx", "tflite", "tfjs"};
 
 std::function<void(const std::string&)>& fault_hook() {
   static std::function<void(const std::string&)> hook;
@@ -168,6 +169,8 @@ std::string export_model(const std::string& src_version_dir, const std::string& 
     files.emplace_back(kSavedModelFileName, savedmodel::encode_saved_model(savedmodel::build_graph(model, mv.tensors)));
   if (has("onnx")) files.emplace_back(kOnnxFileName, onnx::encode_model(onnx::build_graph(model, mv.tensors)));
   if (has("tflite")) files.emplace_back(kTfliteFileName, tfl::encode_model(tfl::build_graph(model, mv.tensors)));
+  if (has("tfjs"))
+    for (auto& f : tfjs::files(tfjs::build(model, mv.tensors))) files.push_back(std::move(f));
 
   // The destination: BASE/NAME/<version>.
   const fs::path parent = normalized_dir(dest_model_dir);
@@ -187,8 +190,18 @@ std::string export_model(const std::string& src_version_dir, const std::string& 
 
   const fs::path tmp = make_temp_directory(parent, ".tmp-export-" + std::to_string(version));
   try {
-    for (const auto& [name, bytes] : files) write_new_file_synced(tmp / name, bytes);
+    std::vector<fs::path> subdirs;  // tfjs/
+    for (const auto& [name, bytes] : files) {
+      const fs::path dir = (tmp / name).parent_path();
+      if (dir != tmp && std::find(subdirs.begin(), subdirs.end(), dir) == subdirs.end()) {
+        if (!fs::create_directory(dir, ec) || ec)
+          throw_io("cannot create directory '" + dir.string() + "'" + (ec ? ": " + ec.message() : ""));
+        subdirs.push_back(dir);
+      }
+      write_new_file_synced(tmp / name, bytes);
+    }
     fault_point("files-written");
+    for (const fs::path& d : subdirs) fsync_directory(d);
     fsync_directory(tmp);
     fault_point("before-commit");
     auto commit = [&] {
@@ -261,6 +274,11 @@ json describe_export(const std::string& version_dir) {
                        {"bytes", bytes.size()},
                        {"note", "not read: this tandem was built without flatbuffers"}};
     }
+  }
+  const fs::path tfjs_dir = dir / tfjs::kDirName;
+  if (is_file(tfjs_dir / tfjs::kModelFileName)) {
+    out["formats"].push_back("tfjs");
+    out["tfjs"] = tfjs::describe_tfjs(tfjs_dir.string());
   }
   return out;
 }

@@ -4,6 +4,8 @@
 //   savedmodel  saved_model.pb (a frozen inference graph for TensorFlow / TF Serving) + the native files
 //   onnx        model.onnx (ONNX IR 8, opset 17) + the native files
 //   tflite      model.tflite (TensorFlow Lite, float32; export/tflite_writer.h) + the native files
+//   tfjs        tfjs/model.json + tfjs/group1-shard*.bin (a TensorFlow.js layers model;
+//               export/tfjs_writer.h) + the native files
 // Several formats may be combined ("savedmodel,onnx"); the native files are always there, so the same
 // tree serves Tandem's own tools too.
 //
@@ -31,9 +33,9 @@ constexpr const char* kSavedModelFileName = "saved_model.pb";
 constexpr const char* kOnnxFileName = "model.onnx";
 constexpr const char* kTfliteFileName = "model.tflite";
 
-// Parses --format: "native", "savedmodel", "onnx", "tflite", a comma-separated list of them, or "all".
-// Returns the distinct formats in canonical order (native, savedmodel, onnx, tflite). Throws
-// InvalidArgument with a hint.
+// Parses --format: "native", "savedmodel", "onnx", "tflite", "tfjs", a comma-separated list of them,
+// or "all". Returns the distinct formats in canonical order (native, savedmodel, onnx, tflite, tfjs).
+// Throws InvalidArgument with a hint.
 std::vector<std::string> parse_export_formats(const std::string& format);
 
 // Exports `src_version_dir` (a model version directory, e.g. out/model/1) to
@@ -57,10 +59,11 @@ std::string export_model(const std::string& src_version_dir, const std::string& 
 //                         "dim_params": ["batch", "", "", ""]}],
 //             "outputs": [...]},
 //    "tflite": tfl::describe_tflite's object (ops with counts, tensors, buffers and their bytes,
-//              inputs/outputs with shapes, signatures)}
+//              inputs/outputs with shapes, signatures),
+//    "tfjs": tfjs::describe_tfjs's object (topology layers, manifest weights, shard files and sizes)}
 // A symbolic dimension (TF's -1, ONNX's dim_param, TFLite's shape_signature -1) is -1 in "shape".
-// The files are parsed, not trusted: a malformed saved_model.pb, model.onnx or model.tflite throws
-// Error(Data) naming the file.
+// The files are parsed, not trusted: a malformed saved_model.pb, model.onnx, model.tflite or tfjs/
+// file throws Error(Data) naming the file.
 // Throws Error(Io) if `version_dir` is not a readable directory.
 nlohmann::json describe_export(const std::string& version_dir);
 

@@ -505,7 +505,9 @@ TEST_CASE("export: formats", "[cpu][export]") {
   CHECK(tandem::parse_export_formats(" SavedModel , onnx") == std::vector<std::string>{"savedmodel", "onnx"});
   CHECK(tandem::parse_export_formats("onnx,native,onnx") == std::vector<std::string>{"native", "onnx"});
   CHECK(tandem::parse_export_formats("tflite,onnx") == std::vector<std::string>{"onnx", "tflite"});
-  CHECK(tandem::parse_export_formats("all") == std::vector<std::string>{"native", "savedmodel", "onnx", "tflite"});
+  CHECK(tandem::parse_export_formats("tfjs, TFLite") == std::vector<std::string>{"tflite", "tfjs"});
+  CHECK(tandem::parse_export_formats("all") ==
+        std::vector<std::string>{"native", "savedmodel", "onnx", "tflite", "tfjs"});
   for (const char* bad : {"", ",", "coreml", "onnx,", "savedmodel,,onnx", "tf lite"}) {
     Error e = error_of([&] { tandem::parse_export_formats(bad); });
     CHECK(e.kind() == ErrorKind::InvalidArgument);

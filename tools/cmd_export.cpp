@@ -1,5 +1,5 @@
 // tandem export: write a saved model version as BASE/NAME/<version>/ for serving —
-// a SavedModel for TensorFlow Serving, an ONNX model, a TensorFlow Lite model, or a native copy
+// a SavedModel for TensorFlow Serving, an ONNX model, a TensorFlow Lite or TF.js model, or a native copy
 // (export/exporter.h).
 #include <cstdio>
 #include <limits>
@@ -34,13 +34,13 @@ int64_t parse_version(const std::string& text) {
 Command add_export(CLI::App& root) {
   auto a = std::make_shared<ExportArgs>();
   CLI::App* c = root.add_subcommand(
-      "export", "Export a saved model version for serving: SavedModel (TensorFlow Serving), ONNX, TFLite or native");
+      "export", "Export a saved model version for serving: SavedModel (TensorFlow Serving), ONNX, TFLite, TF.js or native");
   c->add_option("MODEL_VERSION_DIR", a->src, "the model version to export, e.g. out/model/1")->required();
   c->add_option("--to", a->to, "the served model's directory BASE/NAME; writes BASE/NAME/<version>/")->required();
   CLI::Option* version =
       c->add_option("--version", a->version, "the version number N to write (default: the next free one)");
   c->add_option("--format", a->format,
-                "savedmodel, onnx, tflite or native, several separated by commas, or all (the native files are "
+                "savedmodel, onnx, tflite, tfjs or native, several separated by commas, or all (the native files are "
                 "always written)")
       ->required();
   c->add_flag("--overwrite", a->overwrite, "replace the version if it exists (the whole directory)");
