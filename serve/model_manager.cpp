@@ -303,7 +303,8 @@ void ModelManager::poll_model(const std::string& name) {
     }
     if (handle) {
       log_info("model '" + name + "' version " + std::to_string(v) + ": AVAILABLE (loaded and warmed up in " +
-               std::to_string(static_cast<int64_t>(handle->load_seconds() * 1000)) + " ms)");
+               std::to_string(static_cast<int64_t>(handle->load_seconds() * 1000)) + " ms; " +
+               std::to_string(handle->replicas()) + (handle->replicas() == 1 ? " replica)" : " replicas)"));
       if (listener_) listener_(name, v, "load", true, handle->load_seconds());
       std::lock_guard<std::mutex> lock(state_mu_);
       ModelState& s = models_.at(name);

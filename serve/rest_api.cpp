@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string_view>
 
 #include "serve/metrics.h"
 #include "serve/proto_convert.h"
@@ -172,6 +173,180 @@ bool decode_predict_body(const json& body, PredictCall& call) {
   return false;
 }
 
+namespace {
+
+// The :predict body read straight into floats, without a JSON document in between: the common
+// forms only ({"instances": [...]}, {"inputs": [...]}, {"inputs": {"NAME": [...]}}, with an
+// optional "signature_name" in plain characters). Anything else (escapes, named rows, scalars, a
+// repeated key, a ragged list, bad syntax) is declined, and the caller decodes the body through
+// the document, which gives the exact error. Numbers become what nlohmann's parser and
+// get<double>() followed by a float cast give (both round correctly from the decimal).
+class PredictScanner {
+ public:
+  PredictScanner(const std::string& body, int max_depth)
+      : p_(body.data()), end_(body.data() + body.size()), max_depth_(max_depth) {
+    values_.reserve(body.size() / 2 + 1);  // a number takes at least two characters with its comma
+  }
+
+  bool scan(PredictCall& call, bool& rows) {
+    if (!lit('{')) return false;
+    bool have_signature = false, have_tensor = false, have_name = false;
+    std::string_view signature, input_name;
+    ws();
+    if (p_ < end_ && *p_ == '}') return false;  // no tensor
+    do {
+      std::string_view key;
+      if (!str(key) || !lit(':')) return false;
+      if (key == "signature_name") {
+        if (have_signature || !str(signature)) return false;
+        have_signature = true;
+      } else if (key == "instances" || key == "inputs") {
+        if (have_tensor) return false;
+        have_tensor = true;
+        rows = key == "instances";
+        ws();
+        if (!rows && p_ < end_ && *p_ == '{') {  // {"inputs": {"input": [...]}}
+          ++p_;
+          if (!str(input_name) || !lit(':') || !dense() || !lit('}')) return false;
+          have_name = true;
+        } else if (!dense()) {
+          return false;
+        }
+      } else {
+        return false;
+      }
+    } while (lit(','));
+    if (!lit('}') || !have_tensor) return false;
+    ws();
+    if (p_ != end_) return false;
+    if (have_signature) call.model.signature.assign(signature);
+    if (have_name) call.input_name.assign(input_name);
+    for (int64_t& d : shape_)
+      if (d < 0) return false;
+    call.shape = std::move(shape_);
+    call.values = std::move(values_);
+    return true;
+  }
+
+ private:
+  void ws() {
+    while (p_ < end_ && (*p_ == ' ' || *p_ == '\t' || *p_ == '\n' || *p_ == '\r')) ++p_;
+  }
+  bool lit(char c) {
+    ws();
+    if (p_ < end_ && *p_ == c) {
+      ++p_;
+      return true;
+    }
+    return false;
+  }
+  // A string without escapes or control characters.
+  bool str(std::string_view& out) {
+    if (!lit('"')) return false;
+    const char* begin = p_;
+    while (p_ < end_ && *p_ != '"') {
+      if (*p_ == '\\' || static_cast<unsigned char>(*p_) < 0x20) return false;
+      ++p_;
+    }
+    if (p_ == end_) return false;
+    out = std::string_view(begin, static_cast<size_t>(p_ - begin));
+    ++p_;
+    return true;
+  }
+  static bool digit(char c) { return c >= '0' && c <= '9'; }
+  // A JSON number (RFC 8259 grammar, checked here: from_chars alone accepts more).
+  bool number(float& v) {
+    const char* begin = p_;
+    if (p_ < end_ && *p_ == '-') ++p_;
+    if (p_ == end_) return false;
+    if (*p_ == '0') {
+      ++p_;
+    } else if (*p_ >= '1' && *p_ <= '9') {
+      while (p_ < end_ && digit(*p_)) ++p_;
+    } else {
+      return false;
+    }
+    bool integer = true;
+    if (p_ < end_ && *p_ == '.') {
+      integer = false;
+      const char* d = ++p_;
+      while (p_ < end_ && digit(*p_)) ++p_;
+      if (p_ == d) return false;
+    }
+    if (p_ < end_ && (*p_ == 'e' || *p_ == 'E')) {
+      integer = false;
+      ++p_;
+      if (p_ < end_ && (*p_ == '+' || *p_ == '-')) ++p_;
+      const char* d = p_;
+      while (p_ < end_ && digit(*p_)) ++p_;
+      if (p_ == d) return false;
+    }
+    double d = 0;
+    const auto [q, ec] = std::from_chars(begin, p_, d);
+    if (ec != std::errc() || q != p_) return false;
+    if (integer && d == 0) d = 0;  // "-0" is the integer 0 to nlohmann
+    v = static_cast<float>(d);
+    return true;
+  }
+  // A nested list of numbers, its shape checked as decode_into checks it.
+  bool dense() { return lit('[') && list(0); }
+  bool list(size_t depth) {  // after its '['
+    if (static_cast<int>(depth) + 2 > max_depth_) return false;  // the object and the lists
+    if (!known_) {
+      shape_.push_back(-1);  // set when this first list at its depth closes
+    } else if (depth >= shape_.size()) {
+      return false;
+    }
+    int64_t n = 0;
+    ws();
+    if (p_ < end_ && *p_ == ']') {
+      ++p_;
+      known_ = true;
+    } else {
+      do {
+        ws();
+        if (p_ < end_ && *p_ == '[') {
+          ++p_;
+          if (!list(depth + 1)) return false;
+        } else {
+          if (!known_) {
+            known_ = true;
+          } else if (depth + 1 != shape_.size()) {
+            return false;
+          }
+          float v;
+          if (!number(v)) return false;
+          values_.push_back(v);
+        }
+        ++n;
+      } while (lit(','));
+      if (!lit(']')) return false;
+    }
+    if (shape_[depth] < 0) shape_[depth] = n;
+    return shape_[depth] == n;
+  }
+
+  const char* p_;
+  const char* end_;
+  int max_depth_;
+  bool known_ = false;
+  std::vector<int64_t> shape_;
+  std::vector<float> values_;
+};
+
+}  // namespace
+
+bool scan_predict_body(const std::string& body, int max_depth, PredictCall& call, bool& rows) {
+  PredictScanner scanner(body, max_depth);
+  return scanner.scan(call, rows);
+}
+
+bool decode_predict_text(const std::string& body, int max_depth, PredictCall& call) {
+  bool rows = false;
+  if (scan_predict_body(body, max_depth, call, rows)) return rows;
+  return decode_predict_body(parse_json_body(body, max_depth), call);
+}
+
 void append_json_float(std::string& out, float v) {
   if (std::isnan(v)) {
     out += "NaN";
@@ -297,8 +472,8 @@ HttpReply RestHandler::v1(const HttpRequest& request, Clock::time_point arrival)
   std::string version_label;
   const char* status = "OK";
   try {
-    const json body = parse_json_body(request.body, options_.max_json_depth);
     if (p.verb != "predict") {
+      const json body = parse_json_body(request.body, options_.max_json_depth);
       // Tandem's one signature is a predict signature: classify and regress fail as TF Serving's do.
       ServableHandle h = predictor_.resolve(p.model);
       version_label = std::to_string(h->version());
@@ -310,7 +485,7 @@ HttpReply RestHandler::v1(const HttpRequest& request, Clock::time_point arrival)
     }
     PredictCall call;
     call.model = p.model;
-    const bool rows = decode_predict_body(body, call);
+    const bool rows = decode_predict_text(request.body, options_.max_json_depth, call);
     call.deadline = arrival + std::chrono::milliseconds(options_.timeout_ms);
     const PredictResult r = predictor_.predict(call);
     version_label = std::to_string(r.servable->version());

@@ -66,6 +66,11 @@ void decode_dense(const nlohmann::json& value, const std::string& what, std::vec
 // The request of a :predict body ({"instances": ...} or {"inputs": ...}); sets call.shape/values/
 // input_name and model.signature, and returns whether it was the row ("instances") form.
 bool decode_predict_body(const nlohmann::json& body, PredictCall& call);
+// The same from the body's text, straight into floats for the common forms (no JSON document);
+// what the fast reader declines goes through parse_json_body + decode_predict_body.
+bool decode_predict_text(const std::string& body, int max_depth, PredictCall& call);
+// The fast reader alone: returns false (and leaves `call` as it was) for any body it declines.
+bool scan_predict_body(const std::string& body, int max_depth, PredictCall& call, bool& rows);
 // Appends a float as JSON (shortest round-trip form; NaN and Infinity as TF Serving writes them).
 void append_json_float(std::string& out, float v);
 

@@ -90,6 +90,7 @@ int run_server(const ServerOptions& o) {
 
   if (o.max_rows_per_request < 1) throw_invalid("--max_rows_per_request must be at least 1");
   if (o.servable.max_batch < 1) throw_invalid("--max_rows_per_forward must be at least 1");
+  if (o.servable.replicas < 1 || o.servable.replicas > 256) throw_invalid("--replicas must be between 1 and 256");
   if (o.rest_timeout_ms < 1) throw_invalid("--rest_api_timeout_in_ms must be positive");
   if (o.rest_threads < 1) throw_invalid("--rest_api_num_threads must be at least 1");
   if (o.grpc_port < 0 || o.grpc_port > 65535 || o.rest_port < 0 || o.rest_port > 65535)

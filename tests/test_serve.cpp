@@ -3,11 +3,17 @@
 // half-copied versions, labels, rollback) through the REST handler. Run under ASan/UBSan in CI.
 #ifdef TANDEM_HAVE_SERVE
 #include <catch2/catch.hpp>
+#include <atomic>
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
+#include <thread>
 
 #include "engine/errors.h"
 #include "export/loaded_model.h"
+#include "serve/batching.h"
 #include "serve/config.h"
 #include "serve/grpc_api.h"
 #include "serve/metrics.h"
@@ -246,6 +252,106 @@ TEST_CASE("serve: REST bodies decode into shapes and floats", "[cpu][serve]") {
   out += ',';
   append_json_float(out, -std::numeric_limits<float>::infinity());
   CHECK(out == "0.1,NaN,-Infinity");
+}
+
+TEST_CASE("serve: the fast :predict reader equals the JSON document's decoding", "[cpu][serve]") {
+  // What the document path gives (or its error code), to compare the fast reader with.
+  struct Decoded {
+    bool ok = false, rows = false;
+    Code code = Code::OK;
+    PredictCall call;
+  };
+  auto via_document = [](const std::string& text) {
+    Decoded d;
+    try {
+      d.rows = decode_predict_body(parse_json_body(text, 64), d.call);
+      d.ok = true;
+    } catch (...) {
+      d.code = current_exception_status().code;
+    }
+    return d;
+  };
+  auto via_text = [](const std::string& text) {
+    Decoded d;
+    try {
+      d.rows = decode_predict_text(text, 64, d.call);
+      d.ok = true;
+    } catch (...) {
+      d.code = current_exception_status().code;
+    }
+    return d;
+  };
+  auto same_bits = [](const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+  };
+  auto expect_same = [&](const std::string& text) {
+    INFO(text.substr(0, 300));
+    const Decoded a = via_document(text), b = via_text(text);
+    REQUIRE(a.ok == b.ok);
+    if (!a.ok) {
+      CHECK(a.code == b.code);
+      return;
+    }
+    CHECK(a.rows == b.rows);
+    CHECK(a.call.shape == b.call.shape);
+    CHECK(same_bits(a.call.values, b.call.values));
+    CHECK(a.call.model.signature == b.call.model.signature);
+    CHECK(a.call.input_name == b.call.input_name);
+  };
+  // The common forms are read by the fast reader itself (not declined), with the document's values.
+  const std::vector<std::string> common = {
+      R"({"instances": [[[1], [2]], [[3], [4.5]]]})",
+      R"({"signature_name": "serving_default", "instances": [[0.1, -0, 1e-3, 2E+2, -7.25e-1, 0.30000000000000004]]})",
+      R"({"inputs": [[1], [2]]})",
+      R"({"inputs": {"input": [[1, 2, 3]]}})",
+      " {\n \"instances\" :\t[ [ 1 ,2 ] , [3,4] ] \r\n}\n",
+      R"({"instances": []})",
+      R"({"instances": [[], []]})",
+      R"({"instances": [16777217, 3.4028235677973366e38, 1.401298464324817e-45, 123456789012345678901234567890]})",
+  };
+  for (const std::string& text : common) {
+    INFO(text);
+    PredictCall call;
+    bool rows = false;
+    CHECK(scan_predict_body(text, 64, call, rows));
+    expect_same(text);
+  }
+  // Random bodies the way clients write them, and random damage to them: the two paths agree on
+  // every one (the fast reader declines what it does not take, and the document decides).
+  std::mt19937 rng(7);
+  auto number = [&] {
+    std::uniform_real_distribution<double> u(-3, 3);
+    char buf[64];
+    switch (rng() % 4) {
+      case 0: std::snprintf(buf, sizeof buf, "%.9g", u(rng)); break;
+      case 1: std::snprintf(buf, sizeof buf, "%d", static_cast<int>(rng() % 256)); break;
+      case 2: std::snprintf(buf, sizeof buf, "%.17e", u(rng) * 1e-30); break;
+      default: std::snprintf(buf, sizeof buf, "%.3f", u(rng)); break;
+    }
+    return std::string(buf);
+  };
+  const std::string damage = "[]{},:\"0.-eE+ \\x";
+  for (int i = 0; i < 400; ++i) {
+    const int rows = 1 + static_cast<int>(rng() % 3), cols = 1 + static_cast<int>(rng() % 4);
+    std::string t = rng() % 2 ? "{\"instances\": [" : "{\"signature_name\": \"s\", \"inputs\": [";
+    for (int r = 0; r < rows; ++r) {
+      t += r ? ", [" : "[";
+      for (int c = 0; c < cols; ++c) t += (c ? "," : "") + number();
+      t += "]";
+    }
+    t += "]}";
+    expect_same(t);
+    for (int k = 0; k < 4; ++k) {
+      std::string bad = t;
+      const size_t at = rng() % bad.size();
+      switch (rng() % 3) {
+        case 0: bad[at] = damage[rng() % damage.size()]; break;
+        case 1: bad.erase(at, 1); break;
+        default: bad.insert(at, 1, damage[rng() % damage.size()]); break;
+      }
+      expect_same(bad);
+    }
+  }
 }
 
 TEST_CASE("serve: gRPC TensorProtos decode with TensorFlow's semantics", "[cpu][serve]") {
@@ -508,13 +614,6 @@ TEST_CASE("serve: REST paths, codes and the v2 protocol", "[cpu][serve]") {
   // Rows computed: the one-row v1 predict and the two v2 infers; not the late one.
   CHECK_THAT(metrics, Catch::Contains(":tandem:serving:rows_computed{model_name=\"fashion\",version=\"1\"} 3"));
 }
-#endif  // TANDEM_HAVE_SERVE
-
-#ifdef TANDEM_HAVE_SERVE
-#include <atomic>
-#include <thread>
-
-#include "serve/batching.h"
 
 TEST_CASE("serve: batching gives every request exactly its own rows, padded batches, bounded queues", "[cpu][serve]") {
   BatchingOptions o;
@@ -615,5 +714,44 @@ TEST_CASE("serve: a full batch queue answers UNAVAILABLE at once; expired reques
   CHECK(computed == 4);  // the expired request's 3 rows never ran
   CHECK(code_of([&] { q.run(in3.data(), 2, out3.data(), Clock::time_point::max()); }) == Code::OK);
   CHECK(computed == 6);
+}
+TEST_CASE("serve: replicas of one version run at once and answer as one does", "[cpu][serve]") {
+  test::TempDir tmp;
+  const std::string dir = tmp / "1";
+  write_version(dir, 11);
+  for (int batching = 0; batching < 2; ++batching) {
+    ServableOptions o;
+    o.threads = 2;
+    o.max_batch = 16;
+    o.replicas = 2;
+    o.batching = batching == 1;
+    o.batch.max_batch_size = 8;
+    o.batch.batch_timeout_micros = 500;
+    o.batch.num_batch_threads = 2;
+    INFO("batching " << batching);
+    auto s = Servable::load("tiny", 1, dir, o);
+    CHECK(s->replicas() == 2);
+    std::atomic<int> wrong{0};
+    std::vector<std::thread> clients;
+    for (int c = 0; c < 4; ++c)
+      clients.emplace_back([&, c] {
+        for (int i = 0; i < 25; ++i) {
+          std::vector<float> in(784);
+          for (size_t k = 0; k < in.size(); ++k) in[k] = static_cast<float>((k * 7 + c * 31 + i) % 256) / 255.f;
+          std::vector<float> out(10);
+          s->infer(in.data(), 1, out.data(), Clock::now() + std::chrono::seconds(30));
+          const std::vector<float> want = reference(dir, in);
+          for (int k = 0; k < 10; ++k)
+            if (std::abs(out[k] - want[k]) > 1e-6f) ++wrong;
+        }
+      });
+    for (auto& t : clients) t.join();
+    CHECK(wrong == 0);
+  }
+  // A replica needs a compute thread: one thread means one replica.
+  ServableOptions one;
+  one.threads = 1;
+  one.replicas = 4;
+  CHECK(Servable::load("tiny", 1, dir, one)->replicas() == 1);
 }
 #endif  // TANDEM_HAVE_SERVE

@@ -70,6 +70,10 @@ Command add_serve(CLI::App& root) {
       ->capture_default_str();
   c->add_option(both("device"), o->servable.device, "cpu or gpu:N")->capture_default_str();
   c->add_option(both("threads"), o->servable.threads, "CPU compute threads per version (default: all cores)");
+  c->add_option(both("replicas"), o->servable.replicas,
+                "forward passes of one version that may run at once, each on --threads / N threads (with "
+                "--enable_batching: num_batch_threads)")
+      ->capture_default_str();
   // TF Serving flags that a launch line may carry.
   c->add_flag(both("enable_batching"), *enable_batching,
               "dynamic batching: requests that arrive close together run as one forward pass");
