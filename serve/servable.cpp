@@ -30,7 +30,6 @@ Servable::~Servable() {
   if (on_destroy_) on_destroy_();
 }
 
-
 std::shared_ptr<Servable> Servable::load(const std::string& name, int64_t version, const std::string& dir,
                                          const ServableOptions& options, std::function<void()> on_destroy) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -42,6 +41,10 @@ std::shared_ptr<Servable> Servable::load(const std::string& name, int64_t versio
   if (options.replicas < 1) throw_invalid("a version needs at least one replica");
   LoadedModel loaded = load_model(dir);
   ServableOptions o = options;
+  if (o.batching && o.per_model_batching) {
+    const std::filesystem::path params = std::filesystem::path(dir) / kBatchingParamsFileName;
+    if (std::filesystem::exists(params)) o.batch = read_batching_parameters_file(params.string(), o.cores);
+  }
   // With batching no forward pass is larger than max_batch_size: plan the activations for that.
   if (o.batching) o.max_batch = std::min(o.max_batch, o.batch.max_batch_size);
   const int replicas = replicas_for(o);

@@ -30,6 +30,10 @@ struct ServableOptions {
   int replicas = 1;
   bool batching = false;  // queue requests into batches (BatchQueue) with `batch`
   BatchingOptions batch;
+  // --enable_per_model_batching_params: a version directory's batching_params.pbtxt (text-format
+  // BatchingParameters, TF Serving's defaults where unset) replaces `batch` for that version.
+  bool per_model_batching = false;
+  int cores = 1;  // num_batch_threads where a batching_params.pbtxt leaves it unset
   // Called after each batch (metrics), with the servable's model name and version.
   std::function<void(const std::string& model, int64_t version, const BatchStats&)> on_batch;
 };
@@ -39,6 +43,7 @@ constexpr const char* kDefaultSignature = "serving_default";
 constexpr const char* kPredictMethod = "tensorflow/serving/predict";
 constexpr const char* kInputName = "input";
 constexpr const char* kOutputName = "probabilities";
+constexpr const char* kBatchingParamsFileName = "batching_params.pbtxt";  // as TF Serving names it
 
 class Servable {
  public:

@@ -754,4 +754,32 @@ TEST_CASE("serve: replicas of one version run at once and answer as one does", "
   one.replicas = 4;
   CHECK(Servable::load("tiny", 1, dir, one)->replicas() == 1);
 }
+TEST_CASE("serve: a version's batching_params.pbtxt replaces the server's batching parameters", "[cpu][serve]") {
+  test::TempDir tmp;
+  const std::string plain = tmp / "1", own = tmp / "2", bad = tmp / "3";
+  for (const std::string& d : {plain, own, bad}) write_version(d, 5);
+  test::write_bytes(own + "/" + kBatchingParamsFileName, "max_batch_size { value: 4 }\nbatch_timeout_micros { value: 0 }\n");
+  test::write_bytes(bad + "/" + kBatchingParamsFileName, "max_batch_size { value: 4 }\nmax_batch_sizes: 3\n");
+  ServableOptions o;
+  o.threads = 1;
+  o.batching = true;
+  o.per_model_batching = true;
+  o.batch.max_batch_size = 8;
+  std::vector<float> in(6 * 784, 0.5f), out(6 * 10);
+  auto deadline = [] { return Clock::now() + std::chrono::seconds(30); };
+  auto s = Servable::load("tiny", 1, plain, o);  // no file: the server's parameters
+  CHECK(code_of([&] { s->infer(in.data(), 6, out.data(), deadline()); }) == Code::OK);
+  s = Servable::load("tiny", 2, own, o);  // its own: at most 4 rows
+  CHECK(code_of([&] { s->infer(in.data(), 4, out.data(), deadline()); }) == Code::OK);
+  CHECK(code_of([&] { s->infer(in.data(), 5, out.data(), deadline()); }) == Code::INVALID_ARGUMENT);
+  try {
+    Servable::load("tiny", 3, bad, o);
+    FAIL("a version with a malformed batching_params.pbtxt loaded");
+  } catch (const Error& e) {
+    CHECK_THAT(e.what(), Catch::Contains(kBatchingParamsFileName) && Catch::Contains("max_batch_sizes"));
+  }
+  o.per_model_batching = false;  // without the flag the file is not read
+  s = Servable::load("tiny", 2, own, o);
+  CHECK(code_of([&] { s->infer(in.data(), 6, out.data(), deadline()); }) == Code::OK);
+}
 #endif  // TANDEM_HAVE_SERVE

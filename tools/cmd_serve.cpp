@@ -23,6 +23,7 @@ Command add_serve(CLI::App& root) {
   auto o = std::make_shared<serve::ServerOptions>();
   auto enable_batching = std::make_shared<bool>(false);
   auto batching_file = std::make_shared<std::string>();
+  auto per_model_batching = std::make_shared<bool>(false);
   auto ssl_file = std::make_shared<std::string>();
   auto warmup = std::make_shared<bool>(true);
   auto load_retries = std::make_shared<int>(5);
@@ -79,6 +80,8 @@ Command add_serve(CLI::App& root) {
               "dynamic batching: requests that arrive close together run as one forward pass");
   c->add_option(both("batching_parameters_file"), *batching_file,
                 "text-format BatchingParameters (max_batch_size, batch_timeout_micros, ...; TF Serving's defaults)");
+  c->add_flag(both("enable_per_model_batching_params"), *per_model_batching,
+              "a version directory's batching_params.pbtxt replaces --batching_parameters_file for that version");
   c->add_option(both("enable_model_warmup"), *warmup, "accepted for compatibility: versions are always warmed up");
   c->add_option(both("max_num_load_retries"), *load_retries,
                 "accepted for compatibility: a failed version is retried when its directory changes");
@@ -87,12 +90,16 @@ Command add_serve(CLI::App& root) {
   return Command{c, [=]() -> int {
                    if (!batching_file->empty() && !*enable_batching)
                      throw_invalid("--batching_parameters_file needs --enable_batching");
+                   if (*per_model_batching && !*enable_batching)
+                     throw_invalid("--enable_per_model_batching_params needs --enable_batching");
                    if (!ssl_file->empty())
                      throw_invalid("--ssl_config_file: TLS is not supported", "terminate TLS in a proxy in front of the server");
                    serve::ServerOptions opts = *o;
                    if (opts.servable.threads <= 0) opts.servable.threads = *intra_op > 0 ? *intra_op : default_threads();
                    if (*enable_batching) {
                      opts.servable.batching = true;
+                     opts.servable.per_model_batching = *per_model_batching;
+                     opts.servable.cores = default_threads();
                      if (batching_file->empty()) {
                        opts.servable.batch.num_batch_threads = default_threads();  // TF Serving's default
                      } else {

@@ -19,8 +19,11 @@ server is stopped by its PID, also on failure):
   badinput   every kind of bad request gets its code and an error message; the server then still
              answers a good request correctly; a half-open connection does not hold up other clients
   limits     gRPC deadline and --rest_api_timeout_in_ms while a request waits: DEADLINE_EXCEEDED / 504
-             and not computed (rows_computed metric); body, rows and gRPC message limits; metrics;
-             batching: mixed request sizes under concurrency equal tandem predict, a full queue 503
+             and not computed (rows_computed metric); body, rows and gRPC message limits; metrics
+  batching   mixed request sizes under concurrency (REST and gRPC, with padding) equal tandem predict;
+             over max_batch_size 400; a full queue 503 at once; a deadline passing in the queue is not
+             computed; a swap under load never mixes versions in a batch; a version's own
+             batching_params.pbtxt (--enable_per_model_batching_params)
 
 Usage: serve_check.py PATH/TO/tandem CHECK      Exits 0 (pass), 1 (fail) or 77 (skipped)."""
 import gzip
@@ -659,7 +662,14 @@ def check_limits(work):
         check("metrics: load count and latency histogram",
               metric(text, ":tandem:serving:model_load_count", model_name="cnn", status="OK") == 1 and
               ":tensorflow:serving:request_latency_bucket{" in text)
-    # Batching: mixed request sizes under concurrency, rows in = rows out; a full queue answers 503.
+
+
+def check_batching(work):
+    x = test_images()
+    src = make_model(work, "cnn")
+    base = os.path.join(work, "serving", "cnn")
+    export(src, base)
+    # Mixed request sizes under concurrency, rows in = rows out; a full queue answers 503.
     want = reference(src, 2000)
     params = os.path.join(work, "batching.config")
     open(params, "w").write("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 2000 }\n"
@@ -723,8 +733,89 @@ def check_limits(work):
         check("batching: the server answers after a full queue", r.status_code == 200)
 
 
+    # A request whose deadline passes in the queue (behind a long batch) is dropped, never computed.
+    open(params, "w").write("max_batch_size { value: 6000 }\nbatch_timeout_micros { value: 0 }\n"
+                            "max_enqueued_batches { value: 10 }\nnum_batch_threads { value: 1 }\n")
+    with Server(work, ["--model_name", "cnn", "--model_base_path", base, "--enable_batching", "--threads", "1",
+                       "--batching_parameters_file", params] + metrics_config(work)) as s:
+        def rows_computed():
+            return metric(requests.get(s.url + "/monitoring/prometheus/metrics").text, ":tandem:serving:rows_computed",
+                          model_name="cnn")
+        before = rows_computed()
+        long_req = grpc_request("cnn", x[:6000])
+        t = threading.Thread(target=lambda: s.predict_stub.Predict(long_req, timeout=120))
+        t.start()
+        time.sleep(1.0)
+        try:
+            s.predict_stub.Predict(grpc_request("cnn", x[:7]), timeout=0.2)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            code = e.code()
+        t.join()
+        time.sleep(0.3)
+        check("batching: a deadline that passes in the queue is DEADLINE_EXCEEDED", code == grpc.StatusCode.DEADLINE_EXCEEDED,
+              code)
+        check("batching: ... and its rows are never computed", rows_computed() - before == 6000, rows_computed() - before)
+
+    # A batch never mixes versions: two versions with different weights, a swap under load, and every
+    # answer equal to what the version it names computes.
+    src2 = make_model(work, "cnn", seed=7)
+    refs = {1: reference(src, 64), 2: reference(src2, 64)}
+    open(params, "w").write("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 3000 }\n"
+                            "max_enqueued_batches { value: 1000 }\nnum_batch_threads { value: 2 }\n")
+    with Server(work, ["--model_name", "cnn", "--model_base_path", base, "--enable_batching",
+                       "--batching_parameters_file", params, "--file_system_poll_wait_seconds", "0.2"]) as s:
+        answers, errors, stop = [], [], threading.Event()
+
+        def client(c):
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}"))
+            i = 0
+            while not stop.is_set():
+                lo, n = (c * 13 + i * 5) % 60, 1 + (c + i) % 4
+                try:
+                    r = stub.Predict(grpc_request("cnn", x[lo:lo + n]), timeout=60)
+                    answers.append((r.model_spec.version.value, lo, n, grpc_probs(r)))
+                except grpc.RpcError as e:
+                    errors.append(e.code().name)
+                i += 1
+        ts = [threading.Thread(target=client, args=(c,)) for c in range(6)]
+        for t in ts:
+            t.start()
+        time.sleep(1.0)
+        export(src2, base, 2)
+        deadline = time.time() + 30
+        while time.time() < deadline and not any(v == 2 for v, *_ in answers[-20:]):
+            time.sleep(0.1)
+        time.sleep(1.0)
+        stop.set()
+        for t in ts:
+            t.join()
+        wrong = [(v, lo, n) for v, lo, n, got in answers if v not in refs or
+                 np.max(np.abs(got - refs[v][lo:lo + n])) > 1e-5]
+        versions = {v for v, *_ in answers}
+        check("batching across a swap: both versions answered, zero failed requests",
+              versions == {1, 2} and not errors, (versions, errors[:3]))
+        check("batching across a swap: every answer is what its version computes (no batch mixed versions)",
+              not wrong and len(answers) > 50, (len(answers), wrong[:3]))
+
+    # --enable_per_model_batching_params: a version's batching_params.pbtxt replaces the server's.
+    open(os.path.join(base, "2", "batching_params.pbtxt"), "w").write("max_batch_size { value: 4 }\n")
+    open(params, "w").write("max_batch_size { value: 32 }\n")
+    with Server(work, ["--model_name", "cnn", "--model_base_path", base, "--enable_batching",
+                       "--batching_parameters_file", params, "--enable_per_model_batching_params"]) as s:
+        ok = rest_predict(s, "cnn", x[:4])
+        over = rest_predict(s, "cnn", x[:5])
+        check("per-model batching: the version's own max_batch_size (4) holds",
+              ok.status_code == 200 and over.status_code == 400 and "maximum input batch size 4" in over.text,
+              (ok.status_code, over.text[:200]))
+    r = run([TANDEM, "serve", "--port", str(free_port()), "--model_base_path", base,
+             "--enable_per_model_batching_params"], timeout=30)
+    check("--enable_per_model_batching_params without --enable_batching: exit 2",
+          r.returncode == 2 and "needs --enable_batching" in r.stderr, r.stderr)
+
+
 CHECKS = {"predict": check_predict, "hotswap": check_hotswap, "lifecycle": check_lifecycle, "sigterm": check_sigterm,
-          "badinput": check_badinput, "limits": check_limits}
+          "badinput": check_badinput, "limits": check_limits, "batching": check_batching}
 if CHECK not in CHECKS:
     sys.exit(f"unknown check {CHECK}; one of {', '.join(CHECKS)}")
 work = tempfile.mkdtemp(prefix=f"tandem-serve-{CHECK}-")
