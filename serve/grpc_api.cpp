@@ -201,6 +201,9 @@ void GrpcServer::start() {
   builder.AddListeningPort(impl_->options.address, grpc::InsecureServerCredentials(), &bound_port);
   builder.SetMaxReceiveMessageSize(impl_->options.max_message_bytes);
   builder.SetMaxSendMessageSize(impl_->options.max_message_bytes);
+  // grpc++ binds with SO_REUSEPORT by default: a second server on the same port would start
+  // without an error and take half of the connections.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   if (impl_->options.max_threads > 0) {
     grpc::ResourceQuota quota("tandem-serve");
     quota.SetMaxThreads(impl_->options.max_threads);

@@ -3,7 +3,10 @@
 // (tensor_content) back to back for SECONDS, after one warm-up second. Prints one JSON line:
 // requests, errors, requests/s, and p50/p99/p99.9 latency in microseconds.
 //
-// Usage: grpc_load HOST:PORT MODEL CONCURRENCY SECONDS [ROWS]
+// With TIMELINE, every measured request is also written there as a line "SECONDS_SINCE_START
+// LATENCY_US OK" (for latency around an event, such as a version swap).
+//
+// Usage: grpc_load HOST:PORT MODEL CONCURRENCY SECONDS [ROWS [TIMELINE]]
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -22,7 +25,7 @@ using Clock = std::chrono::steady_clock;
 
 int main(int argc, char** argv) {
   if (argc < 5) {
-    std::fprintf(stderr, "usage: grpc_load HOST:PORT MODEL CONCURRENCY SECONDS [ROWS]\n");
+    std::fprintf(stderr, "usage: grpc_load HOST:PORT MODEL CONCURRENCY SECONDS [ROWS [TIMELINE]]\n");
     return 2;
   }
   const std::string address = argv[1], model = argv[2];
@@ -43,7 +46,12 @@ int main(int argc, char** argv) {
   std::atomic<int64_t> errors{0};
   std::mutex first_error_mu;
   std::string first_error;  // the first failed call's code and message, for the report
-  std::vector<std::vector<double>> latencies(static_cast<size_t>(concurrency));
+  struct Sample {
+    double at_s, us;
+    bool ok;
+  };
+  std::vector<std::vector<Sample>> latencies(static_cast<size_t>(concurrency));
+  const Clock::time_point t_begin = Clock::now() + std::chrono::seconds(1);  // when measuring starts
   std::vector<std::thread> threads;
   for (int i = 0; i < concurrency; ++i) {
     threads.emplace_back([&, i] {
@@ -64,11 +72,12 @@ int main(int argc, char** argv) {
           std::lock_guard<std::mutex> lock(first_error_mu);
           if (first_error.empty()) first_error = std::to_string(s.error_code()) + " " + s.error_message();
         }
-        latencies[static_cast<size_t>(i)].push_back(us);
+        latencies[static_cast<size_t>(i)].push_back(
+            {std::chrono::duration<double>(t0 - t_begin).count(), us, s.ok()});
       }
     });
   }
-  std::this_thread::sleep_for(std::chrono::seconds(1));
+  std::this_thread::sleep_until(t_begin);
   measuring = true;
   const auto start = Clock::now();
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
@@ -77,7 +86,17 @@ int main(int argc, char** argv) {
   stop = true;
   for (auto& th : threads) th.join();
   std::vector<double> all;
-  for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  FILE* timeline = argc > 6 ? std::fopen(argv[6], "w") : nullptr;
+  if (argc > 6 && !timeline) {
+    std::fprintf(stderr, "grpc_load: cannot write %s\n", argv[6]);
+    return 2;
+  }
+  for (auto& l : latencies)
+    for (const Sample& x : l) {
+      all.push_back(x.us);
+      if (timeline) std::fprintf(timeline, "%.6f %.0f %d\n", x.at_s, x.us, x.ok ? 1 : 0);
+    }
+  if (timeline) std::fclose(timeline);
   std::sort(all.begin(), all.end());
   auto pct = [&](double p) {
     return all.empty() ? 0.0 : all[std::min(all.size() - 1, static_cast<size_t>(p / 100.0 * all.size()))];

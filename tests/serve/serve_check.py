@@ -13,7 +13,8 @@ server is stopped by its PID, also on failure):
              unavailable version is refused and the old config stays; several models in one server
   lifecycle  a corrupted and a half-copied version are never served (the old one keeps serving), the
              status shows END with the error, logged once; the half-copied one loads once complete;
-             start-up errors (malformed config: exit 2 naming file:line; missing base path: exit 2)
+             start-up errors (malformed config: exit 2 naming file:line; missing base path: exit 2; a
+             port another server listens on: exit 2)
   sigterm    SIGTERM while clients send: a long request in flight completes with correct results,
              every answered request succeeded, exit status 0
   badinput   every kind of bad request gets its code and an error message; the server then still
@@ -472,6 +473,16 @@ def check_lifecycle(work):
     check("malformed config at start: exit 2 naming file:line", r.returncode == 2 and f"{bad}:4:" in r.stderr, r.stderr)
     r = run([TANDEM, "serve", "--port", str(free_port()), "--model_base_path", os.path.join(work, "missing")], timeout=30)
     check("missing base path at start: exit 2", r.returncode == 2 and "does not exist" in r.stderr, r.stderr)
+    # A port another server listens on is refused (no SO_REUSEPORT sharing), for either front end.
+    with Server(work, ["--model_name", "fashion", "--model_base_path", base]) as s:
+        for flags, what in ((["--port", str(s.grpc_port), "--rest_api_port", "0"], "gRPC"),
+                            (["--port", str(free_port()), "--rest_api_port", str(s.rest_port)], "REST")):
+            r = run([TANDEM, "serve", "--host", "127.0.0.1", "--model_name", "fashion", "--model_base_path", base] + flags,
+                    timeout=60)
+            check(f"a {what} port in use: exit 2 naming it", r.returncode == 2 and f"cannot listen for {what}" in r.stderr,
+                  r.stderr[-300:])
+        r = rest_predict(s, "fashion", x[:1])
+        check("... and the first server still answers", r.status_code == 200, r.text[:200])
 
 
 def check_sigterm(work):
