@@ -151,13 +151,13 @@ std::string fingerprint(const fs::path& dir) {
 
 }  // namespace
 
-void ModelManager::install(const ServerConfig& config) {
+void ModelManager::install(const ServerConfig& config, bool drop) {
   std::vector<std::pair<std::string, std::vector<ServableHandle>>> dropped;
   {
     std::lock_guard<std::mutex> lock(state_mu_);
     for (auto it = models_.begin(); it != models_.end();) {
       const bool kept = std::any_of(config.begin(), config.end(), [&](const ModelSource& m) { return m.name == it->first; });
-      if (kept) {
+      if (kept || !drop) {
         ++it;
         continue;
       }
@@ -205,24 +205,31 @@ Status ModelManager::reload(const ServerConfig& config) {
   }
   std::lock_guard<std::mutex> lifecycle(lifecycle_mu_);
   const ServerConfig previous = config_;
-  install(config);
-  poll_locked();
+  // First load what the new config wants while everything still serves as before (no model
+  // dropped, no version unloaded, the old labels in place); then decide its labels against what
+  // is available. A refused config leaves nothing changed but the extra versions, unloaded again.
+  install(config, /*drop=*/false);
+  poll_locked(/*unload=*/false);
   Status labels = check_labels(config);
   if (!labels.ok()) {
-    install(previous);
+    install(previous, /*drop=*/true);
     poll_locked();
     return labels;
   }
-  std::lock_guard<std::mutex> lock(state_mu_);
-  for (const ModelSource& m : config) {
-    ModelState& s = models_.at(m.name);
-    if (s.labels != m.labels) {
-      std::string text;
-      for (const auto& [l, v] : m.labels) text += (text.empty() ? "" : ", ") + l + " -> " + std::to_string(v);
-      log_info("model '" + m.name + "': labels " + (text.empty() ? "none" : text));
+  {
+    std::lock_guard<std::mutex> lock(state_mu_);
+    for (const ModelSource& m : config) {
+      ModelState& s = models_.at(m.name);
+      if (s.labels != m.labels) {
+        std::string text;
+        for (const auto& [l, v] : m.labels) text += (text.empty() ? "" : ", ") + l + " -> " + std::to_string(v);
+        log_info("model '" + m.name + "': labels " + (text.empty() ? "none" : text));
+      }
+      s.labels = m.labels;
     }
-    s.labels = m.labels;
   }
+  install(config, /*drop=*/true);
+  poll_locked();
   return {};
 }
 
@@ -231,16 +238,16 @@ void ModelManager::poll() {
   poll_locked();
 }
 
-void ModelManager::poll_locked() {
+void ModelManager::poll_locked(bool unload) {
   std::vector<std::string> names;
   {
     std::lock_guard<std::mutex> lock(state_mu_);
     for (const auto& [name, s] : models_) names.push_back(name);
   }
-  for (const auto& name : names) poll_model(name);
+  for (const auto& name : names) poll_model(name, unload);
 }
 
-void ModelManager::poll_model(const std::string& name) {
+void ModelManager::poll_model(const std::string& name, bool unload) {
   ModelSource source;
   std::set<int64_t> loaded;
   std::map<int64_t, std::string> failed;
@@ -320,6 +327,7 @@ void ModelManager::poll_model(const std::string& name) {
     }
   }
 
+  if (!unload) return;
   // Unload what is no longer aspired, but only once an aspired version serves.
   const bool aspired_serves = std::any_of(aspired.begin(), aspired.end(), [&](int64_t v) { return loaded.count(v) > 0; });
   std::vector<ServableHandle> unloading;

@@ -102,9 +102,12 @@ class ModelManager {
     bool base_path_missing = false;
     std::set<std::string> logged;  // one-time messages already logged
   };
-  void install(const ServerConfig& config);
-  void poll_locked();
-  void poll_model(const std::string& name);
+  // Sets the sources (policies, paths) of the configured models; with `drop`, also forgets the
+  // models the config no longer has (their versions unload after their last requests).
+  void install(const ServerConfig& config, bool drop);
+  // Loads what the policies want; with `unload`, also unloads what they no longer want.
+  void poll_locked(bool unload = true);
+  void poll_model(const std::string& name, bool unload);
   Status check_labels(const ServerConfig& config) const;
 
   ManagerOptions options_;

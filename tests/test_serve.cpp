@@ -495,6 +495,28 @@ TEST_CASE("serve: labels, specific policies and rollback through reloads", "[cpu
   CHECK(rig.served_version("canary") == 2);
   CHECK(rig.served_version() == 2);
 
+  // A refused reload that also changes the policy unloads nothing that served: the same servable
+  // objects keep answering, and the version the refused policy loaded is gone again.
+  const ServableHandle held1 = rig.manager->resolve("fashion", int64_t{1}, ""),
+                       held2 = rig.manager->resolve("fashion", int64_t{2}, "");
+  ModelSource churn = m;
+  churn.policy.versions = {3};
+  churn.labels = {{"stable", 1}};  // version 1 is not in the new policy, and 3 is not loaded yet
+  churn.labels["canary"] = 9;      // no such version: refused
+  CHECK(rig.manager->reload({churn}).code == Code::FAILED_PRECONDITION);
+  CHECK(rig.manager->resolve("fashion", int64_t{1}, "") == held1);
+  CHECK(rig.manager->resolve("fashion", int64_t{2}, "") == held2);
+  CHECK(rig.served_version("stable") == 1);
+  CHECK(code_of([&] { rig.manager->resolve("fashion", int64_t{3}, ""); }) == Code::NOT_FOUND);
+  // The same policy with a label on a version it loads is accepted in one reload.
+  ModelSource forward = m;
+  forward.policy.versions = {2, 3};
+  forward.labels = {{"stable", 2}, {"canary", 3}};
+  REQUIRE(rig.manager->reload({forward}).ok());
+  CHECK(rig.served_version("canary") == 3);
+  CHECK(rig.manager->resolve("fashion", int64_t{2}, "") == held2);
+  REQUIRE(rig.manager->reload({m}).ok());
+
   // Rollback: a specific policy back to version 1 only, labels moved with it.
   ModelSource back = m;
   back.policy.versions = {1};

@@ -71,10 +71,10 @@ Command add_serve(CLI::App& root) {
       ->capture_default_str();
   c->add_option(both("device"), o->servable.device, "cpu or gpu:N")->capture_default_str();
   c->add_option(both("threads"), o->servable.threads, "CPU compute threads per version (default: all cores)");
-  c->add_option(both("replicas"), o->servable.replicas,
-                "forward passes of one version that may run at once, each on --threads / N threads (with "
-                "--enable_batching: num_batch_threads)")
-      ->capture_default_str();
+  auto replicas = std::make_shared<int>(0);
+  c->add_option(both("replicas"), *replicas,
+                "forward passes of one version that may run at once, each on --threads / N threads (default: one "
+                "per compute thread; with --enable_batching: num_batch_threads)");
   // TF Serving flags that a launch line may carry.
   c->add_flag(both("enable_batching"), *enable_batching,
               "dynamic batching: requests that arrive close together run as one forward pass");
@@ -96,6 +96,10 @@ Command add_serve(CLI::App& root) {
                      throw_invalid("--ssl_config_file: TLS is not supported", "terminate TLS in a proxy in front of the server");
                    serve::ServerOptions opts = *o;
                    if (opts.servable.threads <= 0) opts.servable.threads = *intra_op > 0 ? *intra_op : default_threads();
+                   // One single-threaded forward pass per core beat one pass on all cores for every
+                   // model and concurrency but the cnn at concurrency 1 on an idle machine
+                   // (benchmarks/serve/serve_bench.py; RESULTS.md, "tandem serve").
+                   opts.servable.replicas = *replicas != 0 ? *replicas : opts.servable.threads;
                    if (*enable_batching) {
                      opts.servable.batching = true;
                      opts.servable.per_model_batching = *per_model_batching;

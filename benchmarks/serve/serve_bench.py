@@ -4,8 +4,9 @@ would otherwise run on this machine, KServe's Python model server with ONNX Runt
 model.onnx (benchmarks/serve/kserve_onnx.py, in its own venv from benchmarks/serve/setup_peers.sh).
 
 Trains the mlp and the cnn briefly (the weights do not change the cost), exports them (native and
-onnx) into one served tree, starts three servers on loopback (Tandem without batching, Tandem with
---enable_batching and BATCHING's parameters, KServe), and measures, ROUNDS rounds interleaved:
+onnx) into one served tree, starts four servers on loopback (Tandem without batching, with its
+default of one single-threaded replica per core and with one replica on all cores; Tandem with
+--enable_batching and BATCHING's parameters; KServe), and measures, ROUNDS rounds interleaved:
   - requests/s and p50/p99/p99.9 latency at each CONCURRENCY for both models: REST with wrk
     (Debian; benchmarks/serve/predict.lua posts one Fashion-MNIST image per :predict request,
     keep-alive, closed loop) against all three servers; gRPC Predict with build/benchmarks/grpc_load
@@ -20,7 +21,7 @@ The load generators share the machine's cores with the servers: on a 2-core VM t
 is measured, for every server alike. Medians over the rounds, with the min..max spread.
 
 Usage: serve_bench.py [--tandem build/tandem] [--seconds 6] [--rounds 3] [--concurrency 1,8,64]
-                      [--batching max_batch_size=64,batch_timeout_micros=2000,num_batch_threads=2]
+                      [--batching max_batch_size=64,batch_timeout_micros=0,num_batch_threads=2]
                       [--no-peer] [--json OUT.json]"""
 import argparse
 import json
@@ -149,7 +150,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", default="1,8,64")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--batching", default="max_batch_size=64,batch_timeout_micros=2000,num_batch_threads=2,"
+    ap.add_argument("--batching", default="max_batch_size=64,batch_timeout_micros=0,num_batch_threads=2,"
                                           "max_enqueued_batches=100")
     ap.add_argument("--poll", type=float, default=1.0)
     ap.add_argument("--swaps", type=int, default=3)
@@ -184,6 +185,7 @@ def main():
         common = ["--threads", str(a.threads), "--file_system_poll_wait_seconds", str(a.poll)]
         batch_flags = ["--enable_batching", "--batching_parameters_file", params]
         systems = {"tandem": servers.tandem(a.tandem, config, common, "tandem"),
+                   "tandem, 1 replica": servers.tandem(a.tandem, config, common + ["--replicas", "1"], "tandem-1-replica"),
                    "tandem+batching": servers.tandem(a.tandem, config, common + batch_flags, "tandem-batching")}
         peer = None
         if not a.no_peer:
