@@ -31,6 +31,11 @@ if [ "${TANDEM_SKIP_PIP:-0}" != 1 ]; then
   # TF Serving's official client: its one dependency is the name `tensorflow`, which tensorflow-cpu
   # (above) provides under another name, so it goes in without dependencies.
   python3 -m pip install -q --disable-pip-version-check --no-deps tensorflow-serving-api 2>&1 | grep -v "Running pip as the 'root'" || true
+  # TensorFlow.js's Python loader, for the tfjs export's check: its declared dependencies would pull
+  # tensorflow (not -cpu), tensorflow-decision-forests (pinning an older TensorFlow) and JAX, so it goes
+  # in without them beside tensorflow-cpu; the check stubs the two modules it imports eagerly.
+  python3 -m pip install -q --disable-pip-version-check --no-deps tensorflowjs==4.22.0 tf-keras==2.21.0 \
+    tensorflow-hub==0.16.1 2>&1 | grep -v "Running pip as the 'root'" || true
 fi
 
 mkdir -p build

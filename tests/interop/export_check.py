@@ -13,14 +13,13 @@ the CLI's versioning (next free version, refusal to overwrite, --overwrite, no t
 
 Usage: export_check.py PATH/TO/tandem      Exits 0 (pass), 1 (fail) or 77 (skipped: no TensorFlow,
 onnxruntime or Fashion-MNIST data)."""
-import gzip
 import json
 import os
 import shutil
-import struct
-import subprocess
 import sys
 import tempfile
+
+from interop_common import DATA, compare, fail, failures, idx_file, run, small_training_data, test_images
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -39,9 +38,6 @@ if len(sys.argv) != 2:
     sys.exit("usage: export_check.py PATH/TO/tandem")
 TANDEM = os.path.abspath(sys.argv[1])
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.environ.get("TANDEM_DATA", "/usr/share/datasets/fashion-mnist")
-TOL = 1e-5
-TRAIN_IMAGES, SMALL_TEST_IMAGES = 2000, 500
 # The cases the presets miss: asymmetric "same" padding (TF pads the extra row at the bottom/right),
 # strided "same" pooling, convolution without bias, a Softmax layer, Activation and ReLU layers.
 EDGE_SPEC = {
@@ -61,49 +57,6 @@ EDGE_SPEC = {
         {"type": "Softmax"},
     ],
 }
-failures = []
-
-
-def fail(msg):
-    print("FAIL:", msg)
-    failures.append(msg)
-
-
-def run(cmd, expect=0):
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if expect is not None and p.returncode != expect:
-        fail(f"{' '.join(cmd)} exited {p.returncode}, expected {expect}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
-    return p
-
-
-def idx_file(name):
-    for candidate in (os.path.join(DATA, name + ".gz"), os.path.join(DATA, name)):
-        if os.path.exists(candidate):
-            return candidate
-    return None
-
-
-def read_idx(name):
-    path = idx_file(name)
-    data = (gzip.open if path.endswith(".gz") else open)(path, "rb").read()
-    ndim = data[3]
-    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-    return data[:4 + 4 * ndim], dims, data[4 + 4 * ndim:]
-
-
-def write_subset(dst, name, count):
-    header, dims, body = read_idx(name)
-    per = int(np.prod(dims[1:])) if len(dims) > 1 else 1
-    with gzip.open(os.path.join(dst, name + ".gz"), "wb") as f:
-        f.write(header[:4] + struct.pack(">I", count) + header[8:] + body[:count * per])
-
-
-def test_images():
-    _, dims, body = read_idx("t10k-images-idx3-ubyte")
-    pixels = np.frombuffer(body, dtype=np.uint8).reshape(dims[0], dims[1], dims[2], 1)
-    return pixels.astype(np.float32) / np.float32(255)  # as Tandem feeds its layers: x / 255 in float32
-
-
 def check_graph_attrs(pb_path, tag):
     """Every node: required attrs present, no unknown attrs, no attr equal to its default."""
     sm = saved_model_pb2.SavedModel()
@@ -129,19 +82,6 @@ def check_graph_attrs(pb_path, tag):
     return len(graph.node), graph.versions.producer
 
 
-def compare(tag, ref, got):
-    diff = float(np.max(np.abs(got - ref)))
-    top2 = np.sort(ref, axis=1)[:, -2:]
-    tie = (top2[:, 1] - top2[:, 0]) <= TOL
-    mismatch = np.argmax(got, axis=1) != np.argmax(ref, axis=1)
-    bad = int(np.sum(mismatch & ~tie))
-    if diff > TOL:
-        fail(f"{tag}: max |diff| {diff:.3e} > {TOL}")
-    if bad:
-        fail(f"{tag}: {bad} predicted classes differ from tandem predict")
-    return diff, int(np.sum(mismatch))
-
-
 def main():
     if idx_file("t10k-images-idx3-ubyte") is None or idx_file("train-images-idx3-ubyte") is None:
         print(f"SKIP: Fashion-MNIST not found in {DATA} (set TANDEM_DATA)")
@@ -149,12 +89,7 @@ def main():
     print(f"TensorFlow {tf.__version__}, onnxruntime {ort.__version__}, onnx {onnx.__version__}")
     tmp = tempfile.mkdtemp(prefix="tandem-export-check-")
     try:
-        small = os.path.join(tmp, "small-data")
-        os.makedirs(small)
-        write_subset(small, "train-images-idx3-ubyte", TRAIN_IMAGES)
-        write_subset(small, "train-labels-idx1-ubyte", TRAIN_IMAGES)
-        write_subset(small, "t10k-images-idx3-ubyte", SMALL_TEST_IMAGES)
-        write_subset(small, "t10k-labels-idx1-ubyte", SMALL_TEST_IMAGES)
+        small = small_training_data(tmp)
         x = test_images()
         zeros = os.path.join(tmp, "zeros.npy")
         np.save(zeros, np.zeros((2,) + x.shape[1:], np.float32))

@@ -1,0 +1,79 @@
+"""Helpers shared by the interop checks (export_check.py, tflite_tfjs_check.py): running tandem,
+recording failures, the Fashion-MNIST files, and comparing probabilities with `tandem predict`'s."""
+import gzip
+import os
+import struct
+import subprocess
+
+import numpy as np
+
+DATA = os.environ.get("TANDEM_DATA", "/usr/share/datasets/fashion-mnist")
+TOL = 1e-5
+TRAIN_IMAGES, SMALL_TEST_IMAGES = 2000, 500
+failures = []
+
+
+def fail(msg):
+    print("FAIL:", msg)
+    failures.append(msg)
+
+
+def run(cmd, expect=0):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if expect is not None and p.returncode != expect:
+        fail(f"{' '.join(cmd)} exited {p.returncode}, expected {expect}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    return p
+
+
+def idx_file(name):
+    for candidate in (os.path.join(DATA, name + ".gz"), os.path.join(DATA, name)):
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def read_idx(name):
+    path = idx_file(name)
+    data = (gzip.open if path.endswith(".gz") else open)(path, "rb").read()
+    ndim = data[3]
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return data[:4 + 4 * ndim], dims, data[4 + 4 * ndim:]
+
+
+def write_subset(dst, name, count):
+    header, dims, body = read_idx(name)
+    per = int(np.prod(dims[1:])) if len(dims) > 1 else 1
+    with gzip.open(os.path.join(dst, name + ".gz"), "wb") as f:
+        f.write(header[:4] + struct.pack(">I", count) + header[8:] + body[:count * per])
+
+
+def test_images():
+    _, dims, body = read_idx("t10k-images-idx3-ubyte")
+    pixels = np.frombuffer(body, dtype=np.uint8).reshape(dims[0], dims[1], dims[2], 1)
+    return pixels.astype(np.float32) / np.float32(255)  # as Tandem feeds its layers: x / 255 in float32
+
+
+def small_training_data(tmp):
+    """The first 2,000 training and 500 test images in tmp/small-data: one quick epoch trains a model."""
+    small = os.path.join(tmp, "small-data")
+    os.makedirs(small)
+    write_subset(small, "train-images-idx3-ubyte", TRAIN_IMAGES)
+    write_subset(small, "train-labels-idx1-ubyte", TRAIN_IMAGES)
+    write_subset(small, "t10k-images-idx3-ubyte", SMALL_TEST_IMAGES)
+    write_subset(small, "t10k-labels-idx1-ubyte", SMALL_TEST_IMAGES)
+    return small
+
+
+def compare(tag, ref, got):
+    """max |diff| <= TOL per probability and the same argmax (but where Tandem's two best are a float tie).
+    Returns (max |diff|, argmax mismatches, ties included)."""
+    diff = float(np.max(np.abs(got - ref)))
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    tie = (top2[:, 1] - top2[:, 0]) <= TOL
+    mismatch = np.argmax(got, axis=1) != np.argmax(ref, axis=1)
+    bad = int(np.sum(mismatch & ~tie))
+    if diff > TOL:
+        fail(f"{tag}: max |diff| {diff:.3e} > {TOL}")
+    if bad:
+        fail(f"{tag}: {bad} predicted classes differ from tandem predict")
+    return diff, int(np.sum(mismatch))
