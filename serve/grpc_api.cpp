@@ -33,14 +33,14 @@ void decode_tensor_proto(const tensorflow::TensorProto& t, const std::string& na
       fail(Code::INVALID_ARGUMENT, "input '" + name + "': tensor_content has " +
                                        std::to_string(t.tensor_content().size()) + " bytes, but float32 of shape " +
                                        shape_str(call.shape) + " needs " + std::to_string(n * 4));
-    call.values.resize(static_cast<size_t>(n));
-    std::memcpy(call.values.data(), t.tensor_content().data(), static_cast<size_t>(n) * 4);
+    call.set_input_bytes(t.tensor_content().data(), static_cast<size_t>(n));
     return;
   }
   const int64_t given = t.float_val_size();
   if (given > n || (given == 0 && n > 0))
     fail(Code::INVALID_ARGUMENT, "input '" + name + "' has " + std::to_string(given) + " float_val values for shape " +
                                      shape_str(call.shape) + " (" + std::to_string(n) + " elements)");
+  call.borrowed = nullptr;
   call.values.assign(t.float_val().begin(), t.float_val().end());
   if (given > 0) call.values.resize(static_cast<size_t>(n), t.float_val(static_cast<int>(given - 1)));
 }

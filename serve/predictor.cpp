@@ -1,5 +1,7 @@
 #include "serve/predictor.h"
 
+#include <cstring>
+
 #include "serve/metrics.h"
 #include "serve/status.h"
 
@@ -35,6 +37,18 @@ ServableHandle Predictor::resolve(const ModelRef& ref) const {
   return h;
 }
 
+void PredictCall::set_input_bytes(const char* bytes, size_t count) {
+  if (reinterpret_cast<uintptr_t>(bytes) % alignof(float) == 0) {
+    values.clear();
+    borrowed = reinterpret_cast<const float*>(bytes);
+    borrowed_count = count;
+    return;
+  }
+  borrowed = nullptr;
+  values.resize(count);
+  std::memcpy(values.data(), bytes, count * sizeof(float));
+}
+
 PredictResult Predictor::predict(const PredictCall& call) const {
   PredictResult r;
   r.servable = resolve(call.model);
@@ -54,13 +68,13 @@ PredictResult Predictor::predict(const PredictCall& call) const {
   if (r.rows > limits_.max_rows)
     fail(Code::INVALID_ARGUMENT, "the request has " + std::to_string(r.rows) + " rows; this server takes at most " +
                                      std::to_string(limits_.max_rows) + " (--max_rows_per_request)");
-  if (static_cast<int64_t>(call.values.size()) != r.rows * s.row_elems())
-    fail(Code::INVALID_ARGUMENT, "input '" + std::string(kInputName) + "' has " + std::to_string(call.values.size()) +
+  if (static_cast<int64_t>(call.input_count()) != r.rows * s.row_elems())
+    fail(Code::INVALID_ARGUMENT, "input '" + std::string(kInputName) + "' has " + std::to_string(call.input_count()) +
                                      " values for shape " + shape_str(call.shape));
   if (Clock::now() >= call.deadline)
     fail(Code::DEADLINE_EXCEEDED, "Deadline exceeded before the request was computed");
   r.probabilities.resize(static_cast<size_t>(r.rows * r.classes));
-  r.servable->infer(call.values.data(), r.rows, r.probabilities.data(), call.deadline);
+  r.servable->infer(call.input(), r.rows, r.probabilities.data(), call.deadline);
   if (metrics_) metrics_->rows_computed(s.name(), s.version(), r.rows);
   return r;
 }

@@ -29,8 +29,18 @@ struct PredictCall {
   ModelRef model;
   std::string input_name = kInputName;  // as the client named it
   std::vector<int64_t> shape;           // of the input, batch first
-  std::vector<float> values;            // row-major, shape's product
+  std::vector<float> values;            // row-major, shape's product (empty when borrowed)
+  // Or the values where the request holds them (gRPC tensor_content, a KServe binary tensor),
+  // read in place: no copy before the one into the batch or the replica. Valid during the call.
+  const float* borrowed = nullptr;
+  size_t borrowed_count = 0;
   Clock::time_point deadline = Clock::time_point::max();
+
+  const float* input() const { return borrowed ? borrowed : values.data(); }
+  size_t input_count() const { return borrowed ? borrowed_count : values.size(); }
+  // Points at `bytes` (little-endian float32, as on this host) when they are aligned for floats,
+  // else copies them into `values`.
+  void set_input_bytes(const char* bytes, size_t count);
 };
 
 struct PredictResult {

@@ -615,8 +615,7 @@ HttpReply RestHandler::v2(const HttpRequest& request, Clock::time_point arrival)
         fail(Code::INVALID_ARGUMENT, "input '" + call.input_name + "': binary_data_size must be " +
                                          std::to_string(elements * 4) + " bytes for shape " + shape_str(call.shape) +
                                          " and within the body");
-      call.values.resize(static_cast<size_t>(elements));
-      std::memcpy(call.values.data(), request.body.data() + binary_at, static_cast<size_t>(elements) * 4);
+      call.set_input_bytes(request.body.data() + binary_at, static_cast<size_t>(elements));
       binary_at += static_cast<size_t>(elements) * 4;
     } else {
       if (!in.contains("data")) fail(Code::INVALID_ARGUMENT, "input '" + call.input_name + "' has no \"data\"");

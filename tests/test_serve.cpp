@@ -364,7 +364,8 @@ TEST_CASE("serve: gRPC TensorProtos decode with TensorFlow's semantics", "[cpu][
   PredictCall call;
   decode_tensor_proto(t, "input", call);
   CHECK(call.shape == std::vector<int64_t>{2, 2});
-  CHECK(call.values == std::vector<float>{1, 2, 3, 4});
+  CHECK(std::vector<float>(call.input(), call.input() + call.input_count()) == std::vector<float>{1, 2, 3, 4});
+  CHECK(call.borrowed == reinterpret_cast<const float*>(t.tensor_content().data()));  // read in place
 
   t.set_tensor_content(std::string(12, '\0'));  // 3 floats for 4 elements
   CHECK(code_of([&] { decode_tensor_proto(t, "input", call); }) == Code::INVALID_ARGUMENT);
@@ -372,7 +373,8 @@ TEST_CASE("serve: gRPC TensorProtos decode with TensorFlow's semantics", "[cpu][
   t.add_float_val(7);
   t.add_float_val(8);
   decode_tensor_proto(t, "input", call);  // a shorter float_val repeats its last value
-  CHECK(call.values == std::vector<float>{7, 8, 8, 8});
+  CHECK(call.borrowed == nullptr);
+  CHECK(std::vector<float>(call.input(), call.input() + call.input_count()) == std::vector<float>{7, 8, 8, 8});
   for (int i = 0; i < 3; ++i) t.add_float_val(9);
   CHECK(code_of([&] { decode_tensor_proto(t, "input", call); }) == Code::INVALID_ARGUMENT);  // 5 for 4
   t.clear_float_val();
