@@ -19,7 +19,8 @@ import shutil
 import sys
 import tempfile
 
-from interop_common import DATA, compare, fail, failures, idx_file, run, small_training_data, test_images
+from interop_common import (DATA, compare, fail, failures, idx_file, run, small_training_data, test_images,
+                                train_and_predict)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -101,15 +102,9 @@ def main():
         for model in models:
             tag = os.path.splitext(os.path.basename(model))[0]
             failed_before = len(failures)
-            out = os.path.join(tmp, "train-" + tag)
-            if run([TANDEM, "train", "--model", model, "--epochs", "1", "--validation-size", "0", "--data", small,
-                    "--output", out]).returncode != 0:
+            src, ref = train_and_predict(TANDEM, model, small, os.path.join(tmp, "train-" + tag), len(x))
+            if src is None:
                 continue
-            src = os.path.join(out, "model", "1")
-            p = run([TANDEM, "predict", src, "--json", "--count", str(len(x)), "--data", DATA])
-            if p.returncode != 0:
-                continue
-            ref = np.array([r["probabilities"] for r in json.loads(p.stdout)], dtype=np.float32)
 
             base = os.path.join(tmp, "serving", tag)
             run([TANDEM, "export", src, "--to", base, "--format", "savedmodel"])

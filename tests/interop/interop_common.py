@@ -1,6 +1,7 @@
 """Helpers shared by the interop checks (export_check.py, tflite_tfjs_check.py): running tandem,
 recording failures, the Fashion-MNIST files, and comparing probabilities with `tandem predict`'s."""
 import gzip
+import json
 import os
 import struct
 import subprocess
@@ -62,6 +63,19 @@ def small_training_data(tmp):
     write_subset(small, "t10k-images-idx3-ubyte", SMALL_TEST_IMAGES)
     write_subset(small, "t10k-labels-idx1-ubyte", SMALL_TEST_IMAGES)
     return small
+
+
+def train_and_predict(tandem, model, small, out, count):
+    """Trains `model` for one epoch on `small` into `out`; returns its version directory and `tandem
+    predict`'s probabilities for the first `count` test images, or (None, None) after a failure."""
+    if run([tandem, "train", "--model", model, "--epochs", "1", "--validation-size", "0", "--data", small,
+            "--output", out]).returncode != 0:
+        return None, None
+    src = os.path.join(out, "model", "1")
+    p = run([tandem, "predict", src, "--json", "--count", str(count), "--data", DATA])
+    if p.returncode != 0:
+        return None, None
+    return src, np.array([r["probabilities"] for r in json.loads(p.stdout)], dtype=np.float32)
 
 
 def compare(tag, ref, got):

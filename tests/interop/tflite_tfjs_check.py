@@ -162,7 +162,8 @@ def worker_main(argv):
 
 def main(argv):
     import numpy as np
-    from interop_common import DATA, compare, fail, failures, idx_file, run, small_training_data, test_images
+    from interop_common import (DATA, compare, fail, failures, idx_file, run, small_training_data, test_images,
+                                train_and_predict)
 
     report_path = None
     if len(argv) == 3 and argv[1] == "--report":
@@ -190,15 +191,9 @@ def main(argv):
         for model in models:
             tag = os.path.splitext(os.path.basename(model))[0]
             failed_before = len(failures)
-            out = os.path.join(tmp, "train-" + tag)
-            if run([tandem, "train", "--model", model, "--epochs", "1", "--validation-size", "0", "--data", small,
-                    "--output", out]).returncode != 0:
+            src, ref = train_and_predict(tandem, model, small, os.path.join(tmp, "train-" + tag), len(x))
+            if src is None:
                 continue
-            src = os.path.join(out, "model", "1")
-            p = run([tandem, "predict", src, "--json", "--count", str(len(x)), "--data", DATA])
-            if p.returncode != 0:
-                continue
-            ref = np.array([r["probabilities"] for r in json.loads(p.stdout)], dtype=np.float32)
             vdir = os.path.join(tmp, "serving", tag, "1")
             run([tandem, "export", src, "--to", os.path.dirname(vdir), "--format", "all"])
             want = ["model.json", "model.onnx", "model.tflite", "saved_model.pb", "tfjs", "weights.tdw"]
