@@ -21,6 +21,7 @@ std::string both(const std::string& underscored) {
 
 Command add_serve(CLI::App& root) {
   auto o = std::make_shared<serve::ServerOptions>();
+  o->servable.threads = 0;  // unset: --tensorflow_intra_op_parallelism, else all cores
   auto enable_batching = std::make_shared<bool>(false);
   auto batching_file = std::make_shared<std::string>();
   auto per_model_batching = std::make_shared<bool>(false);

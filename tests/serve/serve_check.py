@@ -201,6 +201,12 @@ def metric(text, name, **labels):
     return total
 
 
+def rows_computed(server, model):
+    """The :tandem:serving:rows_computed metric: rows that reached a forward pass."""
+    return metric(requests.get(server.url + "/monitoring/prometheus/metrics").text, ":tandem:serving:rows_computed",
+                  model_name=model)
+
+
 def metrics_config(work):
     path = os.path.join(work, "monitoring.config")
     with open(path, "w") as f:
@@ -627,12 +633,10 @@ def check_limits(work):
     src = make_model(work, "cnn")
     base = os.path.join(work, "serving", "cnn")
     export(src, base)
+    # One replica, so that a long request occupies the version and the next ones wait for their turn.
     with Server(work, ["--model_name", "cnn", "--model_base_path", base, "--rest_api_timeout_in_ms", "300",
-                       "--grpc_max_message_bytes", "40000000"] + metrics_config(work)) as s:
-        def rows_computed():
-            return metric(requests.get(s.url + "/monitoring/prometheus/metrics").text, ":tandem:serving:rows_computed",
-                          model_name="cnn")
-        before = rows_computed()
+                       "--grpc_max_message_bytes", "40000000", "--replicas", "1"] + metrics_config(work)) as s:
+        before = rows_computed(s, "cnn")
         # A long request (10,000 cnn rows: seconds of compute here) occupies the version; its message is
         # built before the thread starts, so after a second it is computing.
         long_req = grpc_request("cnn", x[:10000])
@@ -650,8 +654,8 @@ def check_limits(work):
         check("REST timeout while waiting: 504", r.status_code == 504 and "Deadline" in r.json().get("error", ""),
               r.text[:200])
         time.sleep(0.5)
-        check("expired requests were not computed (only the 10,000 rows were)", rows_computed() - before == 10000,
-              rows_computed() - before)
+        computed = rows_computed(s, "cnn") - before
+        check("expired requests were not computed (only the 10,000 rows were)", computed == 10000, computed)
         try:
             s.predict_stub.Predict(grpc_request("cnn", x[:9000]), timeout=30)  # 28 MB > 40 MB? no: 9000*3136=28 MB
             big_code = grpc.StatusCode.OK
@@ -749,10 +753,7 @@ def check_batching(work):
                             "max_enqueued_batches { value: 10 }\nnum_batch_threads { value: 1 }\n")
     with Server(work, ["--model_name", "cnn", "--model_base_path", base, "--enable_batching", "--threads", "1",
                        "--batching_parameters_file", params] + metrics_config(work)) as s:
-        def rows_computed():
-            return metric(requests.get(s.url + "/monitoring/prometheus/metrics").text, ":tandem:serving:rows_computed",
-                          model_name="cnn")
-        before = rows_computed()
+        before = rows_computed(s, "cnn")
         long_req = grpc_request("cnn", x[:6000])
         t = threading.Thread(target=lambda: s.predict_stub.Predict(long_req, timeout=120))
         t.start()
@@ -766,7 +767,8 @@ def check_batching(work):
         time.sleep(0.3)
         check("batching: a deadline that passes in the queue is DEADLINE_EXCEEDED", code == grpc.StatusCode.DEADLINE_EXCEEDED,
               code)
-        check("batching: ... and its rows are never computed", rows_computed() - before == 6000, rows_computed() - before)
+        computed = rows_computed(s, "cnn") - before
+        check("batching: ... and its rows are never computed", computed == 6000, computed)
 
     # A batch never mixes versions: two versions with different weights, a swap under load, and every
     # answer equal to what the version it names computes.
