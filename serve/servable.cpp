@@ -69,9 +69,7 @@ std::shared_ptr<Servable> Servable::load(const std::string& name, int64_t versio
   std::vector<float> in(static_cast<size_t>(largest * s->row_elems()), 0.5f);
   std::vector<float> out(static_cast<size_t>(largest * s->num_classes()));
   for (Slot& slot : s->slots_)
-    for (int64_t rows : sizes)
-      for (int64_t begin = 0; begin < rows; begin += o.max_batch)
-        s->forward_chunk(slot, in.data(), std::min(o.max_batch, rows - begin), out.data());
+    for (int64_t rows : sizes) s->forward(slot, in.data(), rows, out.data());
   for (size_t i = replicas; i-- > 0;) s->free_.push_back(i);
   if (o.batching) {
     Servable* self = s.get();
@@ -86,6 +84,12 @@ std::shared_ptr<Servable> Servable::load(const std::string& name, int64_t versio
   s->load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   s->on_destroy_ = std::move(on_destroy);
   return s;
+}
+
+void Servable::forward(Slot& slot, const float* inputs, int64_t rows, float* out) {
+  const int64_t in_row = row_elems(), out_row = num_classes();
+  for (int64_t begin = 0; begin < rows; begin += options_.max_batch)
+    forward_chunk(slot, inputs + begin * in_row, std::min(options_.max_batch, rows - begin), out + begin * out_row);
 }
 
 void Servable::forward_chunk(Slot& slot, const float* inputs, int64_t rows, float* out) {
@@ -130,11 +134,7 @@ bool Servable::predict(const float* inputs, int64_t rows, float* out, std::chron
       s->free_cv_.notify_one();
     }
   } release{this, taken};
-  const int64_t in_row = row_elems(), out_row = num_classes();
-  for (int64_t begin = 0; begin < rows; begin += options_.max_batch) {
-    const int64_t n = std::min(options_.max_batch, rows - begin);
-    forward_chunk(slots_[taken], inputs + begin * in_row, n, out + begin * out_row);
-  }
+  forward(slots_[taken], inputs, rows, out);
   return true;
 }
 

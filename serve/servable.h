@@ -79,6 +79,8 @@ class Servable {
     std::unique_ptr<Replica> replica;  // freed before its backend
   };
   Servable(std::string name, int64_t version, Model model, const ServableOptions& options);
+  // `rows` rows on `slot`, in chunks of at most max_batch.
+  void forward(Slot& slot, const float* inputs, int64_t rows, float* out);
   void forward_chunk(Slot& slot, const float* inputs, int64_t rows, float* out);
   std::string name_;
   int64_t version_;
