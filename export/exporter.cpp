@@ -56,6 +56,11 @@ fs::path normalized_dir(const std::string& dir) {
 
 }  // namespace
 
+bool layer_uses_bias(const Layer& layer) {
+  const nlohmann::json c = layer.config();
+  return !c.contains("use_bias") || c["use_bias"].get<bool>();
+}
+
 FoldedBatchNorm fold_batch_norm(const std::vector<float>& gamma, const std::vector<float>& beta,
                                 const std::vector<float>& moving_mean, const std::vector<float>& moving_variance,
                                 float epsilon) {

@@ -71,6 +71,9 @@ nlohmann::json describe_export(const std::string& version_dir);
 
 // BatchNormalization for inference as y = x * scale + shift, computed exactly as Tandem's backends
 // do (float32: scale = gamma / sqrt(moving_variance + epsilon), shift = beta - moving_mean * scale).
+// Whether a Dense or Conv2D layer has a bias, as its config says ("use_bias", true when absent).
+bool layer_uses_bias(const Layer& layer);
+
 struct FoldedBatchNorm {
   std::vector<float> scale, shift;
 };

@@ -132,7 +132,7 @@ class GraphBuilder {
     const json c = layer.config();
     const std::string type = layer.type();
     const std::string& p = layer.name();
-    const bool use_bias = !c.contains("use_bias") || c["use_bias"].get<bool>();
+    const bool use_bias = layer_uses_bias(layer);
     if (type == "Conv2D") {
       const NamedTensor& k = tensor(p + "/kernel");  // HWIO
       const int64_t H = k.shape[0], W = k.shape[1], I = k.shape[2], O = k.shape[3];

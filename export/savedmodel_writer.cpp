@@ -151,7 +151,7 @@ class GraphBuilder {
     const json c = layer.config();
     const std::string type = layer.type();
     const std::string& name = layer.name();
-    const bool use_bias = !c.contains("use_bias") || c["use_bias"].get<bool>();
+    const bool use_bias = layer_uses_bias(layer);
     if (type == "Conv2D") {
       const std::string p = prefix_for(name);
       const std::string k = weight(p + "/kernel", name + "/kernel");

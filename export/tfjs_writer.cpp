@@ -28,7 +28,7 @@ json pair(const json& c, const char* key) { return json::array({c.at(key).at(0),
 json keras_layer(const Layer& layer) {
   const json c = layer.config();
   const std::string type = layer.type();
-  const bool use_bias = !c.contains("use_bias") || c["use_bias"].get<bool>();
+  const bool use_bias = layer_uses_bias(layer);
   json k{{"name", layer.name()}, {"trainable", true}, {"dtype", "float32"}};
   std::string cls = type;
   if (type == "Conv2D") {
