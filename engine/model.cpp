@@ -134,7 +134,7 @@ Model Model::from_name_or_file(const std::string& model) {
   json spec;
   try {
     spec = json::parse(in);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number that overflows a double
     throw_invalid(model + ": not valid JSON: " + e.what(), "check the file with e.g. python3 -m json.tool");
   }
   return from_spec(spec, model);

@@ -162,7 +162,7 @@ std::optional<Checkpoint> read_latest_checkpoint(const std::string& root) {
   json st;
   try {
     st = json::parse(read_text_file(state_path));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number that overflows a double
     throw_data(state_path + ": not valid JSON: " + e.what(), "the checkpoint is damaged");
   }
   try {

@@ -79,6 +79,34 @@ Clock::time_point steady_deadline(const grpc::ServerContext* ctx) {
   return Clock::now() + std::chrono::duration_cast<Clock::duration>(left);
 }
 
+}  // namespace
+
+PredictCall predict_call_of(const tfs::PredictRequest& req) {
+  PredictCall call;
+  call.model = ref_of(req.model_spec());
+  if (req.inputs_size() != 1)
+    fail(Code::INVALID_ARGUMENT,
+         "expected 1 input (" + std::string(kInputName) + "), got " + std::to_string(req.inputs_size()));
+  for (const std::string& f : req.output_filter())
+    if (f != kOutputName)
+      fail(Code::INVALID_ARGUMENT, "output tensor alias not found in signature: " + f + " Outputs expected to be in the set {" +
+                                       kOutputName + "}.");
+  const auto& [name, tensor] = *req.inputs().begin();
+  decode_tensor_proto(tensor, name, call);
+  return call;
+}
+
+void fill_predict_response(const PredictResult& r, tfs::PredictResponse* resp) {
+  fill_spec(*r.servable, resp->mutable_model_spec(), kDefaultSignature);
+  tensorflow::TensorProto& out = (*resp->mutable_outputs())[kOutputName];
+  out.set_dtype(tensorflow::DT_FLOAT);
+  out.mutable_tensor_shape()->add_dim()->set_size(r.rows);
+  out.mutable_tensor_shape()->add_dim()->set_size(r.classes);
+  out.mutable_float_val()->Add(r.probabilities.begin(), r.probabilities.end());
+}
+
+namespace {
+
 class PredictionServiceImpl final : public tfs::PredictionService::Service {
  public:
   PredictionServiceImpl(const Predictor& p, ServerMetrics* m) : predictor_(p), metrics_(m) {}
@@ -88,26 +116,11 @@ class PredictionServiceImpl final : public tfs::PredictionService::Service {
     std::string version;
     Status status;
     try {
-      PredictCall call;
-      call.model = ref_of(req->model_spec());
-      if (req->inputs_size() != 1)
-        fail(Code::INVALID_ARGUMENT, "expected 1 input (" + std::string(kInputName) + "), got " +
-                                         std::to_string(req->inputs_size()));
-      for (const std::string& f : req->output_filter())
-        if (f != kOutputName)
-          fail(Code::INVALID_ARGUMENT, "output tensor alias not found in signature: " + f +
-                                           " Outputs expected to be in the set {" + kOutputName + "}.");
-      const auto& [name, tensor] = *req->inputs().begin();
-      decode_tensor_proto(tensor, name, call);
+      PredictCall call = predict_call_of(*req);
       call.deadline = steady_deadline(ctx);
       const PredictResult r = predictor_.predict(call);
       version = std::to_string(r.servable->version());
-      fill_spec(*r.servable, resp->mutable_model_spec(), kDefaultSignature);
-      tensorflow::TensorProto& out = (*resp->mutable_outputs())[kOutputName];
-      out.set_dtype(tensorflow::DT_FLOAT);
-      out.mutable_tensor_shape()->add_dim()->set_size(r.rows);
-      out.mutable_tensor_shape()->add_dim()->set_size(r.classes);
-      out.mutable_float_val()->Add(r.probabilities.begin(), r.probabilities.end());
+      fill_predict_response(r, resp);
     } catch (...) {
       status = current_exception_status();
     }

@@ -33,14 +33,24 @@ class GrpcServer {
   std::unique_ptr<Impl> impl_;
 };
 
-// Decoding of a PredictRequest's input tensor, exposed for tests.
 }  // namespace tandem::serve
 
+// The Predict call's decoding and answer, without the transport (tests and fuzz targets call them).
 namespace tensorflow {
 class TensorProto;
-}
+namespace serving {
+class PredictRequest;
+class PredictResponse;
+}  // namespace serving
+}  // namespace tensorflow
 namespace tandem::serve {
 // Shape and values of a DT_FLOAT TensorProto (tensor_content or float_val, TF's semantics: a
 // shorter float_val repeats its last value). Throws RequestError(INVALID_ARGUMENT).
 void decode_tensor_proto(const tensorflow::TensorProto& tensor, const std::string& name, PredictCall& call);
+// The call a PredictRequest asks for: its model spec, its one input (decode_tensor_proto), its
+// output filter checked. Throws RequestError(INVALID_ARGUMENT) with TF Serving's messages. The call
+// may read the request's tensor_content in place: `req` must outlive it.
+PredictCall predict_call_of(const tensorflow::serving::PredictRequest& req);
+// The PredictResponse of a result: model spec (version, serving_default) and "probabilities".
+void fill_predict_response(const PredictResult& result, tensorflow::serving::PredictResponse* resp);
 }  // namespace tandem::serve

@@ -17,6 +17,10 @@ using nlohmann::json;
 
 namespace {
 
+// A reply's JSON text. Strings from the request (a model name in the path) may hold any bytes:
+// invalid UTF-8 is written as U+FFFD instead of throwing.
+std::string json_text(const json& j, int indent = -1) { return j.dump(indent, ' ', false, json::error_handler_t::replace); }
+
 HttpReply json_reply(int status, std::string body) {
   HttpReply r;
   r.status = status;
@@ -25,7 +29,7 @@ HttpReply json_reply(int status, std::string body) {
 }
 
 HttpReply error_reply(const Status& s) {
-  return json_reply(http_status(s.code), json{{"error", s.message}}.dump());
+  return json_reply(http_status(s.code), json_text(json{{"error", s.message}}));
 }
 
 std::string lower(std::string s) {
@@ -113,7 +117,7 @@ json parse_json_body(const std::string& body, int max_depth) {
   json j;
   try {
     j = json::parse(body, limit);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number that overflows a double
     fail(Code::INVALID_ARGUMENT, std::string("JSON Parse error: ") + e.what());
   }
   if (too_deep)
@@ -466,7 +470,7 @@ HttpReply RestHandler::v1(const HttpRequest& request, Clock::time_point arrival)
     ServableHandle h = predictor_.resolve(p.model);
     json out{{"model_spec", {{"name", h->name()}, {"signature_name", ""}, {"version", std::to_string(h->version())}}},
              {"metadata", {{"signature_def", json::parse(proto_to_json(signature_def_map(*h)))}}}};
-    return json_reply(200, out.dump(2));
+    return json_reply(200, json_text(out, 2));
   }
 
   std::string version_label;
@@ -560,7 +564,7 @@ int64_t header_int(const HttpRequest& r, const char* name, int64_t fallback) {
 HttpReply RestHandler::v2(const HttpRequest& request, Clock::time_point arrival) const {
   const bool get = request.method == "GET";
   if (get && request.path == "/v2")
-    return json_reply(200, json{{"name", "tandem"}, {"version", TANDEM_VERSION}, {"extensions", {"binary_tensor_data"}}}.dump());
+    return json_reply(200, json_text(json{{"name", "tandem"}, {"version", TANDEM_VERSION}, {"extensions", {"binary_tensor_data"}}}));
   if (get && request.path == "/v2/health/live") return json_reply(200, "");
   if (get && request.path == "/v2/health/ready") return json_reply(manager_.ready() ? 200 : 400, "");
   V2Path p;
@@ -575,7 +579,7 @@ HttpReply RestHandler::v2(const HttpRequest& request, Clock::time_point arrival)
     }
     return json_reply(ready ? 200 : 400, "");
   }
-  if (p.tail.empty()) return json_reply(200, v2_metadata(manager_, *predictor_.resolve(p.model)).dump());
+  if (p.tail.empty()) return json_reply(200, json_text(v2_metadata(manager_, *predictor_.resolve(p.model))));
 
   // infer: JSON, optionally followed by binary tensors (Inference-Header-Content-Length).
   std::string version_label;
@@ -636,7 +640,7 @@ HttpReply RestHandler::v2(const HttpRequest& request, Clock::time_point arrival)
       if (!outs.is_array()) fail(Code::INVALID_ARGUMENT, "\"outputs\" must be a list");
       for (const json& o : outs) {
         if (!o.is_object() || !o.contains("name") || o["name"] != kOutputName)
-          fail(Code::INVALID_ARGUMENT, "unknown output " + (o.is_object() && o.contains("name") ? o["name"].dump() : o.dump()) +
+          fail(Code::INVALID_ARGUMENT, "unknown output " + json_text(o.is_object() && o.contains("name") ? o["name"] : o) +
                                            "; the model's output is " + kOutputName);
         if (o.contains("parameters") && o["parameters"].is_object() && o["parameters"].contains("binary_data") &&
             o["parameters"]["binary_data"].is_boolean())
@@ -653,7 +657,7 @@ HttpReply RestHandler::v2(const HttpRequest& request, Clock::time_point arrival)
     if (binary_out) {
       output["parameters"] = {{"binary_data_size", r.probabilities.size() * 4}};
       out["outputs"] = json::array({output});
-      reply.body = out.dump();
+      reply.body = json_text(out);
       reply.headers.emplace_back("Inference-Header-Content-Length", std::to_string(reply.body.size()));
       reply.body.append(reinterpret_cast<const char*>(r.probabilities.data()), r.probabilities.size() * 4);
       reply.content_type = "application/octet-stream";
@@ -668,7 +672,7 @@ HttpReply RestHandler::v2(const HttpRequest& request, Clock::time_point arrival)
       data += ']';
       output["data"] = json::array();
       out["outputs"] = json::array({output});
-      reply.body = out.dump();
+      reply.body = json_text(out);
       // Splice the pre-formatted floats in place of the empty list (no double round trip).
       const std::string empty = "\"data\":[]";
       const size_t at = reply.body.find(empty);

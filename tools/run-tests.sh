@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Tandem's test suite: every ctest label of the release build (cpu, interop, mpi; gpu tests
 # report "skipped" without a GPU), then the cpu tests again under AddressSanitizer and
-# UndefinedBehaviorSanitizer, and the server checks against the sanitized server. Expects
+# UndefinedBehaviorSanitizer, the server checks against the sanitized server, and every fuzz target
+# for FUZZ_SECONDS (default 30; 0 skips them) under libFuzzer (tools/fuzz.sh). Expects
 # tools/setup.sh to have built build/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,3 +21,9 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
 echo "== server checks against the ASan + UBSan server (all but the long predict sweep)"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j"$jobs" -L serve -E "serve: predict"
+
+fuzz_seconds=${FUZZ_SECONDS:-30}
+if [ "$fuzz_seconds" != 0 ]; then
+  echo "== fuzz targets, ${fuzz_seconds} s each (tools/fuzz.sh)"
+  tools/fuzz.sh all "$fuzz_seconds"
+fi

@@ -13,7 +13,9 @@ APT_PACKAGES=(cmake g++ make pkg-config nlohmann-json3-dev catch2 libcli11-dev z
               # oneDNN: the CPU backend's GEMMs and convolutions
               libdnnl-dev
               # TensorFlow Lite export: flatc compiles export/tflite_schema.fbs at build time
-              flatbuffers-compiler libflatbuffers-dev)
+              flatbuffers-compiler libflatbuffers-dev
+              # fuzzing (tools/fuzz.sh): clang and its libFuzzer runtime
+              clang libclang-rt-14-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
