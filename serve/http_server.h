@@ -1,7 +1,9 @@
-// The HTTP transport of the REST front ends: cpp-httplib's threaded server (Debian's
-// libcpp-httplib-dev) carrying RestHandler. Keep-alive connections, a bounded body size (413 with
-// a JSON error above it), read and write timeouts so a slow or half-open client holds one worker
-// for a bounded time only, and a stop that lets requests in flight finish.
+// The HTTP transport of the REST front ends: cpp-httplib (Debian's libcpp-httplib-dev) parsing
+// requests and writing replies for RestHandler, on a pool of workers that each serve one request at
+// a time; between requests a keep-alive connection waits in an epoll set without a worker, so idle
+// or silent connections cannot starve the others. A bounded body size (413 with a JSON error above
+// it), a bound on reading one request and on each write, so a slow or half-open client holds a
+// worker for a bounded time only, and a stop that lets requests in flight finish.
 #pragma once
 #include <memory>
 #include <string>
@@ -14,10 +16,10 @@ namespace tandem::serve {
 struct HttpOptions {
   std::string host = "0.0.0.0";
   int port = 8501;
-  int threads = 64;  // workers; each keep-alive connection holds one while it is open
+  int threads = 64;  // workers: requests read, computed and answered at once
   size_t max_body_bytes = size_t{64} << 20;
-  int read_timeout_seconds = 10;
-  int keep_alive_seconds = 5;
+  int read_timeout_seconds = 10;  // to read one request (headers and body); also each write's limit
+  int keep_alive_seconds = 5;     // an idle connection is closed after this
 };
 
 class HttpServer {

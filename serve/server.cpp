@@ -1,6 +1,7 @@
 #include "serve/server.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <thread>
 
@@ -87,6 +88,13 @@ int run_server(const ServerOptions& o) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
+  // Every client connection is a file descriptor, idle ones included: take the hard limit (the soft
+  // default is often 1,024) as servers such as nginx do.
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &files);
+  }
 
   if (o.max_rows_per_request < 1) throw_invalid("--max_rows_per_request must be at least 1");
   if (o.servable.max_batch < 1) throw_invalid("--max_rows_per_forward must be at least 1");

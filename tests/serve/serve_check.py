@@ -826,9 +826,143 @@ def check_batching(work):
     check("--enable_per_model_batching_params without --enable_batching: exit 2",
           r.returncode == 2 and "needs --enable_batching" in r.stderr, r.stderr)
 
+def check_abuse(work):
+    """Connection abuse on loopback: idle connections, a slow body, clients that go away mid-request
+    and mid-response, cancelled gRPC calls; a good client is answered correctly throughout. Then the
+    server killed with SIGKILL while it loads a version comes back serving the last complete one."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
+    x = test_images()
+    src = make_model(work, "mlp")
+    base = os.path.join(work, "serving", "mlp")
+    export(src, base)
+    want = reference(src, 64)
+    with Server(work, ["--model_name", "mlp", "--model_base_path", base, "--file_system_poll_wait_seconds", "1"]) as s:
+        sess = requests.Session()
+        good = {"n": 0, "bad": []}
+
+        def good_request(tag, timeout=10):
+            """A new client's request (its own connection): must be answered, and correctly."""
+            try:
+                r = requests.post(f"{s.url}/v1/models/mlp:predict", data=json.dumps({"instances": x[:4].tolist()}),
+                                  timeout=timeout)
+                got = np.array(r.json()["predictions"], np.float32) if r.status_code == 200 else None
+                ok = got is not None and float(np.max(np.abs(got - want[:4]))) <= 1e-6
+                g = grpc_probs(s.predict_stub.Predict(grpc_request("mlp", x[:4]), timeout=timeout))
+                ok = ok and float(np.max(np.abs(g - want[:4]))) <= 1e-6
+            except Exception as e:  # noqa: BLE001
+                ok, r = False, e
+            good["n"] += 1
+            if not ok:
+                good["bad"].append(f"{tag}: {r!r}"[:200])
+
+        # 1,000 connections opened and left idle (httplib alone gave each a worker: 64 busy workers
+        # made a new client wait ~75 s). The server closes them after its keep-alive idle time.
+        idle = [socket.create_connection(("127.0.0.1", s.rest_port)) for _ in range(1000)]
+        for _ in range(10):
+            good_request("1,000 idle connections")
+        check("abuse: 1,000 idle connections: other clients answered correctly", not good["bad"], good["bad"][:3])
+        time.sleep(7)  # past --rest keep-alive (5 s): the server has closed them
+        closed = 0
+        for c in idle:
+            c.settimeout(0.5)
+            try:
+                closed += c.recv(1) == b""
+            except (socket.timeout, ConnectionResetError):
+                closed += 0
+            c.close()
+        check("abuse: idle connections are closed after the keep-alive time", closed == len(idle), f"{closed} of {len(idle)}")
+
+        # A body sent one byte a second, alongside good clients: the slow one holds one worker for
+        # the read timeout (10 s) at most, and gets a 400 or a closed connection, never a hang.
+        slow_result = {}
+
+        def slow_client():
+            c = socket.create_connection(("127.0.0.1", s.rest_port))
+            body = json.dumps({"instances": x[:1].tolist()}).encode()
+            c.sendall(b"POST /v1/models/mlp:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+            start = time.time()
+
+            def reader():  # the server's answer, and then the end of the connection
+                c.settimeout(40)
+                try:
+                    slow_result["reply"] = c.recv(200)
+                    slow_result["reply_at"] = time.time() - start
+                    slow_result["eof"] = c.recv(200) == b""
+                    slow_result["closed_at"] = time.time() - start
+                except OSError as e:
+                    slow_result["error"] = repr(e)
+            r = threading.Thread(target=reader)
+            r.start()
+            try:
+                for i in range(30):
+                    if "reply" in slow_result:
+                        break
+                    c.sendall(body[i:i + 1])
+                    time.sleep(1)
+            except OSError:
+                pass
+            r.join()
+            c.close()
+        t = threading.Thread(target=slow_client)
+        t.start()
+        bad_before = len(good["bad"])
+        while t.is_alive():
+            good_request("a slow body")
+            time.sleep(0.2)
+        t.join()
+        check("abuse: a body at one byte a second: others answered", len(good["bad"]) == bad_before, good["bad"][-3:])
+        check("abuse: ... and the slow client gets 400 after the read timeout (10 s), then the connection closes",
+              b" 400 " in slow_result.get("reply", b"")[:20] and slow_result.get("eof") and
+              slow_result.get("closed_at", 99) < 15, slow_result)
+
+        # Clients that go away: mid-request (half a body) and mid-response (a large reply unread).
+        big = json.dumps({"instances": x[:2000].tolist()}).encode()
+        for i in range(20):
+            c = socket.create_connection(("127.0.0.1", s.rest_port))
+            c.sendall(b"POST /v1/models/mlp:predict HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(big)).encode() +
+                      b"\r\n\r\n" + big[:len(big) // (2 + i % 3)])
+            c.close()
+            c = socket.create_connection(("127.0.0.1", s.rest_port))
+            c.sendall(b"POST /v1/models/mlp:predict HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(big)).encode() +
+                      b"\r\n\r\n" + big)
+            c.recv(100)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, data unread
+            c.close()
+        # gRPC calls cancelled while being computed.
+        futures = [s.predict_stub.Predict.future(grpc_request("mlp", x[:2000]), timeout=30) for _ in range(20)]
+        time.sleep(0.02)
+        for f in futures:
+            f.cancel()
+        bad_before = len(good["bad"])
+        for _ in range(10):
+            good_request("disconnects and cancellations")
+        check("abuse: clients gone mid-request, mid-response, cancelled gRPC calls: others answered correctly",
+              len(good["bad"]) == bad_before, good["bad"][-3:])
+        check("abuse: the server is still running", s.proc.poll() is None, s.proc.returncode)
+
+        # SIGKILL while version 2 (a cnn, seconds to warm up) loads; the restarted server serves it.
+        src2 = make_model(work, "cnn", seed=3)
+        export(src2, base, 2)
+        deadline = time.time() + 60
+        while "version 2: LOADING" not in s.text() and time.time() < deadline:
+            time.sleep(0.01)
+        s.proc.kill()
+        s.proc.wait()
+        check("abuse: SIGKILL landed while version 2 was loading",
+              "version 2: LOADING" in s.text() and "version 2: AVAILABLE" not in s.text(), s.text()[-300:])
+    with Server(work, ["--model_name", "mlp", "--model_base_path", base]) as s2:
+        r = rest_predict(s2, "mlp", x[:8])
+        got = np.array(r.json()["predictions"], np.float32) if r.status_code == 200 else np.zeros((0,))
+        check("abuse: restarted after SIGKILL, it serves version 2 (the last complete one)",
+              r.status_code == 200 and version_of(s2, "mlp", None) == 2, (r.status_code, r.text[:200]))
+        compare("abuse: ... with version 2's results", got, reference(src2, 8))
+
 
 CHECKS = {"predict": check_predict, "hotswap": check_hotswap, "lifecycle": check_lifecycle, "sigterm": check_sigterm,
-          "badinput": check_badinput, "limits": check_limits, "batching": check_batching}
+          "badinput": check_badinput, "limits": check_limits, "batching": check_batching, "abuse": check_abuse}
 if CHECK not in CHECKS:
     sys.exit(f"unknown check {CHECK}; one of {', '.join(CHECKS)}")
 work = tempfile.mkdtemp(prefix=f"tandem-serve-{CHECK}-")
