@@ -963,23 +963,25 @@ def check_abuse(work):
 
 CHECKS = {"predict": check_predict, "hotswap": check_hotswap, "lifecycle": check_lifecycle, "sigterm": check_sigterm,
           "badinput": check_badinput, "limits": check_limits, "batching": check_batching, "abuse": check_abuse}
-if CHECK not in CHECKS:
-    sys.exit(f"unknown check {CHECK}; one of {', '.join(CHECKS)}")
-work = tempfile.mkdtemp(prefix=f"tandem-serve-{CHECK}-")
-try:
-    CHECKS[CHECK](work)
-except Exception as e:  # noqa: BLE001 - a crash of the check is a failure with its reason
-    import traceback
-    traceback.print_exc()
-    failures.append(f"{CHECK} raised {e!r}")
-finally:
-    if failures:  # the servers' logs say what they saw
-        for name in sorted(os.listdir(work)):
-            if name.startswith("serve-") and name.endswith(".log"):
-                with open(os.path.join(work, name)) as f:
-                    print(f"---- {name} (last lines)\n" + "".join(f.readlines()[-15:]))
-    shutil.rmtree(work, ignore_errors=True)
-if failures:
-    print("FAILED:\n  " + "\n  ".join(failures))
-    sys.exit(1)
-print(f"serve {CHECK}: all checks passed")
+# benchmarks/serve/soak.py imports the helpers above (with argv set to [_, tandem, 'none']).
+if __name__ == "__main__":
+    if CHECK not in CHECKS:
+        sys.exit(f"unknown check {CHECK}; one of {', '.join(CHECKS)}")
+    work = tempfile.mkdtemp(prefix=f"tandem-serve-{CHECK}-")
+    try:
+        CHECKS[CHECK](work)
+    except Exception as e:  # noqa: BLE001 - a crash of the check is a failure with its reason
+        import traceback
+        traceback.print_exc()
+        failures.append(f"{CHECK} raised {e!r}")
+    finally:
+        if failures:  # the servers' logs say what they saw
+            for name in sorted(os.listdir(work)):
+                if name.startswith("serve-") and name.endswith(".log"):
+                    with open(os.path.join(work, name)) as f:
+                        print(f"---- {name} (last lines)\n" + "".join(f.readlines()[-15:]))
+        shutil.rmtree(work, ignore_errors=True)
+    if failures:
+        print("FAILED:\n  " + "\n  ".join(failures))
+        sys.exit(1)
+    print(f"serve {CHECK}: all checks passed")
