@@ -309,15 +309,16 @@ json meta_graph_json(const tensorflow::MetaGraphDef& meta, const std::string& wh
     const std::string op = printable(node.op());
     m["ops"][op] = m["ops"].value(op, 0) + 1;
   }
-  if (graph.versions().producer() != 0) m["producer"] = graph.versions().producer();
-  for (const auto& [key, signature] : meta.signature_def()) {
-    json sig{
-        {"inputs", json::object()}, {"outputs", json::object()}, {"method_name", printable(signature.method_name())}};
-    for (const auto& [name, info] : signature.inputs()) sig["inputs"][printable(name)] = tensor_info_json(info, where);
-    for (const auto& [name, info] : signature.outputs())
-      sig["outputs"][printable(name)] = tensor_info_json(info, where);
-    m["signatures"][printable(key)] = sig;
-  }
+  if (graph.versions().producer() != 0) m["producer"] = graph.versions().producer();  // 0: not on the wire
+  auto tensors = [&](const google::protobuf::Map<std::string, tensorflow::TensorInfo>& infos) {
+    json j = json::object();
+    for (const auto& [name, info] : infos) j[printable(name)] = tensor_info_json(info, where);
+    return j;
+  };
+  for (const auto& [key, signature] : meta.signature_def())
+    m["signatures"][printable(key)] = json{{"inputs", tensors(signature.inputs())},
+                                           {"outputs", tensors(signature.outputs())},
+                                           {"method_name", printable(signature.method_name())}};
   return m;
 }
 
