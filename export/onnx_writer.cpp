@@ -281,7 +281,8 @@ json value_info_json(const pb::ValueInfoProto& info, const std::string& where) {
   for (const pb::TensorShapeProto::Dimension& dim : tensor_type.shape().dim()) {
     const int64_t size = dim.has_dim_value() ? dim.dim_value() : -1;
     if (size < -1)
-      throw_data(where + ": input or output '" + printable(info.name()) + "' has the dimension " + std::to_string(size),
+      throw_data(where + ": input or output '" + printable(info.name()) + "' has the dimension " +
+                     std::to_string(size) + " (below -1: not a size)",
                  kNotOnnx);
     j["shape"].push_back(size);
     j["dim_params"].push_back(printable(dim.dim_param()));

@@ -286,8 +286,7 @@ std::vector<int64_t> dims_of(const tensorflow::TensorShapeProto& shape, const st
   std::vector<int64_t> dims;
   for (const auto& dim : shape.dim()) {
     if (dim.size() < -1)
-      throw_data(where + ": a tensor shape has the dimension " + std::to_string(dim.size()) +
-                     " (-1, unknown, is the only negative size)",
+      throw_data(where + ": a tensor shape has the dimension " + std::to_string(dim.size()) + " (below -1: not a size)",
                  kNotSavedModel);
     dims.push_back(dim.size());
   }

@@ -421,6 +421,56 @@ TEST_CASE("export: weights that do not belong to the model are refused", "[cpu][
   CHECK(error_of([&] { ox::build_graph(m, tensors); }).kind() == ErrorKind::Data);
 }
 
+TEST_CASE("export: describing files of other producers, and shapes that are not sizes", "[cpu][export]") {
+  const Model m = Model::from_spec(Model::preset("mlp"), "mlp");
+  const auto tensors = weights_of(m);
+  const std::string pb = sm::encode_saved_model(sm::build_graph(m, tensors));
+  const std::string onnx = ox::encode_model(ox::build_graph(m, tensors));
+
+  // Fields the subsets do not declare (another producer's saver_def, a newer ONNX field) are skipped.
+  tensorflow::SavedModel saved;
+  REQUIRE(saved.ParseFromString(pb));
+  tensorflow::MetaGraphDef* meta = saved.mutable_meta_graphs(0);
+  google::protobuf::UnknownFieldSet* extra = meta->GetReflection()->MutableUnknownFields(meta);
+  extra->AddLengthDelimited(3, "\x0a\x04save");  // SaverDef{filename_tensor_name}
+  extra->AddVarint(99, 7);
+  json want = sm::describe_saved_model(pb, "pb");
+  json got = sm::describe_saved_model(tandem::deterministic_bytes(saved), "pb");
+  CHECK(got["bytes"] > want["bytes"]);
+  got.erase("bytes");
+  want.erase("bytes");
+  CHECK(got == want);
+  json onnx_want = ox::describe_onnx(onnx, "model.onnx");
+  json onnx_got = ox::describe_onnx(onnx + std::string("\xa8\x06\x01", 3), "model.onnx");  // field 101: 1
+  onnx_got.erase("bytes");
+  onnx_want.erase("bytes");
+  CHECK(onnx_got == onnx_want);
+
+  // A dimension below -1 (unknown) is refused, naming the file.
+  REQUIRE(saved.ParseFromString(pb));
+  (*saved.mutable_meta_graphs(0)->mutable_signature_def())["serving_default"]
+      .mutable_inputs()
+      ->at("input")
+      .mutable_tensor_shape()
+      ->mutable_dim(1)
+      ->set_size(-2);
+  Error e = error_of([&] { sm::describe_saved_model(tandem::deterministic_bytes(saved), "saved_model.pb"); });
+  CHECK(e.kind() == ErrorKind::Data);
+  CHECK(std::string(e.what()).find("saved_model.pb") != std::string::npos);
+  ::onnx::ModelProto model;
+  REQUIRE(model.ParseFromString(onnx));
+  model.mutable_graph()
+      ->mutable_output(0)
+      ->mutable_type()
+      ->mutable_tensor_type()
+      ->mutable_shape()
+      ->mutable_dim(1)
+      ->set_dim_value(-3);
+  e = error_of([&] { ox::describe_onnx(tandem::deterministic_bytes(model), "model.onnx"); });
+  CHECK(e.kind() == ErrorKind::Data);
+  CHECK(std::string(e.what()).find("model.onnx") != std::string::npos);
+}
+
 TEST_CASE("export: describing mutated files never crashes", "[cpu][export]") {
   const Model m = Model::from_spec(json::parse(R"({"input_shape": [4, 4, 1], "layers": [
       {"type": "Conv2D", "name": "c", "filters": 2, "kernel_size": 3, "padding": "same"},
