@@ -1,13 +1,13 @@
-# The server's dependencies (Debian 12: protobuf-compiler, protobuf-compiler-grpc, libprotobuf-dev,
-# libgrpc++-dev, libcpp-httplib-dev, prometheus-cpp-dev) and the .proto subsets in proto/,
-# compiled at build time into tandem_proto (generated code is never committed).
+# The server's dependencies (Debian 12: protobuf-compiler-grpc, libgrpc++-dev, libcpp-httplib-dev,
+# prometheus-cpp-dev; protobuf itself is the core build's, cmake/TandemProtobuf.cmake) and its API, the
+# .proto subsets in proto/tensorflow_serving, compiled at build time into tandem_proto (messages and
+# gRPC services) on top of tandem_pb (the TensorFlow messages they share with the exporters).
 # Sets TANDEM_HAVE_SERVE.
 set(TANDEM_HAVE_SERVE OFF)
 if(TANDEM_SERVE STREQUAL "OFF")
   return()
 endif()
 find_package(PkgConfig QUIET)
-find_package(Protobuf QUIET)
 find_program(TANDEM_GRPC_CPP_PLUGIN grpc_cpp_plugin)
 find_package(prometheus-cpp CONFIG QUIET)
 if(PkgConfig_FOUND)
@@ -15,8 +15,7 @@ if(PkgConfig_FOUND)
   pkg_check_modules(TANDEM_HTTPLIB QUIET IMPORTED_TARGET cpp-httplib)
 endif()
 set(_missing "")
-foreach(dep Protobuf_FOUND Protobuf_PROTOC_EXECUTABLE TANDEM_GRPC_CPP_PLUGIN prometheus-cpp_FOUND TANDEM_GRPCPP_FOUND
-            TANDEM_HTTPLIB_FOUND)
+foreach(dep TANDEM_GRPC_CPP_PLUGIN prometheus-cpp_FOUND TANDEM_GRPCPP_FOUND TANDEM_HTTPLIB_FOUND)
   if(NOT ${dep})
     list(APPEND _missing ${dep})
   endif()
@@ -29,29 +28,10 @@ if(_missing)
   return()
 endif()
 
-file(GLOB_RECURSE TANDEM_PROTOS CONFIGURE_DEPENDS RELATIVE ${PROJECT_SOURCE_DIR}/proto ${PROJECT_SOURCE_DIR}/proto/*.proto)
-set(_gen ${PROJECT_BINARY_DIR}/proto_gen)
-set(_srcs "")
-foreach(p ${TANDEM_PROTOS})
-  string(REGEX REPLACE "\\.proto$" "" base ${p})
-  set(outs ${_gen}/${base}.pb.cc ${_gen}/${base}.pb.h)
-  set(grpc_flags "")
-  if(p MATCHES "_service\\.proto$")
-    list(APPEND outs ${_gen}/${base}.grpc.pb.cc ${_gen}/${base}.grpc.pb.h)
-    set(grpc_flags --grpc_out=${_gen} --plugin=protoc-gen-grpc=${TANDEM_GRPC_CPP_PLUGIN})
-  endif()
-  add_custom_command(
-    OUTPUT ${outs}
-    COMMAND ${CMAKE_COMMAND} -E make_directory ${_gen}
-    COMMAND ${Protobuf_PROTOC_EXECUTABLE} -I ${PROJECT_SOURCE_DIR}/proto -I ${Protobuf_INCLUDE_DIRS} --cpp_out=${_gen}
-            ${grpc_flags} ${PROJECT_SOURCE_DIR}/proto/${p}
-    DEPENDS ${PROJECT_SOURCE_DIR}/proto/${p}
-    COMMENT "protoc ${p}")
-  list(FILTER outs INCLUDE REGEX "\\.cc$")
-  list(APPEND _srcs ${outs})
-endforeach()
+file(GLOB_RECURSE _protos CONFIGURE_DEPENDS RELATIVE ${PROJECT_SOURCE_DIR}/proto
+     ${PROJECT_SOURCE_DIR}/proto/tensorflow_serving/*.proto)
+tandem_compile_protos(_srcs ${_protos})
 add_library(tandem_proto STATIC ${_srcs})
-target_include_directories(tandem_proto SYSTEM PUBLIC ${_gen})
-target_link_libraries(tandem_proto PUBLIC protobuf::libprotobuf PkgConfig::TANDEM_GRPCPP)
+target_link_libraries(tandem_proto PUBLIC tandem_pb PkgConfig::TANDEM_GRPCPP)
 set_target_properties(tandem_proto PROPERTIES POSITION_INDEPENDENT_CODE ON)
 set(TANDEM_HAVE_SERVE ON)

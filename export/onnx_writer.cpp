@@ -6,7 +6,9 @@
 
 #include "engine/errors.h"
 #include "export/exporter.h"
-#include "export/protobuf.h"
+#include "export/protobuf_io.h"
+#include "export/raw_bytes.h"
+#include "onnx/onnx.pb.h"
 
 namespace tandem::onnx {
 
@@ -94,7 +96,7 @@ class GraphBuilder {
   }
   std::string initializer(const std::string& name, std::vector<int64_t> dims, const std::vector<float>& values) {
     TANDEM_ASSERT(names_.insert(name).second);
-    graph_.initializers.push_back(Initializer{name, FLOAT, std::move(dims), proto::float_bytes(values)});
+    graph_.initializers.push_back(Initializer{name, FLOAT, std::move(dims), float_bytes(values)});
     return name;
   }
   const NamedTensor& tensor(const std::string& name) const { return weights_[name]; }
@@ -188,68 +190,57 @@ class GraphBuilder {
 
 // ---- encoding ----------------------------------------------------------------------------------
 
-proto::Writer attribute_proto(const Attribute& a) {  // AttributeProto
-  proto::Writer w;
-  w.bytes(1, a.name);
+namespace pb = ::onnx;  // the generated messages (proto/onnx/onnx.proto)
+
+void fill_attribute(const Attribute& a, pb::AttributeProto* attr) {
+  attr->set_name(a.name);
   switch (a.kind) {
     case Attribute::Kind::Float:
-      w.float32(2, a.f);
-      w.uint(20, 1);
+      attr->set_f(a.f);
+      attr->set_type(pb::AttributeProto::FLOAT);
       break;
     case Attribute::Kind::Int:
-      w.int64(3, a.i);
-      w.uint(20, 2);
+      attr->set_i(a.i);
+      attr->set_type(pb::AttributeProto::INT);
       break;
     case Attribute::Kind::String:
-      w.bytes(4, a.s);
-      w.uint(20, 3);
+      attr->set_s(a.s);
+      attr->set_type(pb::AttributeProto::STRING);
       break;
     case Attribute::Kind::Ints:
-      w.repeated_int64(8, a.ints);
-      w.uint(20, 7);
+      for (int64_t v : a.ints) attr->add_ints(v);
+      attr->set_type(pb::AttributeProto::INTS);
       break;
   }
-  return w;
 }
 
-proto::Writer node_proto(const Node& n) {  // NodeProto
-  proto::Writer w;
-  for (const std::string& in : n.inputs) w.bytes(1, in);
-  for (const std::string& out : n.outputs) w.bytes(2, out);
-  w.bytes(3, n.name);
-  w.bytes(4, n.op_type);
-  for (const Attribute& a : n.attributes) w.message(5, attribute_proto(a));
-  return w;
+void fill_node(const Node& n, pb::NodeProto* node) {
+  for (const std::string& in : n.inputs) node->add_input(in);
+  for (const std::string& out : n.outputs) node->add_output(out);
+  node->set_name(n.name);
+  node->set_op_type(n.op_type);
+  for (const Attribute& a : n.attributes) fill_attribute(a, node->add_attribute());
 }
 
-proto::Writer tensor_proto(const Initializer& t) {  // TensorProto
-  proto::Writer w;
-  w.repeated_int64(1, t.dims);
-  w.uint(2, static_cast<uint64_t>(t.elem_type));
-  w.bytes(8, t.name);
-  w.bytes(9, t.raw_data);
-  return w;
+void fill_initializer(const Initializer& t, pb::TensorProto* tensor) {
+  for (int64_t d : t.dims) tensor->add_dims(d);
+  tensor->set_data_type(t.elem_type);
+  tensor->set_name(t.name);
+  tensor->set_raw_data(t.raw_data);
 }
 
-proto::Writer value_info_proto(const ValueInfo& v) {  // ValueInfoProto
-  proto::Writer shape;
+void fill_value_info(const ValueInfo& v, pb::ValueInfoProto* info) {
+  info->set_name(v.name);
+  pb::TypeProto::Tensor* tensor_type = info->mutable_type()->mutable_tensor_type();
+  tensor_type->set_elem_type(v.elem_type);
+  pb::TensorShapeProto* shape = tensor_type->mutable_shape();
   for (int64_t d : v.dims) {
-    proto::Writer dim;
+    pb::TensorShapeProto::Dimension* dim = shape->add_dim();
     if (d < 0)
-      dim.bytes(2, v.dim_param);
+      dim->set_dim_param(v.dim_param);
     else
-      dim.int64(1, d);
-    shape.message(1, dim);
+      dim->set_dim_value(d);
   }
-  proto::Writer tensor_type;
-  tensor_type.uint(1, static_cast<uint64_t>(v.elem_type));
-  tensor_type.message(2, shape);
-  proto::Writer type;
-  type.message(1, tensor_type);
-  proto::Writer w;
-  w.bytes(1, v.name);
-  w.message(2, type);
-  return w;
 }
 
 }  // namespace
@@ -259,129 +250,77 @@ Graph build_graph(const Model& model, const std::vector<NamedTensor>& tensors) {
 }
 
 std::string encode_model(const Graph& graph) {
-  proto::Writer g;
-  for (const Node& n : graph.nodes) g.message(1, node_proto(n));
-  g.bytes(2, graph.name);
-  for (const Initializer& i : graph.initializers) g.message(5, tensor_proto(i));
-  g.message(11, value_info_proto(graph.input));
-  g.message(12, value_info_proto(graph.output));
-
-  proto::Writer opset;
-  opset.bytes(1, "");
-  opset.int64(2, kOpsetVersion);
-
-  proto::Writer model;
-  model.int64(1, kIrVersion);
-  model.bytes(2, "tandem");
-  model.bytes(3, TANDEM_VERSION);
-  model.message(7, g);
-  model.message(8, opset);
-  return model.take();
+  pb::ModelProto model;
+  model.set_ir_version(kIrVersion);
+  model.set_producer_name("tandem");
+  model.set_producer_version(TANDEM_VERSION);
+  pb::GraphProto* g = model.mutable_graph();
+  for (const Node& n : graph.nodes) fill_node(n, g->add_node());
+  g->set_name(graph.name);
+  for (const Initializer& i : graph.initializers) fill_initializer(i, g->add_initializer());
+  fill_value_info(graph.input, g->add_input());
+  fill_value_info(graph.output, g->add_output());
+  pb::OperatorSetIdProto* opset = model.add_opset_import();
+  opset->set_domain("");  // the default domain, written out
+  opset->set_version(kOpsetVersion);
+  return deterministic_bytes(model);
 }
 
 // ---- reading back ------------------------------------------------------------------------------
 
 namespace {
 
-struct Reader {
-  const std::string& where;
-  std::vector<proto::Field> fields(std::string_view data) const { return proto::parse_message(data, where); }
-  [[noreturn]] void wrong(const char* what) const {
-    throw_data(where + ": " + what + " has the wrong wire type", "the file is not an ONNX model; re-export the model");
+constexpr const char* kNotOnnx = "the file is not an ONNX model; re-export the model with --format onnx";
+
+json value_info_json(const pb::ValueInfoProto& info, const std::string& where) {
+  const pb::TypeProto::Tensor& tensor_type = info.type().tensor_type();
+  json j{{"name", printable(info.name())},
+         {"dtype", elem_type_name(tensor_type.elem_type())},
+         {"shape", json::array()},
+         {"dim_params", json::array()}};
+  for (const pb::TensorShapeProto::Dimension& dim : tensor_type.shape().dim()) {
+    const int64_t size = dim.has_dim_value() ? dim.dim_value() : -1;
+    if (size < -1)
+      throw_data(where + ": input or output '" + printable(info.name()) + "' has the dimension " +
+                     std::to_string(size) + " (below -1: not a size)",
+                 kNotOnnx);
+    j["shape"].push_back(size);
+    j["dim_params"].push_back(printable(dim.dim_param()));
   }
-  std::string_view bytes(const proto::Field& f, const char* what) const {
-    if (f.type != proto::WireType::Bytes) wrong(what);
-    return f.bytes;
-  }
-  std::string str(const proto::Field& f, const char* what) const { return proto::printable(bytes(f, what)); }
-  int64_t integer(const proto::Field& f, const char* what) const {
-    if (f.type != proto::WireType::Varint) wrong(what);
-    return f.as_int64();
-  }
-  json value_info(std::string_view data) const {
-    json j{{"name", ""}, {"dtype", elem_type_name(0)}, {"shape", json::array()}, {"dim_params", json::array()}};
-    for (const proto::Field& f : fields(data)) {
-      if (f.number == 1) j["name"] = str(f, "ValueInfoProto.name");
-      if (f.number != 2) continue;
-      for (const proto::Field& t : fields(bytes(f, "ValueInfoProto.type"))) {
-        if (t.number != 1) continue;  // tensor_type
-        for (const proto::Field& tt : fields(bytes(t, "TypeProto.tensor_type"))) {
-          if (tt.number == 1) j["dtype"] = elem_type_name(static_cast<int>(integer(tt, "Tensor.elem_type")));
-          if (tt.number != 2) continue;
-          for (const proto::Field& d : fields(bytes(tt, "Tensor.shape"))) {
-            if (d.number != 1) continue;
-            int64_t size = -1;
-            std::string param;
-            for (const proto::Field& dv : fields(bytes(d, "TensorShapeProto.dim"))) {
-              if (dv.number == 1) size = integer(dv, "Dimension.dim_value");
-              if (dv.number == 2) param = str(dv, "Dimension.dim_param");
-            }
-            j["shape"].push_back(size);
-            j["dim_params"].push_back(param);
-          }
-        }
-      }
-    }
-    return j;
-  }
-};
+  return j;
+}
 
 }  // namespace
 
 json describe_onnx(const std::string& data, const std::string& where) {
-  const Reader r{where};
+  pb::ModelProto model;
+  parse_message(model, data, where, kNotOnnx);
   json out{{"file", kOnnxFileName},
            {"bytes", data.size()},
-           {"producer_name", ""},
-           {"producer_version", ""},
+           {"producer_name", printable(model.producer_name())},
+           {"producer_version", printable(model.producer_version())},
            {"nodes", 0},
            {"initializers", 0},
            {"ops", json::object()},
            {"inputs", json::array()},
            {"outputs", json::array()}};
-  bool has_graph = false;
-  for (const proto::Field& f : r.fields(data)) {
-    if (f.number == 1) out["ir_version"] = r.integer(f, "ModelProto.ir_version");
-    if (f.number == 2) out["producer_name"] = r.str(f, "ModelProto.producer_name");
-    if (f.number == 3) out["producer_version"] = r.str(f, "ModelProto.producer_version");
-    if (f.number == 8) {
-      std::string domain;
-      int64_t version = 0;
-      for (const proto::Field& o : r.fields(r.bytes(f, "ModelProto.opset_import"))) {
-        if (o.number == 1) domain = r.str(o, "OperatorSetIdProto.domain");
-        if (o.number == 2) version = r.integer(o, "OperatorSetIdProto.version");
-      }
-      if (domain.empty() || domain == "ai.onnx") out["opset"] = version;
-    }
-    if (f.number != 7) continue;
-    has_graph = true;
-    std::set<std::string> initializer_names;
-    std::vector<json> inputs;
-    int64_t nodes = 0, initializers = 0;
-    for (const proto::Field& g : r.fields(r.bytes(f, "ModelProto.graph"))) {
-      if (g.number == 1) {
-        ++nodes;
-        for (const proto::Field& n : r.fields(r.bytes(g, "GraphProto.node")))
-          if (n.number == 4) {
-            const std::string op = r.str(n, "NodeProto.op_type");
-            out["ops"][op] = out["ops"].value(op, 0) + 1;
-          }
-      } else if (g.number == 5) {
-        ++initializers;
-        for (const proto::Field& t : r.fields(r.bytes(g, "GraphProto.initializer")))
-          if (t.number == 8) initializer_names.insert(r.str(t, "TensorProto.name"));
-      } else if (g.number == 11) {
-        inputs.push_back(r.value_info(r.bytes(g, "GraphProto.input")));
-      } else if (g.number == 12) {
-        out["outputs"].push_back(r.value_info(r.bytes(g, "GraphProto.output")));
-      }
-    }
-    out["nodes"] = nodes;
-    out["initializers"] = initializers;
-    for (json& in : inputs)  // before IR 4 initializers were listed as inputs too: not real inputs
-      if (!initializer_names.count(in["name"].get<std::string>())) out["inputs"].push_back(std::move(in));
+  if (model.has_ir_version()) out["ir_version"] = model.ir_version();
+  for (const pb::OperatorSetIdProto& opset : model.opset_import())
+    if (opset.domain().empty() || opset.domain() == "ai.onnx") out["opset"] = opset.version();
+  if (!model.has_graph()) throw_data(where + ": the ONNX model has no graph", "re-export the model with --format onnx");
+
+  const pb::GraphProto& graph = model.graph();
+  out["nodes"] = graph.node_size();
+  out["initializers"] = graph.initializer_size();
+  for (const pb::NodeProto& node : graph.node()) {
+    const std::string op = printable(node.op_type());
+    out["ops"][op] = out["ops"].value(op, 0) + 1;
   }
-  if (!has_graph) throw_data(where + ": the ONNX model has no graph", "re-export the model with --format onnx");
+  std::set<std::string> initializer_names;
+  for (const pb::TensorProto& t : graph.initializer()) initializer_names.insert(t.name());
+  for (const pb::ValueInfoProto& in : graph.input())  // before IR 4 initializers were listed as inputs too
+    if (!initializer_names.count(in.name())) out["inputs"].push_back(value_info_json(in, where));
+  for (const pb::ValueInfoProto& o : graph.output()) out["outputs"].push_back(value_info_json(o, where));
   return out;
 }
 

@@ -5,7 +5,9 @@
 
 #include "engine/errors.h"
 #include "export/exporter.h"
-#include "export/protobuf.h"
+#include "export/protobuf_io.h"
+#include "export/raw_bytes.h"
+#include "tensorflow/core/protobuf/saved_model.pb.h"
 
 namespace tandem::savedmodel {
 
@@ -112,7 +114,7 @@ class GraphBuilder {
   }
   std::string float_constant(const std::string& name, const std::vector<int64_t>& shape,
                              const std::vector<float>& values) {
-    return constant(name, TensorValue{DT_FLOAT, shape, proto::float_bytes(values)});
+    return constant(name, TensorValue{DT_FLOAT, shape, float_bytes(values)});
   }
   std::string weight(const std::string& node, const std::string& tensor_name) {
     const NamedTensor& t = tensor(tensor_name);
@@ -179,7 +181,7 @@ class GraphBuilder {
       if (layer.input_shape().rank() == 1) return x;
       const std::string p = prefix_for(name);
       const std::vector<int32_t> target{-1, static_cast<int32_t>(layer.output_shape().numel())};
-      const std::string s = constant(p + "/shape", TensorValue{DT_INT32, {2}, proto::int32_bytes(target)});
+      const std::string s = constant(p + "/shape", TensorValue{DT_INT32, {2}, int32_bytes(target)});
       return op(p + "/Reshape", "Reshape", {x, s}, {{"T", float_type()}});  // Tshape defaults to DT_INT32
     }
     if (type == "BatchNormalization") {
@@ -211,69 +213,43 @@ class GraphBuilder {
 
 // ---- encoding ----------------------------------------------------------------------------------
 
-proto::Writer shape_proto(const std::vector<int64_t>& dims) {  // TensorShapeProto
-  proto::Writer w;
-  for (int64_t d : dims) {
-    proto::Writer dim;
-    dim.int64(1, d);
-    w.message(2, dim);
-  }
-  return w;
+void fill_shape(const std::vector<int64_t>& dims, tensorflow::TensorShapeProto* shape) {
+  for (int64_t d : dims) shape->add_dim()->set_size(d);
 }
 
-proto::Writer tensor_proto(const TensorValue& t) {  // TensorProto
-  proto::Writer w;
-  w.uint(1, static_cast<uint64_t>(t.dtype));
-  w.message(2, shape_proto(t.shape));
-  if (!t.content.empty()) w.bytes(4, t.content);
-  return w;
+void fill_tensor(const TensorValue& t, tensorflow::TensorProto* tensor) {
+  tensor->set_dtype(static_cast<tensorflow::DataType>(t.dtype));
+  fill_shape(t.shape, tensor->mutable_tensor_shape());  // present even for a scalar
+  tensor->set_tensor_content(t.content);
 }
 
-proto::Writer attr_proto(const AttrValue& a) {  // AttrValue (a oneof: always written)
-  proto::Writer w;
+void fill_attr(const AttrValue& a, tensorflow::AttrValue* attr) {  // a oneof: always present
   switch (a.kind) {
     case AttrValue::Kind::IntList: {
-      proto::Writer list;
-      list.packed_int64(3, a.list);
-      w.message(1, list);
+      tensorflow::AttrValue::ListValue* list = attr->mutable_list();  // present even when empty
+      for (int64_t v : a.list) list->add_i(v);
       break;
     }
-    case AttrValue::Kind::String: w.bytes(2, a.s); break;
-    case AttrValue::Kind::Int: w.int64(3, a.i); break;
-    case AttrValue::Kind::Type: w.uint(6, static_cast<uint64_t>(a.i)); break;
-    case AttrValue::Kind::Shape: w.message(7, shape_proto(a.list)); break;
-    case AttrValue::Kind::Tensor: w.message(8, tensor_proto(a.tensor)); break;
+    case AttrValue::Kind::String: attr->set_s(a.s); break;
+    case AttrValue::Kind::Int: attr->set_i(a.i); break;
+    case AttrValue::Kind::Type: attr->set_type(static_cast<tensorflow::DataType>(a.i)); break;
+    case AttrValue::Kind::Shape: fill_shape(a.list, attr->mutable_shape()); break;
+    case AttrValue::Kind::Tensor: fill_tensor(a.tensor, attr->mutable_tensor()); break;
   }
-  return w;
 }
 
-proto::Writer node_proto(const NodeDef& n) {  // NodeDef
-  proto::Writer w;
-  w.bytes(1, n.name);
-  w.bytes(2, n.op);
-  for (const std::string& in : n.inputs) w.bytes(3, in);
-  for (const auto& [key, value] : n.attrs) {
-    proto::Writer entry;
-    entry.bytes(1, key);
-    entry.message(2, attr_proto(value));
-    w.message(5, entry);
-  }
-  return w;
+void fill_node(const NodeDef& n, tensorflow::NodeDef* node) {
+  node->set_name(n.name);
+  node->set_op(n.op);
+  for (const std::string& in : n.inputs) node->add_input(in);
+  for (const auto& [key, value] : n.attrs) fill_attr(value, &(*node->mutable_attr())[key]);
 }
 
-proto::Writer tensor_info_proto(const TensorInfo& t) {  // TensorInfo
-  proto::Writer w;
-  w.bytes(1, t.name);
-  w.uint(2, static_cast<uint64_t>(t.dtype));
-  w.message(3, shape_proto(t.shape));
-  return w;
-}
-
-proto::Writer map_entry(const std::string& key, const proto::Writer& value) {
-  proto::Writer e;
-  e.bytes(1, key);
-  e.message(2, value);
-  return e;
+void fill_tensor_info(const TensorInfo& t, tensorflow::SignatureDef* signature, bool input) {
+  tensorflow::TensorInfo& info = (*(input ? signature->mutable_inputs() : signature->mutable_outputs()))[t.key];
+  info.set_name(t.name);
+  info.set_dtype(static_cast<tensorflow::DataType>(t.dtype));
+  fill_shape(t.shape, info.mutable_tensor_shape());
 }
 
 }  // namespace
@@ -283,134 +259,83 @@ Graph build_graph(const Model& model, const std::vector<NamedTensor>& tensors) {
 }
 
 std::string encode_saved_model(const Graph& graph) {
-  proto::Writer graph_def;
-  for (const NodeDef& n : graph.nodes) graph_def.message(1, node_proto(n));
-  proto::Writer versions;
-  versions.int64(1, graph.producer);
-  graph_def.message(4, versions);
+  tensorflow::SavedModel saved_model;
+  saved_model.set_saved_model_schema_version(1);
+  tensorflow::MetaGraphDef* meta_graph = saved_model.add_meta_graphs();
+  meta_graph->mutable_meta_info_def()->add_tags(kServeTag);
+  meta_graph->mutable_meta_info_def()->set_stripped_default_attrs(true);
 
-  proto::Writer signature;
-  signature.message(1, map_entry(graph.input.key, tensor_info_proto(graph.input)));
-  signature.message(2, map_entry(graph.output.key, tensor_info_proto(graph.output)));
-  signature.bytes(3, kPredictMethod);
+  tensorflow::GraphDef* graph_def = meta_graph->mutable_graph_def();
+  for (const NodeDef& n : graph.nodes) fill_node(n, graph_def->add_node());
+  graph_def->mutable_versions()->set_producer(static_cast<int32_t>(graph.producer));
 
-  proto::Writer meta_info;
-  meta_info.bytes(4, kServeTag);
-  meta_info.boolean(7, true);  // stripped_default_attrs
-
-  proto::Writer meta_graph;
-  meta_graph.message(1, meta_info);
-  meta_graph.message(2, graph_def);
-  meta_graph.message(5, map_entry(kSignatureKey, signature));
-
-  proto::Writer saved_model;
-  saved_model.int64(1, 1);  // saved_model_schema_version
-  saved_model.message(2, meta_graph);
-  return saved_model.take();
+  tensorflow::SignatureDef& signature = (*meta_graph->mutable_signature_def())[kSignatureKey];
+  fill_tensor_info(graph.input, &signature, true);
+  fill_tensor_info(graph.output, &signature, false);
+  signature.set_method_name(kPredictMethod);
+  return deterministic_bytes(saved_model);
 }
 
 // ---- reading back ------------------------------------------------------------------------------
 
 namespace {
 
-struct Reader {
-  const std::string& where;
-  std::vector<proto::Field> fields(std::string_view data) const { return proto::parse_message(data, where); }
-  std::string_view bytes(const proto::Field& f, const char* what) const {
-    if (f.type != proto::WireType::Bytes)
-      throw_data(where + ": " + what + " has the wrong wire type", "the file is not a SavedModel; re-export the model");
-    return f.bytes;
+constexpr const char* kNotSavedModel = "the file is not a SavedModel; re-export the model with --format savedmodel";
+
+std::vector<int64_t> dims_of(const tensorflow::TensorShapeProto& shape, const std::string& where) {
+  std::vector<int64_t> dims;
+  for (const auto& dim : shape.dim()) {
+    if (dim.size() < -1)
+      throw_data(where + ": a tensor shape has the dimension " + std::to_string(dim.size()) + " (below -1: not a size)",
+                 kNotSavedModel);
+    dims.push_back(dim.size());
   }
-  std::string str(const proto::Field& f, const char* what) const { return proto::printable(bytes(f, what)); }
-  int64_t integer(const proto::Field& f, const char* what) const {
-    if (f.type != proto::WireType::Varint)
-      throw_data(where + ": " + what + " has the wrong wire type", "the file is not a SavedModel; re-export the model");
-    return f.as_int64();
+  return dims;
+}
+
+json tensor_info_json(const tensorflow::TensorInfo& info, const std::string& where) {
+  return json{{"name", printable(info.name())},
+              {"dtype", data_type_name(info.dtype())},
+              {"shape", dims_of(info.tensor_shape(), where)}};
+}
+
+json meta_graph_json(const tensorflow::MetaGraphDef& meta, const std::string& where) {
+  json m{{"tags", json::array()}, {"signatures", json::object()}, {"nodes", 0}, {"ops", json::object()}};
+  for (const std::string& tag : meta.meta_info_def().tags()) m["tags"].push_back(printable(tag));
+  const tensorflow::GraphDef& graph = meta.graph_def();
+  m["nodes"] = graph.node_size();
+  for (const tensorflow::NodeDef& node : graph.node()) {
+    const std::string op = printable(node.op());
+    m["ops"][op] = m["ops"].value(op, 0) + 1;
   }
-  std::vector<int64_t> shape(std::string_view data) const {
-    std::vector<int64_t> dims;
-    for (const proto::Field& f : fields(data)) {
-      if (f.number != 2) continue;
-      int64_t size = 0;
-      for (const proto::Field& d : fields(bytes(f, "TensorShapeProto.dim")))
-        if (d.number == 1) size = integer(d, "Dim.size");
-      dims.push_back(size);
-    }
-    return dims;
-  }
-  json tensor_info(std::string_view data) const {
-    json j{{"name", ""}, {"dtype", data_type_name(0)}, {"shape", json::array()}};
-    for (const proto::Field& f : fields(data)) {
-      if (f.number == 1) j["name"] = str(f, "TensorInfo.name");
-      if (f.number == 2) j["dtype"] = data_type_name(static_cast<int>(integer(f, "TensorInfo.dtype")));
-      if (f.number == 3) j["shape"] = shape(bytes(f, "TensorInfo.tensor_shape"));
-    }
+  if (graph.versions().producer() != 0) m["producer"] = graph.versions().producer();  // 0: not on the wire
+  auto tensors = [&](const google::protobuf::Map<std::string, tensorflow::TensorInfo>& infos) {
+    json j = json::object();
+    for (const auto& [name, info] : infos) j[printable(name)] = tensor_info_json(info, where);
     return j;
-  }
-  // A map<string, M> entry: key and the value's bytes.
-  std::pair<std::string, std::string_view> entry(const proto::Field& f, const char* what) const {
-    std::string key;
-    std::string_view value;
-    for (const proto::Field& e : fields(bytes(f, what))) {
-      if (e.number == 1) key = str(e, what);
-      if (e.number == 2) value = bytes(e, what);
-    }
-    return {key, value};
-  }
-};
+  };
+  for (const auto& [key, signature] : meta.signature_def())
+    m["signatures"][printable(key)] = json{{"inputs", tensors(signature.inputs())},
+                                           {"outputs", tensors(signature.outputs())},
+                                           {"method_name", printable(signature.method_name())}};
+  return m;
+}
 
 }  // namespace
 
 json describe_saved_model(const std::string& data, const std::string& where) {
-  const Reader r{where};
+  tensorflow::SavedModel saved_model;
+  parse_message(saved_model, data, where, kNotSavedModel);
   json out{{"file", kSavedModelFileName}, {"bytes", data.size()}};
-  std::vector<std::string_view> metas;
-  for (const proto::Field& f : r.fields(data)) {
-    if (f.number == 1) out["schema_version"] = r.integer(f, "SavedModel.saved_model_schema_version");
-    if (f.number == 2) metas.push_back(r.bytes(f, "SavedModel.meta_graphs"));
-  }
-  out["meta_graphs"] = metas.size();
-  if (metas.empty())
+  if (saved_model.saved_model_schema_version() != 0) out["schema_version"] = saved_model.saved_model_schema_version();
+  out["meta_graphs"] = saved_model.meta_graphs_size();
+  if (saved_model.meta_graphs().empty())
     throw_data(where + ": the SavedModel holds no MetaGraphDef", "re-export the model with --format savedmodel");
 
   // Describe the meta graph TF Serving would load: tags exactly {"serve"}, else the first one.
   json chosen;
-  for (std::string_view meta : metas) {
-    json m{{"tags", json::array()}, {"signatures", json::object()}, {"nodes", 0}, {"ops", json::object()}};
-    for (const proto::Field& f : r.fields(meta)) {
-      if (f.number == 1) {
-        for (const proto::Field& i : r.fields(r.bytes(f, "MetaGraphDef.meta_info_def")))
-          if (i.number == 4) m["tags"].push_back(r.str(i, "MetaInfoDef.tags"));
-      } else if (f.number == 2) {
-        int64_t nodes = 0;
-        for (const proto::Field& g : r.fields(r.bytes(f, "MetaGraphDef.graph_def"))) {
-          if (g.number == 1) {
-            ++nodes;
-            for (const proto::Field& n : r.fields(r.bytes(g, "GraphDef.node")))
-              if (n.number == 2) {
-                const std::string op = r.str(n, "NodeDef.op");
-                m["ops"][op] = m["ops"].value(op, 0) + 1;
-              }
-          } else if (g.number == 4) {
-            for (const proto::Field& v : r.fields(r.bytes(g, "GraphDef.versions")))
-              if (v.number == 1) m["producer"] = r.integer(v, "VersionDef.producer");
-          }
-        }
-        m["nodes"] = nodes;
-      } else if (f.number == 5) {
-        auto [key, value] = r.entry(f, "MetaGraphDef.signature_def");
-        json sig{{"inputs", json::object()}, {"outputs", json::object()}, {"method_name", ""}};
-        for (const proto::Field& s : r.fields(value)) {
-          if (s.number == 1 || s.number == 2) {
-            auto [name, info] = r.entry(s, "SignatureDef.inputs/outputs");
-            sig[s.number == 1 ? "inputs" : "outputs"][name] = r.tensor_info(info);
-          } else if (s.number == 3) {
-            sig["method_name"] = r.str(s, "SignatureDef.method_name");
-          }
-        }
-        m["signatures"][key] = sig;
-      }
-    }
+  for (const tensorflow::MetaGraphDef& meta : saved_model.meta_graphs()) {
+    json m = meta_graph_json(meta, where);
     if (chosen.is_null() || (m["tags"] == json::array({kServeTag}) && chosen["tags"] != json::array({kServeTag})))
       chosen = std::move(m);
   }

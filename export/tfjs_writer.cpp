@@ -8,7 +8,7 @@
 #include "engine/errors.h"
 #include "export/atomic_file.h"
 #include "export/exporter.h"
-#include "export/protobuf.h"
+#include "export/raw_bytes.h"
 
 namespace tandem::tfjs {
 
@@ -98,7 +98,7 @@ LayersModel build(const Model& model, const std::vector<NamedTensor>& tensors, s
     for (const ParamSpec& spec : layer->param_specs()) {  // Keras's order: kernel, bias; gamma, beta, moving_*
       const NamedTensor& t = weights[layer->name() + "/" + spec.name];
       manifest_weights.push_back({{"name", t.name}, {"shape", t.shape.dims}, {"dtype", "float32"}});
-      data += proto::float_bytes(t.values);
+      data += float_bytes(t.values);
     }
   }
 
@@ -195,7 +195,7 @@ json describe_tfjs(const std::string& dir) {
       for (const json& p : list(group, "paths")) {
         const std::string file = p.get<std::string>();
         if (file.empty() || file.find('/') != std::string::npos || file == "." || file == "..")
-          bad(path, "weight file '" + proto::printable(file) + "' is not a file name in the directory");
+          bad(path, "weight file '" + printable(file) + "' is not a file name in the directory");
         last = dir + "/" + file;
         struct stat st {};
         if (::stat(last.c_str(), &st) != 0 || !S_ISREG(st.st_mode))

@@ -42,6 +42,7 @@
 
 #include "engine/errors.h"
 #include "export/posix_file.h"
+#include "export/raw_bytes.h"
 
 namespace tandem {
 namespace {
@@ -192,21 +193,7 @@ bool byte_size_of(const std::vector<uint64_t>& dims, uint64_t* bytes) {
 uint64_t align_up(uint64_t v) { return (v + kAlignment - 1) / kAlignment * kAlignment; }
 
 // 'name' for messages; invalid names are shown with \xNN escapes.
-std::string quoted_name(const std::string& name) {
-  if (is_valid_name(name)) return "'" + name + "'";
-  std::string out = "'";
-  for (unsigned char c : name) {
-    if (c >= 0x20 && c < 0x7F && c != '\\') {
-      out += static_cast<char>(c);
-    } else {
-      static const char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xF];
-    }
-  }
-  return out + "'";
-}
+std::string quoted_name(const std::string& name) { return "'" + (is_valid_name(name) ? name : printable(name)) + "'"; }
 
 // ---- POSIX file helpers ------------------------------------------------------------------------
 

@@ -1,11 +1,12 @@
-// Export formats: the protobuf wire encoder, the SavedModel and ONNX graphs built per layer type,
+// Export formats: protobuf through libprotobuf, the SavedModel and ONNX graphs built per layer type,
 // BatchNormalization folding, and `tandem export`'s atomic versioned directories.
 // (Agreement of the exported models with TensorFlow and onnxruntime: tests/interop/export_check.py.)
+#include <google/protobuf/unknown_field_set.h>
+
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <limits>
 #include <random>
 #include <set>
 #include <string>
@@ -17,10 +18,13 @@
 #include "export/exporter.h"
 #include "export/model_dir.h"
 #include "export/onnx_writer.h"
-#include "export/protobuf.h"
+#include "export/protobuf_io.h"
+#include "export/raw_bytes.h"
 #include "export/savedmodel_writer.h"
 #include "export_fixtures.h"
+#include "onnx/onnx.pb.h"
 #include "temp_dir.h"
+#include "tensorflow/core/protobuf/saved_model.pb.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -30,7 +34,6 @@ using tandem::Model;
 using tandem::NamedTensor;
 using tandem::Shape;
 using namespace tandem::test;  // temp_dir.h: TempDir, write_bytes
-namespace proto = tandem::proto;
 namespace sm = tandem::savedmodel;
 namespace ox = tandem::onnx;
 
@@ -72,128 +75,68 @@ std::vector<std::string> entries(const std::string& dir) { return tandem::test::
 
 }  // namespace
 
-// ---- protobuf wire format ---------------------------------------------------------------------
+// ---- protobuf through libprotobuf, raw tensor bytes ------------------------------------------------
 
-TEST_CASE("protobuf: varints", "[cpu][export]") {
-  auto v = [](uint64_t x) {
-    std::string s;
-    proto::append_varint(s, x);
-    CHECK(s.size() == proto::varint_size(x));
-    return hex(s);
-  };
-  CHECK(v(0) == "00");
-  CHECK(v(1) == "01");
-  CHECK(v(127) == "7f");
-  CHECK(v(128) == "80 01");
-  CHECK(v(300) == "ac 02");
-  CHECK(v(16384) == "80 80 01");
-  CHECK(v(std::numeric_limits<uint64_t>::max()) == "ff ff ff ff ff ff ff ff ff 01");
+TEST_CASE("protobuf: deterministic bytes, map entries in key order", "[cpu][export]") {
+  tensorflow::NodeDef node;
+  node.set_name("n");
+  for (const char* key : {"strides", "T", "padding", "ksize"}) (*node.mutable_attr())[key].set_i(1);
+  const std::string bytes = tandem::deterministic_bytes(node);
+  CHECK(bytes == tandem::deterministic_bytes(node));
+  // Read the wire back field by field: the attr entries (field 5) come out sorted by key.
+  google::protobuf::UnknownFieldSet wire;
+  REQUIRE(wire.ParseFromString(bytes));
+  std::vector<std::string> keys;
+  for (int i = 0; i < wire.field_count(); ++i) {
+    if (wire.field(i).number() != 5) continue;
+    google::protobuf::UnknownFieldSet entry;
+    REQUIRE(entry.ParseFromString(wire.field(i).length_delimited()));
+    keys.push_back(entry.field(0).length_delimited());
+  }
+  CHECK(keys == std::vector<std::string>{"T", "ksize", "padding", "strides"});
 
-  proto::Writer w;
-  w.uint(1, 150);  // the protobuf documentation's example
-  CHECK(hex(w.data()) == "08 96 01");
-  proto::Writer neg;
-  neg.int64(1, -1);  // int32/int64 negatives are sign-extended to 10 bytes
-  CHECK(hex(neg.data()) == "08 ff ff ff ff ff ff ff ff ff 01");
-  proto::Writer neg2;
-  neg2.int64(2, -2);
-  CHECK(neg2.size() == 11);
-  proto::Writer big_field;
-  big_field.uint(16, 1);  // field numbers >= 16 take a two-byte tag
-  CHECK(hex(big_field.data()) == "80 01 01");
-  proto::Writer b;
-  b.boolean(7, true).boolean(7, false);
-  CHECK(hex(b.data()) == "38 01 38 00");
+  // What TensorFlow reads: AttrValue{type: DT_FLOAT}, and a shape whose -1 takes 10 bytes.
+  tensorflow::AttrValue type;
+  type.set_type(tensorflow::DT_FLOAT);
+  CHECK(hex(tandem::deterministic_bytes(type)) == "30 01");
+  tensorflow::AttrValue shape;
+  for (int64_t d : {-1, 28, 28, 1}) shape.mutable_shape()->add_dim()->set_size(d);
+  CHECK(hex(tandem::deterministic_bytes(shape)) ==
+        "3a 19 12 0b 08 ff ff ff ff ff ff ff ff ff 01 12 02 08 1c 12 02 08 1c 12 02 08 01");
 }
 
-TEST_CASE("protobuf: fixed-width, strings, nested messages and packed fields", "[cpu][export]") {
-  proto::Writer f;
-  f.float32(1, 1.0f).float64(1, 1.0).fixed32(3, 0x01020304u).fixed64(4, 1);
-  CHECK(hex(f.data()) == "0d 00 00 80 3f 09 00 00 00 00 00 00 f0 3f 1d 04 03 02 01 21 01 00 00 00 00 00 00 00");
-
-  proto::Writer s;
-  s.bytes(2, "testing");
-  CHECK(hex(s.data()) == "12 07 74 65 73 74 69 6e 67");
-
-  proto::Writer inner;
-  inner.uint(1, 150);
-  proto::Writer outer;
-  outer.message(3, inner);
-  CHECK(hex(outer.data()) == "1a 03 08 96 01");
-  proto::Writer empty, holder;
-  holder.message(5, empty);  // an empty nested message is still present
-  CHECK(hex(holder.data()) == "2a 00");
-
-  // A nested message longer than 127 bytes gets a two-byte length; nesting twice adds both.
-  proto::Writer long_inner;
-  long_inner.bytes(1, std::string(200, 'x'));  // 1 + 2 + 200 = 203 bytes
-  REQUIRE(long_inner.size() == 203);
-  proto::Writer mid;
-  mid.message(2, long_inner);  // 1 + 2 + 203
-  proto::Writer top;
-  top.message(1, mid);  // 1 + 2 + 206
-  CHECK(mid.size() == 206);
-  CHECK(top.size() == 209);
-  CHECK(hex(top.data().substr(0, 6)) == "0a ce 01 12 cb 01");
-
-  proto::Writer packed;
-  packed.packed_int64(4, {3, 270, 86942});  // the documentation's example
-  CHECK(hex(packed.data()) == "22 06 03 8e 02 9e a7 05");
-  proto::Writer packed_neg;
-  packed_neg.packed_int64(1, {-1, 2});
-  CHECK(hex(packed_neg.data()) == "0a 0b ff ff ff ff ff ff ff ff ff 01 02");
-  proto::Writer none;
-  none.packed_int64(1, {}).packed_float(2, {});
-  CHECK(none.size() == 0);
-  proto::Writer pf;
-  pf.packed_float(1, {1.0f, -2.0f});
-  CHECK(hex(pf.data()) == "0a 08 00 00 80 3f 00 00 00 c0");
-  proto::Writer unpacked;
-  unpacked.repeated_int64(8, {1, -1});
-  CHECK(hex(unpacked.data()) == "40 01 40 ff ff ff ff ff ff ff ff ff 01");
-
-  CHECK(hex(proto::float_bytes({1.0f})) == "00 00 80 3f");
-  CHECK(hex(proto::int32_bytes({-1, 2})) == "ff ff ff ff 02 00 00 00");
-  CHECK(hex(proto::int64_bytes({1})) == "01 00 00 00 00 00 00 00");
-}
-
-TEST_CASE("protobuf: reading back, and malformed input", "[cpu][export]") {
-  proto::Writer inner;
-  inner.int64(1, -5).packed_int64(2, {1, 2, 3}).repeated_int64(2, {4});
-  proto::Writer w;
-  w.uint(1, 7).bytes(2, "hi").message(3, inner).float32(4, 2.5f).fixed64(5, 9);
-  const std::string data = w.data();
-  const auto fields = proto::parse_message(data, "test");
-  REQUIRE(fields.size() == 5);
-  CHECK(fields[0].number == 1);
-  CHECK(fields[0].value == 7);
-  CHECK(fields[1].bytes == "hi");
-  CHECK(fields[3].as_float() == 2.5f);
-  CHECK(fields[4].type == proto::WireType::Fixed64);
-  CHECK(fields[4].value == 9);
-  const auto nested = proto::parse_message(fields[2].bytes, "test");
-  CHECK(nested[0].as_int64() == -5);
-  CHECK(proto::repeated_int64(nested, 2, "test") == std::vector<int64_t>{1, 2, 3, 4});
-  CHECK(proto::find_field(fields, 2) == &fields[1]);
-  CHECK(proto::find_field(fields, 9) == nullptr);
-
+TEST_CASE("protobuf: malformed input is a Data error naming the file", "[cpu][export]") {
   auto bad = [](const std::string& bytes) {
-    Error e = error_of([&] { proto::parse_message(bytes, "thing.pb"); });
+    tensorflow::SavedModel m;
+    Error e = error_of([&] { tandem::parse_message(m, bytes, "thing.pb", "re-export"); });
     CHECK(e.kind() == ErrorKind::Data);
     CHECK(std::string(e.what()).find("thing.pb") != std::string::npos);
+    CHECK(e.hint() == "re-export");
   };
   bad(std::string("\x08", 1));      // truncated varint value
   bad(std::string("\x08\x80", 2));  // varint continues past the end
   bad(
       std::string("\x12\x05"
                   "abc",
-                  5));                                                   // length past the end
-  bad(std::string("\x0b", 1));                                           // wire type 3 (groups)
-  bad(std::string("\x00\x01", 2));                                       // field number 0
-  bad(std::string("\x0d\x01\x02", 3));                                   // truncated fixed32
-  bad(std::string("\x08") + std::string(10, '\xff') + "\x01");           // varint over 10 bytes
-  bad(std::string("\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f", 11));  // over 64 bits
-  CHECK(proto::parse_message("", "x").empty());
+                  5));                                          // length past the end
+  bad(std::string("\x0b", 1));                                  // a group that never ends
+  bad(std::string("\x00\x01", 2));                              // field number 0
+  bad(std::string("\x0d\x01\x02", 3));                          // truncated fixed32
+  bad(std::string("\x08") + std::string(10, '\xff') + "\x01");  // varint over 10 bytes
+  // meta_graphs[0].meta_info_def.tags[0] = "\xff": a proto3 string that is not UTF-8.
+  bad(std::string("\x12\x05\x0a\x03\x22\x01\xff", 7));
+  tensorflow::SavedModel empty;
+  tandem::parse_message(empty, "", "x", "");  // an empty message is a message
+  CHECK(empty.meta_graphs().empty());
+}
+
+TEST_CASE("raw bytes: little-endian tensors, printable names", "[cpu][export]") {
+  CHECK(hex(tandem::float_bytes({1.0f})) == "00 00 80 3f");
+  CHECK(hex(tandem::float_bytes({1.0f, -2.0f})) == "00 00 80 3f 00 00 00 c0");
+  CHECK(hex(tandem::int32_bytes({-1, 2})) == "ff ff ff ff 02 00 00 00");
+  CHECK(hex(tandem::int64_bytes({1})) == "01 00 00 00 00 00 00 00");
+  CHECK(tandem::printable("dense_1/kernel") == "dense_1/kernel");
+  CHECK(tandem::printable(std::string("a\xff\\\n\0", 5)) == "a\\xff\\x5c\\x0a\\x00");
 }
 
 // ---- BatchNormalization folding -------------------------------------------------------------------
@@ -264,7 +207,7 @@ TEST_CASE("savedmodel: the graph built for every layer type", "[cpu][export]") {
   CHECK(attr_keys(*k1) == std::vector<std::string>{"dtype", "value"});
   const sm::TensorValue& kv = k1->attrs.at("value").tensor;
   CHECK(kv.shape == std::vector<int64_t>{3, 3, 1, 4});  // HWIO, a byte copy
-  CHECK(kv.content == proto::float_bytes(tensor_named(tensors, "c1/kernel").values));
+  CHECK(kv.content == tandem::float_bytes(tensor_named(tensors, "c1/kernel").values));
 
   const sm::NodeDef* c2 = g.find("c2/Conv2D");
   REQUIRE(c2);
@@ -284,15 +227,15 @@ TEST_CASE("savedmodel: the graph built for every layer type", "[cpu][export]") {
   const sm::NodeDef* shape = g.find("f/shape");
   REQUIRE(shape);
   CHECK(shape->attrs.at("dtype").i == sm::DT_INT32);
-  CHECK(shape->attrs.at("value").tensor.content == proto::int32_bytes({-1, static_cast<int32_t>(flat_in.numel())}));
+  CHECK(shape->attrs.at("value").tensor.content == tandem::int32_bytes({-1, static_cast<int32_t>(flat_in.numel())}));
   CHECK(attr_keys(*g.find("f/Reshape")) == std::vector<std::string>{"T"});
 
   // BatchNormalization: Mul + AddV2 with the folded constants.
   const auto fold = tandem::fold_batch_norm(
       tensor_named(tensors, "bn2/gamma").values, tensor_named(tensors, "bn2/beta").values,
       tensor_named(tensors, "bn2/moving_mean").values, tensor_named(tensors, "bn2/moving_variance").values, 0.01f);
-  CHECK(g.find("bn2/scale")->attrs.at("value").tensor.content == proto::float_bytes(fold.scale));
-  CHECK(g.find("bn2/shift")->attrs.at("value").tensor.content == proto::float_bytes(fold.shift));
+  CHECK(g.find("bn2/scale")->attrs.at("value").tensor.content == tandem::float_bytes(fold.scale));
+  CHECK(g.find("bn2/shift")->attrs.at("value").tensor.content == tandem::float_bytes(fold.shift));
   CHECK(g.find("bn2/Mul")->inputs == std::vector<std::string>{"h/MatMul", "bn2/scale"});
   CHECK(g.find("bn2/AddV2")->inputs == std::vector<std::string>{"bn2/Mul", "bn2/shift"});
 
@@ -333,33 +276,32 @@ TEST_CASE("savedmodel: encoded SavedModel reads back", "[cpu][export]") {
   const std::string pb = sm::encode_saved_model(sm::build_graph(m, tensors));
   CHECK(pb == sm::encode_saved_model(sm::build_graph(m, tensors)));  // deterministic
 
-  // Minimal decoding by hand: SavedModel{1: 1, 2: MetaGraphDef{1: MetaInfoDef{4: "serve", 7: true}, ...}}
-  const auto top = proto::parse_message(pb, "pb");
-  REQUIRE(top.size() == 2);
-  CHECK(top[0].number == 1);
-  CHECK(top[0].value == 1);
-  const auto meta = proto::parse_message(top[1].bytes, "pb");
-  const auto info = proto::parse_message(proto::find_field(meta, 1)->bytes, "pb");
-  CHECK(proto::find_field(info, 4)->bytes == "serve");
-  CHECK(proto::find_field(info, 7)->value == 1);
-  const auto graph = proto::parse_message(proto::find_field(meta, 2)->bytes, "pb");
-  const auto versions = proto::parse_message(proto::find_field(graph, 4)->bytes, "pb");
-  CHECK(proto::find_field(versions, 1)->as_int64() == sm::kGraphProducer);
-  // The first node is the placeholder, with its attrs in sorted order (find_field finds the last one:
-  // the output Softmax).
-  CHECK(proto::parse_message(proto::find_field(graph, 1)->bytes, "pb")[0].bytes == "out/Softmax");
-  REQUIRE(graph[0].number == 1);
-  const auto node = proto::parse_message(graph[0].bytes, "pb");
-  CHECK(node[0].bytes == "input");
-  CHECK(node[1].bytes == "Placeholder");
-  const auto dtype_entry = proto::parse_message(node[2].bytes, "pb");
-  CHECK(dtype_entry[0].bytes == "dtype");
-  CHECK(hex(std::string(dtype_entry[1].bytes)) == "30 01");  // AttrValue{type: DT_FLOAT}
-  const auto shape_entry = proto::parse_message(node[3].bytes, "pb");
-  CHECK(shape_entry[0].bytes == "shape");
-  // AttrValue{shape{dim{size -1} dim{28} dim{28} dim{1}}}: -1 takes 10 bytes.
-  CHECK(hex(std::string(shape_entry[1].bytes)) ==
-        "3a 19 12 0b 08 ff ff ff ff ff ff ff ff ff 01 12 02 08 1c 12 02 08 1c 12 02 08 01");
+  // Read back with the generated classes: SavedModel{1, MetaGraphDef{MetaInfoDef{["serve"], stripped}, ...}}.
+  tensorflow::SavedModel saved;
+  REQUIRE(saved.ParseFromString(pb));
+  CHECK(saved.saved_model_schema_version() == 1);
+  REQUIRE(saved.meta_graphs_size() == 1);
+  const tensorflow::MetaGraphDef& meta = saved.meta_graphs(0);
+  CHECK(meta.meta_info_def().tags().size() == 1);
+  CHECK(meta.meta_info_def().tags(0) == "serve");
+  CHECK(meta.meta_info_def().stripped_default_attrs());
+  const tensorflow::GraphDef& graph = meta.graph_def();
+  CHECK(graph.versions().producer() == sm::kGraphProducer);
+  REQUIRE(graph.node_size() > 1);
+  CHECK(graph.node(graph.node_size() - 1).name() == "out/Softmax");
+  const tensorflow::NodeDef& node = graph.node(0);
+  CHECK(node.name() == "input");
+  CHECK(node.op() == "Placeholder");
+  CHECK(node.attr().size() == 2);
+  CHECK(node.attr().at("dtype").type() == tensorflow::DT_FLOAT);
+  const auto& dims = node.attr().at("shape").shape().dim();
+  CHECK(std::vector<int64_t>{dims[0].size(), dims[1].size(), dims[2].size(), dims[3].size()} ==
+        std::vector<int64_t>{-1, 28, 28, 1});
+  const tensorflow::NodeDef& kernel = graph.node(1);
+  CHECK(kernel.name() == "c1/kernel");
+  CHECK(kernel.attr().at("value").tensor().tensor_content() ==
+        tandem::float_bytes(tensor_named(tensors, "c1/kernel").values));
+  CHECK(tandem::deterministic_bytes(saved) == pb);  // what the writer wrote is what it filled in
 
   const json d = sm::describe_saved_model(pb, "pb");
   CHECK(d["schema_version"] == 1);
@@ -438,6 +380,14 @@ TEST_CASE("onnx: the graph built for every layer type", "[cpu][export]") {
 
   const std::string bytes = ox::encode_model(g);
   CHECK(bytes == ox::encode_model(ox::build_graph(m, tensors)));
+  ::onnx::ModelProto model;  // read back with the generated classes
+  REQUIRE(model.ParseFromString(bytes));
+  REQUIRE(model.opset_import_size() == 1);
+  CHECK(model.opset_import(0).has_domain());  // "" written out: the default domain
+  CHECK(model.graph().node(0).attribute(0).type() == ::onnx::AttributeProto::INTS);
+  CHECK(model.graph().initializer(0).raw_data() == g.initializers[0].raw_data);
+  CHECK(model.graph().input(0).type().tensor_type().shape().dim(0).dim_param() == "batch");
+  CHECK(tandem::deterministic_bytes(model) == bytes);
   const json d = ox::describe_onnx(bytes, "model.onnx");
   CHECK(d["ir_version"] == 8);
   CHECK(d["opset"] == 17);
@@ -469,6 +419,56 @@ TEST_CASE("export: weights that do not belong to the model are refused", "[cpu][
   tensors.pop_back();
   CHECK(error_of([&] { sm::build_graph(m, tensors); }).kind() == ErrorKind::Data);
   CHECK(error_of([&] { ox::build_graph(m, tensors); }).kind() == ErrorKind::Data);
+}
+
+TEST_CASE("export: describing files of other producers, and shapes that are not sizes", "[cpu][export]") {
+  const Model m = Model::from_spec(Model::preset("mlp"), "mlp");
+  const auto tensors = weights_of(m);
+  const std::string pb = sm::encode_saved_model(sm::build_graph(m, tensors));
+  const std::string onnx = ox::encode_model(ox::build_graph(m, tensors));
+
+  // Fields the subsets do not declare (another producer's saver_def, a newer ONNX field) are skipped.
+  tensorflow::SavedModel saved;
+  REQUIRE(saved.ParseFromString(pb));
+  tensorflow::MetaGraphDef* meta = saved.mutable_meta_graphs(0);
+  google::protobuf::UnknownFieldSet* extra = meta->GetReflection()->MutableUnknownFields(meta);
+  extra->AddLengthDelimited(3, "\x0a\x04save");  // SaverDef{filename_tensor_name}
+  extra->AddVarint(99, 7);
+  json want = sm::describe_saved_model(pb, "pb");
+  json got = sm::describe_saved_model(tandem::deterministic_bytes(saved), "pb");
+  CHECK(got["bytes"] > want["bytes"]);
+  got.erase("bytes");
+  want.erase("bytes");
+  CHECK(got == want);
+  json onnx_want = ox::describe_onnx(onnx, "model.onnx");
+  json onnx_got = ox::describe_onnx(onnx + std::string("\xa8\x06\x01", 3), "model.onnx");  // field 101: 1
+  onnx_got.erase("bytes");
+  onnx_want.erase("bytes");
+  CHECK(onnx_got == onnx_want);
+
+  // A dimension below -1 (unknown) is refused, naming the file.
+  REQUIRE(saved.ParseFromString(pb));
+  (*saved.mutable_meta_graphs(0)->mutable_signature_def())["serving_default"]
+      .mutable_inputs()
+      ->at("input")
+      .mutable_tensor_shape()
+      ->mutable_dim(1)
+      ->set_size(-2);
+  Error e = error_of([&] { sm::describe_saved_model(tandem::deterministic_bytes(saved), "saved_model.pb"); });
+  CHECK(e.kind() == ErrorKind::Data);
+  CHECK(std::string(e.what()).find("saved_model.pb") != std::string::npos);
+  ::onnx::ModelProto model;
+  REQUIRE(model.ParseFromString(onnx));
+  model.mutable_graph()
+      ->mutable_output(0)
+      ->mutable_type()
+      ->mutable_tensor_type()
+      ->mutable_shape()
+      ->mutable_dim(1)
+      ->set_dim_value(-3);
+  e = error_of([&] { ox::describe_onnx(tandem::deterministic_bytes(model), "model.onnx"); });
+  CHECK(e.kind() == ErrorKind::Data);
+  CHECK(std::string(e.what()).find("model.onnx") != std::string::npos);
 }
 
 TEST_CASE("export: describing mutated files never crashes", "[cpu][export]") {

@@ -12,7 +12,7 @@
 #include "engine/errors.h"
 #include "engine/model.h"
 #include "export/exporter.h"
-#include "export/protobuf.h"
+#include "export/raw_bytes.h"
 #include "export/tfjs_writer.h"
 #include "export_fixtures.h"
 #include "temp_dir.h"
@@ -32,7 +32,7 @@ std::string expected_weight_bytes(const Model& m, const std::vector<tandem::Name
   std::string out;
   for (const auto& layer : m.layers())
     for (const auto& spec : layer->param_specs())
-      out += tandem::proto::float_bytes(tensor_named(w, layer->name() + "/" + spec.name).values);
+      out += tandem::float_bytes(tensor_named(w, layer->name() + "/" + spec.name).values);
   return out;
 }
 

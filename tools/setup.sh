@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(cmake g++ make pkg-config nlohmann-json3-dev catch2 libcli11-dev zlib1g-dev libopenblas-dev
               openmpi-bin libopenmpi-dev dataset-fashion-mnist python3
-              # tandem serve: gRPC, protobuf, HTTP, Prometheus; curl and wrk for its tests and benchmarks
-              protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev libcpp-httplib-dev
+              # protobuf: the SavedModel and ONNX export (required)
+              protobuf-compiler libprotobuf-dev
+              # tandem serve: gRPC, HTTP, Prometheus; curl and wrk for its tests and benchmarks
+              protobuf-compiler-grpc libgrpc++-dev libcpp-httplib-dev
               prometheus-cpp-dev curl wrk
               # oneDNN: the CPU backend's GEMMs and convolutions
               libdnnl-dev
