@@ -73,8 +73,8 @@ def main():
     version_src = {}  # version -> index into srcs
 
     def export_next(version):
+        version_src[version] = version % 3  # before the export: the server may answer from it at once
         sc.export(srcs[version % 3], base, version)
-        version_src[version] = version % 3
 
     export_next(1)
     sc.write_config(config_path, [("soak", base, "latest { num_versions: 2 }", {})])
