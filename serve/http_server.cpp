@@ -179,8 +179,9 @@ class WorkerPool final : public httplib::TaskQueue {
 // httplib gives each connection a worker thread for its whole life: 64 workers meant 1,000 idle
 // keep-alive connections (or clients that connect and send nothing) made every other client wait
 // in the queue for minutes (measured: 74.6 s for one predict behind 1,000 idle connections). Here
-// a worker serves one request; between requests the connection is parked in an epoll set, handed
-// back to the pool when it becomes readable, and closed after keep_alive_seconds idle.
+// a worker serves a connection's requests only while no other connection waits for a worker;
+// then the connection is parked in an epoll set, handed back to the pool when it becomes
+// readable, and closed after keep_alive_seconds idle.
 class ParkingServer final : public httplib::Server {
  public:
   explicit ParkingServer(const HttpOptions& o)
@@ -205,7 +206,10 @@ class ParkingServer final : public httplib::Server {
   // Closes every parked connection; connections that finish a request afterwards are closed.
   void stop_parking() {
     if (!parker_.joinable()) return;
-    stopping_ = true;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);  // park() checks it under the lock: none slips in after
+      stopping_ = true;
+    }
     parker_.join();
     std::lock_guard<std::mutex> lock(mutex_);
     for (auto& [fd, c] : parked_) {
@@ -283,6 +287,10 @@ class ParkingServer final : public httplib::Server {
       return;
     }
     std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) {
+      finish(c);
+      return;
+    }
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
     ev.data.fd = c->fd;
