@@ -895,9 +895,15 @@ def check_abuse(work):
             def reader():  # the server's answer, and then the end of the connection
                 c.settimeout(40)
                 try:
-                    slow_result["reply"] = c.recv(200)
+                    reply = c.recv(4096)
                     slow_result["reply_at"] = time.time() - start
-                    slow_result["eof"] = c.recv(200) == b""
+                    while True:  # headers and body may come in separate reads; then the end
+                        more = c.recv(4096)
+                        if not more:
+                            break
+                        reply += more
+                    slow_result["reply"] = reply
+                    slow_result["eof"] = True
                     slow_result["closed_at"] = time.time() - start
                 except OSError as e:
                     slow_result["error"] = repr(e)
