@@ -33,6 +33,14 @@ using SteadyClock = std::chrono::steady_clock;
 // is still in it. httplib's connection_closed reflects only the request's Connection header.
 thread_local bool close_after_reply = false;
 
+// poll(2), retried when a signal interrupts it.
+int poll_fds(pollfd* fds, nfds_t n, int timeout_ms) {
+  int r;
+  do r = ::poll(fds, n, timeout_ms);
+  while (r < 0 && errno == EINTR);
+  return r;
+}
+
 // One client connection: its socket and the bytes read from it but not yet consumed (kept across
 // requests, so that pipelined requests are not lost when the connection is parked).
 struct Connection {
@@ -92,10 +100,7 @@ class ConnectionStream final : public httplib::Stream {
   }
   int wait(short events, int timeout_ms) const {
     pollfd p{c_.fd, events, 0};
-    int r;
-    do r = ::poll(&p, 1, timeout_ms);
-    while (r < 0 && errno == EINTR);
-    return r;
+    return poll_fds(&p, 1, timeout_ms);
   }
   void address(int (*get)(int, sockaddr*, socklen_t*), std::string& ip, int& port) const {
     sockaddr_storage a{};
@@ -239,8 +244,7 @@ class ParkingServer final : public httplib::Server {
     for (;;) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - SteadyClock::now()).count();
       if (left <= 0) return false;
-      const int r = ::poll(p, 2, static_cast<int>(std::min<int64_t>(left, 200)));
-      if (r < 0 && errno != EINTR) return false;
+      if (poll_fds(p, 2, static_cast<int>(std::min<int64_t>(left, 200))) < 0) return false;
       if (p[0].revents) return true;  // a request, or the end of the connection (read finds it)
       if (p[1].revents || stopping_) return false;
     }

@@ -3,11 +3,15 @@
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <typeinfo>
 
 #include "engine/errors.h"
+#include "export/loaded_model.h"
+#include "export/model_dir.h"
+#include "export/weights_file.h"
 #include "fuzz_target.h"
 
 namespace tandem::fuzz {
@@ -135,16 +139,6 @@ std::string scratch_file(const std::string& name, std::string_view content) {
   return p.string();
 }
 
-}  // namespace tandem::fuzz
-
-#include "export/loaded_model.h"
-#include "export/model_dir.h"
-#include "export/weights_file.h"
-
-#include <cstring>
-
-namespace tandem::fuzz {
-
 namespace {
 template <typename T>
 bool load_le(const std::string& b, size_t at, T& v) {
@@ -199,6 +193,16 @@ void write_tiny_version(const std::string& dir, uint64_t seed) {
   v.tensors = m.to_tensors(m.initial_weights(seed));
   v.model_json = model_json(m, {"a", "b", "c"}, nlohmann::json{{"seed", seed}});
   write_model_version(dir, v, /*overwrite=*/true);
+}
+
+nlohmann::json tiny_image_json(const std::vector<float>& row) {
+  nlohmann::json image = nlohmann::json::array();
+  for (int y = 0; y < 6; ++y) {
+    nlohmann::json line = nlohmann::json::array();
+    for (int x = 0; x < 6; ++x) line.push_back(nlohmann::json::array({row[y * 6 + x]}));
+    image.push_back(line);
+  }
+  return image;
 }
 
 }  // namespace tandem::fuzz

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -85,4 +86,6 @@ constexpr int kTinyRowElems = 36;
 constexpr int kTinyClasses = 3;
 // Writes version directory `dir` of the tiny model (weights from `seed`).
 void write_tiny_version(const std::string& dir, uint64_t seed);
+// One row of the tiny model's input as REST's nested lists, [6][6][1].
+nlohmann::json tiny_image_json(const std::vector<float>& row);
 }  // namespace tandem::fuzz

@@ -38,16 +38,6 @@ std::vector<float> row(int seed) {
   return r;
 }
 
-json image(const std::vector<float>& r) {  // [6][6][1]
-  json img = json::array();
-  for (int y = 0; y < 6; ++y) {
-    json line = json::array();
-    for (int x = 0; x < 6; ++x) line.push_back(json::array({r[y * 6 + x]}));
-    img.push_back(line);
-  }
-  return img;
-}
-
 std::string request(const std::string& method, const std::string& path, const std::string& body,
                     const std::vector<std::string>& headers = {}) {
   std::string out = method + " " + path + "\n";
@@ -141,12 +131,12 @@ void make_seeds(const fs::path& dir) {
 #ifdef TANDEM_HAVE_SERVE
   // rest: every route, both body forms, the v2 JSON and binary forms.
   const std::vector<float> r1 = row(1), r2 = row(2);
-  put(dir, "rest", "v1_instances", request("POST", "/v1/models/m:predict", json{{"instances", {image(r1)}}}.dump()));
+  put(dir, "rest", "v1_instances", request("POST", "/v1/models/m:predict", json{{"instances", {tiny_image_json(r1)}}}.dump()));
   put(dir, "rest", "v1_inputs", request("POST", "/v1/models/m/versions/1:predict",
                                         json{{"signature_name", "serving_default"},
-                                             {"inputs", {{"input", {image(r1), image(r2)}}}}}.dump()));
+                                             {"inputs", {{"input", {tiny_image_json(r1), tiny_image_json(r2)}}}}}.dump()));
   put(dir, "rest", "v1_label", request("POST", "/v1/models/m/labels/stable:predict",
-                                       json{{"instances", {{{"input", image(r2)}}}}}.dump()));
+                                       json{{"instances", {{{"input", tiny_image_json(r2)}}}}}.dump()));
   put(dir, "rest", "v1_classify", request("POST", "/v1/models/m:classify", json{{"examples", json::array()}}.dump()));
   put(dir, "rest", "v1_status", request("GET", "/v1/models/m", ""));
   put(dir, "rest", "v1_metadata", request("GET", "/v1/models/m/versions/2/metadata", ""));

@@ -20,8 +20,9 @@ struct ServerRig {
   std::unique_ptr<serve::ModelManager> manager;
   std::unique_ptr<serve::Predictor> predictor;
   std::unique_ptr<serve::RestHandler> rest;
-  // A row of the good request and what version 2 answers for it.
+  // A row of the good request, the request's body, and what version 2 answers for it.
   std::vector<float> good_row, good_probabilities;
+  std::string good_body;
   // Sends the good request through REST v1 and checks the answer; aborts naming `after` if not.
   void check_still_serving(const char* after) const;
 };
