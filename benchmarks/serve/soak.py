@@ -62,6 +62,9 @@ def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+STARTED = []  # servers this script started: stopped by PID at the end, also when it fails
+
+
 def main():
     work = tempfile.mkdtemp(prefix="tandem-soak-")
     x_all = sc.test_images()
@@ -79,6 +82,7 @@ def main():
     export_next(1)
     sc.write_config(config_path, [("soak", base, "latest { num_versions: 2 }", {})])
     server = sc.Server(work, ["--model_config_file", config_path, "--file_system_poll_wait_seconds", "1"])
+    STARTED.append(server)
     pid = server.proc.pid
 
     stats = {"good": 0, "good_failed": 0, "bad": 0, "bad_wrong": 0, "swaps": 0, "reloads": 0}
@@ -259,4 +263,10 @@ def main():
     return 0 if passed else 1
 
 
-sys.exit(main())
+try:
+    rc = main()
+finally:
+    for s in STARTED:
+        if s.proc.poll() is None:
+            s.stop()
+sys.exit(rc)
