@@ -150,9 +150,13 @@ std::vector<std::string> parse_export_formats(const std::string& format) {
 }
 
 std::string export_model(const std::string& src_version_dir, const std::string& dest_model_dir, int64_t version,
-                         const std::string& format, bool overwrite) {
+                         const std::string& format, bool overwrite, const tfl::QuantizeOptions& tflite) {
   const std::vector<std::string> formats = parse_export_formats(format);
   auto has = [&](const char* f) { return std::find(formats.begin(), formats.end(), f) != formats.end(); };
+  if (tflite.mode != tfl::QuantizeMode::None && !has("tflite"))
+    throw_invalid(std::string("--quantize ") + tfl::quantize_mode_name(tflite.mode) +
+                      " applies to the TensorFlow Lite export only, and --format has no tflite",
+                  "add tflite to --format (e.g. --format tflite), or drop --quantize");
   if (version < 0)
     throw_invalid("version must be a positive integer, got " + std::to_string(version),
                   "omit --version to write the next free version");
@@ -173,7 +177,8 @@ std::string export_model(const std::string& src_version_dir, const std::string& 
   if (has("savedmodel"))
     files.emplace_back(kSavedModelFileName, savedmodel::encode_saved_model(savedmodel::build_graph(model, mv.tensors)));
   if (has("onnx")) files.emplace_back(kOnnxFileName, onnx::encode_model(onnx::build_graph(model, mv.tensors)));
-  if (has("tflite")) files.emplace_back(kTfliteFileName, tfl::encode_model(tfl::build_graph(model, mv.tensors)));
+  if (has("tflite"))
+    files.emplace_back(kTfliteFileName, tfl::encode_model(tfl::quantize(tfl::build_graph(model, mv.tensors), tflite)));
   if (has("tfjs"))
     for (auto& f : tfjs::files(tfjs::build(model, mv.tensors))) files.push_back(std::move(f));
 

@@ -3,7 +3,8 @@
 //   native      model.json + weights.tdw (byte copies of the source version)
 //   savedmodel  saved_model.pb (a frozen inference graph for TensorFlow / TF Serving) + the native files
 //   onnx        model.onnx (ONNX IR 8, opset 17) + the native files
-//   tflite      model.tflite (TensorFlow Lite, float32; export/tflite_writer.h) + the native files
+//   tflite      model.tflite (TensorFlow Lite, float32 or quantized; export/tflite_writer.h,
+//               export/tflite_quantize.h) + the native files
 //   tfjs        tfjs/model.json + tfjs/group1-shard*.bin (a TensorFlow.js layers model;
 //               export/tfjs_writer.h) + the native files
 // Several formats may be combined ("savedmodel,onnx"); the native files are always there, so the same
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "engine/model.h"
+#include "export/tflite_quantize.h"
 #include "export/weights_file.h"
 
 namespace tandem {
@@ -42,8 +44,10 @@ std::vector<std::string> parse_export_formats(const std::string& format);
 // `dest_model_dir`/<version>/ and returns that directory. `version` 0 means the next free version.
 // Throws InvalidArgument for an unknown format, a negative version, an existing destination version
 // without `overwrite`; the read_model_version errors for a bad source; Io errors for the file system.
+// `tflite` quantizes model.tflite (export/tflite_quantize.h); a mode other than none without the
+// tflite format is an InvalidArgument, as are the quantizer's own errors (nothing is written then).
 std::string export_model(const std::string& src_version_dir, const std::string& dest_model_dir, int64_t version,
-                         const std::string& format, bool overwrite);
+                         const std::string& format, bool overwrite, const tfl::QuantizeOptions& tflite = {});
 
 // Describes the exported formats present in a version directory:
 //   {"version_dir": DIR, "formats": ["native", "savedmodel", "onnx"] (those present, maybe none),

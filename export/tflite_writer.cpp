@@ -1,5 +1,6 @@
 #include "export/tflite_writer.h"
 
+#include <cmath>
 #include <cstring>
 #include <map>
 
@@ -20,6 +21,7 @@ const char* op_name(int32_t code) {
     case 0: return "ADD";
     case 3: return "CONV_2D";
     case 4: return "DEPTHWISE_CONV_2D";
+    case 6: return "DEQUANTIZE";
     case 9: return "FULLY_CONNECTED";
     case 14: return "LOGISTIC";
     case 17: return "MAX_POOL_2D";
@@ -31,6 +33,7 @@ const char* op_name(int32_t code) {
     case 34: return "PAD";
     case 39: return "TRANSPOSE";
     case 40: return "MEAN";
+    case 114: return "QUANTIZE";
     default: return nullptr;
   }
 }
@@ -85,7 +88,12 @@ class GraphBuilder {
   }
   int32_t constant(const std::string& name, std::vector<int32_t> shape, std::string bytes, int8_t type = FLOAT32) {
     g_.buffers.push_back(std::move(bytes));
-    g_.tensors.push_back(Tensor{name, std::move(shape), false, type, static_cast<uint32_t>(g_.buffers.size() - 1)});
+    Tensor t;
+    t.name = name;
+    t.shape = std::move(shape);
+    t.type = type;
+    t.buffer = static_cast<uint32_t>(g_.buffers.size() - 1);
+    g_.tensors.push_back(std::move(t));
     return static_cast<int32_t>(g_.tensors.size() - 1);
   }
   int32_t float_constant(const std::string& name, std::vector<int32_t> shape, const std::vector<float>& values) {
@@ -278,17 +286,23 @@ std::string encode_model(const Graph& g) {
       s[0] = -1;
       signature = fbb.CreateVector(s);
     }
-    tensors.push_back(
-        tflite::CreateTensor(fbb, shape, static_cast<tflite::TensorType>(t.type), t.buffer, name, signature));
+    fb::Offset<tflite::QuantizationParameters> quantization;
+    if (!t.quantization.empty())
+      quantization = tflite::CreateQuantizationParameters(fbb, 0, 0, fbb.CreateVector(t.quantization.scale),
+                                                          fbb.CreateVector(t.quantization.zero_point),
+                                                          t.quantization.dimension);
+    tensors.push_back(tflite::CreateTensor(fbb, shape, static_cast<tflite::TensorType>(t.type), t.buffer, name,
+                                           quantization, signature));
   }
 
-  // Operator codes in order of first use.
-  std::vector<int32_t> codes;
+  // Operator codes in order of first use, each with the highest version its operators need.
+  std::vector<std::pair<int32_t, int32_t> > codes;  // (builtin code, version)
   std::vector<fb::Offset<tflite::Operator> > ops;
   for (const Operator& op : g.operators) {
     uint32_t index = 0;
-    while (index < codes.size() && codes[index] != op.op) ++index;
-    if (index == codes.size()) codes.push_back(op.op);
+    while (index < codes.size() && codes[index].first != op.op) ++index;
+    if (index == codes.size()) codes.emplace_back(op.op, op.version);
+    codes[index].second = std::max(codes[index].second, op.version);
     const auto act = static_cast<tflite::ActivationFunctionType>(op.activation);
     const auto pad = static_cast<tflite::Padding>(op.padding);
     tflite::BuiltinOptions type = tflite::BuiltinOptions::NONE;
@@ -305,7 +319,9 @@ std::string encode_model(const Graph& g) {
         break;
       case FULLY_CONNECTED:
         type = tflite::BuiltinOptions::FullyConnectedOptions;
-        options = tflite::CreateFullyConnectedOptions(fbb, act).Union();
+        options = tflite::CreateFullyConnectedOptions(fbb, act, tflite::FullyConnectedOptionsWeightsFormat::DEFAULT,
+                                                      false, op.asymmetric_quantize_inputs)
+                      .Union();
         break;
       case SOFTMAX:
         type = tflite::BuiltinOptions::SoftmaxOptions;
@@ -323,7 +339,7 @@ std::string encode_model(const Graph& g) {
         type = tflite::BuiltinOptions::ReshapeOptions;
         options = tflite::CreateReshapeOptions(fbb, fbb.CreateVector(op.new_shape)).Union();
         break;
-      default:  // RELU: no options
+      default:  // RELU, QUANTIZE, DEQUANTIZE: no options
         break;
     }
     const auto inputs = fbb.CreateVector(op.inputs);
@@ -332,8 +348,8 @@ std::string encode_model(const Graph& g) {
   }
 
   std::vector<fb::Offset<tflite::OperatorCode> > opcodes;
-  for (int32_t code : codes)
-    opcodes.push_back(tflite::CreateOperatorCode(fbb, static_cast<int8_t>(std::min(code, 127)), 0, 1,
+  for (const auto& [code, version] : codes)
+    opcodes.push_back(tflite::CreateOperatorCode(fbb, static_cast<int8_t>(std::min(code, 127)), 0, version,
                                                  static_cast<tflite::BuiltinOperator>(code)));
 
   const auto subgraph =
@@ -360,6 +376,41 @@ const char* type_name(int8_t t) {
   return t >= 0 && t <= 10 ? names[t] : "UNKNOWN";
 }
 
+// A tensor's quantization parameters, checked against its shape: as many zero points as scales, one
+// of each or one per index of a quantized dimension inside the shape, every scale finite and > 0.
+template <typename Bad>
+json describe_quantization(const tflite::Tensor& t, const tflite::QuantizationParameters& q, const std::string& which,
+                           const Bad& bad) {
+  const auto& scales = *q.scale();
+  const size_t n = scales.size();
+  if (!q.zero_point() || q.zero_point()->size() != n)
+    bad(which + " has " + std::to_string(n) + " quantization scales but " +
+        std::to_string(q.zero_point() ? q.zero_point()->size() : 0) + " zero points");
+  const int32_t dim = q.quantized_dimension();
+  const size_t rank = t.shape() ? t.shape()->size() : 0;
+  if (n > 1) {
+    if (dim < 0 || static_cast<size_t>(dim) >= rank)
+      bad(which + " is quantized along dimension " + std::to_string(dim) + " of a rank-" + std::to_string(rank) +
+          " shape");
+    const int32_t extent = t.shape()->Get(static_cast<flatbuffers::uoffset_t>(dim));
+    if (extent < 0 || static_cast<size_t>(extent) != n)
+      bad(which + " has " + std::to_string(n) + " quantization scales for dimension " + std::to_string(dim) +
+          " of size " + std::to_string(extent));
+  }
+  json scale = json::array(), zero_point = json::array();
+  for (flatbuffers::uoffset_t i = 0; i < n; ++i) {
+    const float s = scales.Get(i);
+    if (!std::isfinite(s) || s <= 0.f) bad(which + " has quantization scale " + std::to_string(s) + " (not > 0)");
+    scale.push_back(s);
+    zero_point.push_back(q.zero_point()->Get(i));
+  }
+  return json{{"name", t.name() ? printable(std::string_view(t.name()->c_str(), t.name()->size())) : std::string()},
+              {"dtype", type_name(static_cast<int8_t>(t.type()))},
+              {"scale", scale},
+              {"zero_point", zero_point},
+              {"quantized_dimension", dim}};
+}
+
 }  // namespace
 
 json describe_tflite(const std::string& bytes, const std::string& where) {
@@ -379,7 +430,9 @@ json describe_tflite(const std::string& bytes, const std::string& where) {
 
   json out{{"file", "model.tflite"},   {"bytes", bytes.size()},
            {"version", m->version()},  {"description", text(m->description())},
-           {"ops", json::object()},    {"inputs", json::array()},
+           {"ops", json::object()},    {"op_versions", json::object()},
+           {"tensor_types", json::object()}, {"quantized_tensors", json::array()},
+           {"inputs", json::array()},
            {"outputs", json::array()}, {"signatures", json::object()}};
   const size_t n_buffers = m->buffers() ? m->buffers()->size() : 0;
   uint64_t buffer_bytes = 0;
@@ -416,6 +469,15 @@ json describe_tflite(const std::string& bytes, const std::string& where) {
     return json{{"name", text(t->name())}, {"dtype", type_name(static_cast<int8_t>(t->type()))}, {"shape", shape}};
   };
 
+  for (size_t i = 0; i < n_tensors; ++i) {
+    const tflite::Tensor* t = tensor_at(static_cast<int64_t>(i), "the subgraph");
+    const std::string dtype = type_name(static_cast<int8_t>(t->type()));
+    out["tensor_types"][dtype] = out["tensor_types"].value(dtype, 0) + 1;
+    const tflite::QuantizationParameters* q = t->quantization();
+    if (!q || !q->scale() || q->scale()->size() == 0) continue;
+    out["quantized_tensors"].push_back(describe_quantization(*t, *q, "tensor " + std::to_string(i), bad));
+  }
+
   const size_t n_ops = main->operators() ? main->operators()->size() : 0;
   out["operators"] = n_ops;
   for (size_t i = 0; i < n_ops; ++i) {
@@ -433,6 +495,7 @@ json describe_tflite(const std::string& bytes, const std::string& where) {
                              : known             ? known
                                                  : "BUILTIN_" + std::to_string(builtin);
     out["ops"][name] = out["ops"].value(name, 0) + 1;
+    out["op_versions"][name] = std::max(out["op_versions"].value(name, 0), code->version());
     for (const auto* list : {op->inputs(), op->outputs()})
       if (list)
         for (int32_t t : *list)

@@ -20,8 +20,10 @@
 // The last tensor is reshaped to [-1, classes] if it is not already that.
 //
 // Buffers: buffers[0] is empty (the tensors without data point at it); each constant has its own,
-// 16-byte aligned. Every operator has version 1 (what the TF 2.21 converter writes for these float
-// ops). The bytes depend on the model and weights only: the same input exports to the same file.
+// 16-byte aligned. Every operator of this float graph has version 1 (what the TF 2.21 converter writes
+// for these float ops); export/tflite_quantize.h rewrites the graph for the quantized modes, with the
+// op versions their kernels need. An operator code's version is the highest of its operators'. The
+// bytes depend on the model and weights only: the same input exports to the same file.
 //
 // Encoding and reading need flatbuffers at build time (TANDEM_HAVE_TFLITE); without it they throw
 // InvalidArgument with a hint, and build_graph still works.
@@ -42,17 +44,28 @@ constexpr uint32_t kSchemaVersion = 3;
 enum OpCode : int32_t {
   ADD = 0,
   CONV_2D = 3,
+  DEQUANTIZE = 6,
   FULLY_CONNECTED = 9,
   MAX_POOL_2D = 17,
   MUL = 18,
   RELU = 19,
   RESHAPE = 22,
-  SOFTMAX = 25
+  SOFTMAX = 25,
+  QUANTIZE = 114
 };
 const char* op_name(int32_t code);  // "CONV_2D"; "BUILTIN_<n>" for codes not in the subset
-enum ElemType : int8_t { FLOAT32 = 0, INT32 = 2 };
+enum ElemType : int8_t { FLOAT32 = 0, FLOAT16 = 1, INT32 = 2, INT8 = 9 };
 enum Padding : int8_t { SAME = 0, VALID = 1 };
 enum FusedActivation : int8_t { NONE = 0, FUSED_RELU = 1 };
+
+// Affine quantization, real = scale * (q - zero_point): one scale and zero point for the whole tensor,
+// or one per index of `dimension` (per channel). Empty: not quantized.
+struct Quantization {
+  std::vector<float> scale;
+  std::vector<int64_t> zero_point;
+  int32_t dimension = 0;
+  bool empty() const { return scale.empty(); }
+};
 
 struct Tensor {
   std::string name;
@@ -60,6 +73,7 @@ struct Tensor {
   bool free_batch = false;     // shape_signature = shape with -1 in front
   int8_t type = FLOAT32;
   uint32_t buffer = 0;  // 0: no data
+  Quantization quantization;
 };
 
 struct Operator {
@@ -70,6 +84,8 @@ struct Operator {
   int32_t stride_h = 1, stride_w = 1, filter_h = 1, filter_w = 1;  // conv / pool
   int8_t activation = NONE;                                        // conv, fully connected, add, mul
   std::vector<int32_t> new_shape;                                  // reshape
+  bool asymmetric_quantize_inputs = false;                         // hybrid fully connected
+  int32_t version = 1;                                             // the kernel version it needs
 };
 
 struct Graph {
@@ -91,9 +107,14 @@ bool available();
 std::string encode_model(const Graph& graph);
 // Reads back what describe_export reports about a model.tflite, after the flatbuffers verifier
 // passed it: {"file", "bytes", "version", "description", "subgraphs", "operators", "ops": {name:
-// count}, "tensors", "buffers", "buffer_bytes", "inputs"/"outputs": [{"name", "dtype", "shape"}]
-// (-1 for a free dimension), "signatures": {key: {"subgraph", "inputs": {name: tensor name},
-// "outputs": {...}}}}. Throws Error(Data) naming `where` for anything malformed.
+// count}, "op_versions": {name: version}, "tensors", "tensor_types": {dtype: count}, "buffers",
+// "buffer_bytes", "inputs"/"outputs": [{"name", "dtype", "shape"}] (-1 for a free dimension),
+// "signatures": {key: {"subgraph", "inputs": {name: tensor name}, "outputs": {...}}},
+// "quantized_tensors": [{"name", "dtype", "scale": [...], "zero_point": [...], "quantized_dimension"}]
+// (the tensors with quantization parameters, in tensor order)}. Throws Error(Data) naming `where` for
+// anything malformed, including quantization parameters that do not fit their tensor (lengths that
+// differ or match neither 1 nor the quantized dimension, a dimension outside the shape, a scale that
+// is not finite and positive).
 nlohmann::json describe_tflite(const std::string& bytes, const std::string& where);
 
 }  // namespace tandem::tfl
