@@ -154,6 +154,7 @@ class Interpreter {
               }
             out[static_cast<size_t>(((b * OH + oy) * OW + ox) * C + c)] = m;
           }
+    fused(op.activation, out.data(), static_cast<int64_t>(out.size()));
   }
 
   void softmax(const Operator& op, const std::vector<float>& x, std::vector<float>& out) const {

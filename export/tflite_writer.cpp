@@ -135,7 +135,9 @@ class GraphBuilder {
   int32_t relu(const std::string& p, int32_t x, const Shape& shape) {
     if (Operator* prev = producer_of(x)) {
       if (prev->op == RELU || prev->activation == FUSED_RELU) return x;  // relu(relu(x)) = relu(x)
-      if (prev->op == CONV_2D || prev->op == FULLY_CONNECTED || prev->op == ADD) {
+      // relu(max_pool(x)) = max_pool with a fused relu (as TF's converter writes it: one op fewer, and
+      // in int8 no lone RELU to split the XNNPACK partition)
+      if (prev->op == CONV_2D || prev->op == FULLY_CONNECTED || prev->op == ADD || prev->op == MAX_POOL_2D) {
         prev->activation = FUSED_RELU;
         return x;
       }

@@ -14,7 +14,7 @@
 //                      activation yet (W' = W * scale per output channel, b' = b * scale + shift, with
 //                      scale and shift as Tandem computes them); otherwise MUL [C] + ADD [C]
 //   ReLU, activation relu   fused into the op before (fused_activation_function RELU) when that is
-//                      a CONV_2D, FULLY_CONNECTED or ADD without one; otherwise RELU
+//                      a CONV_2D, FULLY_CONNECTED, ADD or MAX_POOL_2D without one; otherwise RELU
 //   Softmax, activation softmax   SOFTMAX{beta 1.0} (the schema default 0.0 gives uniform outputs)
 //   Dropout, linear Activation    nothing (inference)
 // The last tensor is reshaped to [-1, classes] if it is not already that.

@@ -141,6 +141,16 @@ TEST_CASE("tflite: a model whose output needs no op, and an unfoldable ReLU", "[
   CHECK(op_names(g) == std::vector<std::string>{"RELU", "FULLY_CONNECTED", "FULLY_CONNECTED", "SOFTMAX"});
   CHECK(g.operators[1].activation == tfl::FUSED_RELU);  // the two ReLUs: one fused activation
   CHECK(tensor_of(g, g.output).shape == std::vector<int32_t>{1, 3});
+
+  // A ReLU after max pooling fuses into the pool (its Pool2DOptions), as TF's converter writes it.
+  const Model pooled = Model::from_spec(json::parse(R"({"input_shape": [6, 6, 1], "layers": [
+      {"type": "Conv2D", "filters": 2, "kernel_size": 3}, {"type": "MaxPool2D", "pool_size": 2}, {"type": "ReLU"},
+      {"type": "Flatten"}, {"type": "Dense", "units": 3, "activation": "softmax"}]})"),
+                                        "test spec");
+  const tfl::Graph gp = tfl::build_graph(pooled, weights_of(pooled));
+  CHECK(op_names(gp) == std::vector<std::string>{"CONV_2D", "MAX_POOL_2D", "RESHAPE", "FULLY_CONNECTED", "SOFTMAX"});
+  CHECK(gp.operators[0].activation == tfl::NONE);
+  CHECK(gp.operators[1].activation == tfl::FUSED_RELU);
 }
 
 #ifdef TANDEM_HAVE_TFLITE
