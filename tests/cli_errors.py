@@ -140,6 +140,23 @@ try:
         ok = run(["inspect", v1])
         if ok.returncode != 0 or "digest" not in ok.stdout:
             failures.append("inspect failed on a good model: " + ok.stderr)
+        # TFLite quantization flags: each mistake is refused before anything is written.
+        served = os.path.join(tmp, "served", "m")
+        exp = ["export", v1, "--to", served, "--format", "tflite"]
+        expect("--quantize int4", exp + ["--quantize", "int4"], 2, "unknown --quantize 'int4'")
+        expect("int8 with 5 calibration images", exp + ["--quantize", "int8", "--data", good,
+                                                        "--calibration-samples", "5"], 2,
+               "--calibration-samples must be at least 100")
+        expect("int8 with more calibration images than the data has", exp + ["--quantize", "int8", "--data", good], 2,
+               "--calibration-samples 500 is more than the 64 training images")
+        expect("--quantize without tflite", ["export", v1, "--to", served, "--format", "onnx", "--quantize", "float16"],
+               2, "--quantize float16")
+        expect("--int8-io without int8", exp + ["--quantize", "dynamic", "--int8-io"], 2,
+               "--int8-io applies to --quantize int8 only")
+        expect("--calibration-samples without int8", exp + ["--calibration-samples", "200"], 2,
+               "--calibration-samples applies to --quantize int8 only")
+        if os.path.exists(served) and os.listdir(served):
+            failures.append("a refused quantized export wrote " + ", ".join(os.listdir(served)))
         # A bad run afterwards must not touch the saved versions.
         run(["train", "--batch-size", "0", "--output", out] + quick[:2])
         if not os.path.isdir(v1) or run(["inspect", v1]).returncode != 0:
