@@ -120,6 +120,19 @@ void make_seeds(const fs::path& dir) {
   put(dir, "onnx", "tiny.onnx", read_all(fs::path(exported) / kOnnxFileName));
 #ifdef TANDEM_HAVE_TFLITE
   put(dir, "tflite", "tiny.tflite", read_all(fs::path(exported) / kTfliteFileName));
+  {  // quantized: FLOAT16 constants with DEQUANTIZE; int8 tensors with QuantizationParameters
+    tfl::QuantizeOptions half;
+    half.mode = tfl::QuantizeMode::Float16;
+    tfl::QuantizeOptions int8;
+    int8.mode = tfl::QuantizeMode::Int8;
+    int8.int8_io = true;
+    for (int64_t i = 0; i < tfl::kMinCalibrationSamples * 36; ++i)
+      int8.calibration.push_back(static_cast<float>(i % 251) / 250.f);
+    const std::string f16 = export_model(version, (work / "export").string(), 2, "tflite", false, half);
+    const std::string i8 = export_model(version, (work / "export").string(), 3, "tflite", false, int8);
+    put(dir, "tflite", "tiny_float16.tflite", read_all(fs::path(f16) / kTfliteFileName));
+    put(dir, "tflite", "tiny_int8_io.tflite", read_all(fs::path(i8) / kTfliteFileName));
+  }
   {
     std::map<std::string, std::string> files;
     for (const auto& e : fs::directory_iterator(fs::path(exported) / "tfjs"))
