@@ -9,7 +9,7 @@ CALIBRATION training images; builds the same Keras model with Tandem's weights (
 export's manifest and shards) and converts it with tf.lite.TFLiteConverter in each mode, calibrated on
 the same images. Each file runs in LiteRT and in tf.lite.Interpreter (each runtime in a subprocess of
 its own) at batch 37 over the 10,000 test images and at batch 1 over the first BATCH1 of them
-(TANDEM_BATCH1_IMAGES, default 10,000), 2 threads. Checks:
+(TANDEM_BATCH1_IMAGES, default 10,000; in TANDEM_BATCH1_ROUNDS rounds, default 3), 2 threads. Checks:
   * the float model in LiteRT equals `tandem predict` (<= 1e-5), and Keras with the loaded weights does;
   * test accuracy within 0.5 points of the float model for float16 and dynamic, 1 point for int8;
     float16's probabilities within 1e-3 of the float model's;
@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 THREADS = 2
 BATCH = 37
 BATCH1 = int(os.environ.get("TANDEM_BATCH1_IMAGES", "10000"))
-ROUNDS = 3
+ROUNDS = int(os.environ.get("TANDEM_BATCH1_ROUNDS", "3"))
 CALIBRATION = 500
 MODES = ("none", "float16", "dynamic", "int8")
 TOLERANCE = {"float16": 0.005, "dynamic": 0.005, "int8": 0.01, "int8-io": 0.01}
@@ -86,17 +86,18 @@ def worker_run(kind, x_path, n1, out_path, files):
 
         runners[path] = run
         out[path + ":b37"] = np.concatenate([run(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
-    per_round = max(1, n1 // ROUNDS)
+    rounds = max(1, min(ROUNDS, n1))
+    bounds = [r * n1 // rounds for r in range(rounds + 1)]  # every one of the n1 images, once
     b1 = {p: [] for p in files}
     for path in files:  # warm-up at batch 1
         for i in range(20):
             runners[path](x[i:i + 1])
-    for r in range(ROUNDS):
+    for r in range(rounds):
         for path in files:
-            lo = r * per_round
+            lo, hi = bounds[r], bounds[r + 1]
             t0 = time.perf_counter()
-            b1[path].append(np.concatenate([runners[path](x[i:i + 1]) for i in range(lo, lo + per_round)]))
-            info[path].setdefault("seconds_per_image", []).append((time.perf_counter() - t0) / per_round)
+            b1[path].append(np.concatenate([runners[path](x[i:i + 1]) for i in range(lo, hi)]))
+            info[path].setdefault("seconds_per_image", []).append((time.perf_counter() - t0) / (hi - lo))
     for path in files:
         out[path + ":b1"] = np.concatenate(b1[path])
     np.savez(out_path, **{k.replace("/", "|"): v for k, v in out.items()})
