@@ -70,6 +70,24 @@ try:
     expect("--momentum -0.5", ["train", "--optimizer", "sgd", "--momentum", "-0.5"] + quick, 2, "--momentum")
     expect("--lr-decay-rate 0", ["train", "--lr-decay-rate", "0"] + quick, 2, "--lr-decay-rate must be in (0, 1]")
     expect("--lr-decay-rate 1.5", ["train", "--lr-decay-rate", "1.5"] + quick, 2, "--lr-decay-rate")
+    # Each bad optimizer flag is one line naming the flag and the value, with a hint, and the run
+    # writes nothing: not even its --output directory.
+    for i, (flags, line) in enumerate((
+            (["--lr", "nan"], "--lr must be a finite positive number, got nan"),
+            (["--lr", "-1"], "--lr must be a finite positive number, got -1"),
+            (["--lr", "-inf"], "--lr must be a finite positive number, got -inf"),
+            (["--optimizer", "sgd", "--momentum", "nan"], "--momentum must be in [0, 1), got nan"),
+            (["--optimizer", "sgd", "--momentum", "1.5"], "--momentum must be in [0, 1), got 1.5"),
+            (["--momentum", "0.9"], "--momentum applies to --optimizer sgd only"),
+            (["--lr-decay-rate", "nan"], "--lr-decay-rate must be in (0, 1], got nan"),
+            (["--lr-decay-rate", "-0.5"], "--lr-decay-rate must be in (0, 1], got -0.5"))):
+        never = os.path.join(tmp, f"never-written-{i}")
+        r = expect(" ".join(flags) + " writes nothing", ["train"] + flags + quick + ["--output", never], 2, line)
+        lines = r.stderr.strip().splitlines()
+        if len(lines) != 2 or not lines[1].strip().startswith("hint: "):
+            failures.append(f"{' '.join(flags)}: expected one error line and one hint line, got {lines}")
+        if os.path.exists(never):
+            failures.append(f"{' '.join(flags)}: the refused run created its --output directory")
     not_dir = os.path.join(tmp, "a-file")
     open(not_dir, "w").close()
     expect("--resume of a file", ["train", "--resume", not_dir] + quick, 2, "not a directory")

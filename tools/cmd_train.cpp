@@ -95,12 +95,9 @@ std::string format_double(double v) {
   return buf;
 }
 
-OptimizerConfig optimizer_config(const TrainArgs& a, int64_t steps_per_epoch) {
-  OptimizerConfig o;
-  o.name = a.optimizer;
-  // Default: Adam 1e-3 with the rate decayed by 0.8 per epoch, chosen by measurement
-  // (benchmarks/RESULTS.md, "Choice of defaults").
-  // An explicit value is never replaced by a default: it is valid or it is an error.
+// An explicit value is never replaced by a default: it is valid or it is an error. Checked before
+// anything is written or loaded.
+void validate_optimizer_flags(const TrainArgs& a) {
   if (a.lr_given && !(std::isfinite(a.lr) && a.lr > 0))
     throw_invalid("--lr must be a finite positive number, got " + format_double(a.lr), "e.g. --lr 0.01");
   if (a.momentum_given && !(a.momentum >= 0 && a.momentum < 1))
@@ -108,13 +105,21 @@ OptimizerConfig optimizer_config(const TrainArgs& a, int64_t steps_per_epoch) {
   if (!(a.decay_rate > 0 && a.decay_rate <= 1))
     throw_invalid("--lr-decay-rate must be in (0, 1], got " + format_double(a.decay_rate),
                   "e.g. --lr-decay-rate 0.8; 1 keeps the rate constant");
+  if (a.momentum_given && a.optimizer != "sgd")
+    throw_invalid("--momentum applies to --optimizer sgd only", "drop --momentum, or add --optimizer sgd");
+}
+
+OptimizerConfig optimizer_config(const TrainArgs& a, int64_t steps_per_epoch) {
+  OptimizerConfig o;
+  o.name = a.optimizer;
+  // Default: Adam 1e-3 with the rate decayed by 0.8 per epoch, chosen by measurement
+  // (benchmarks/RESULTS.md, "Choice of defaults"). The flags were checked by validate_optimizer_flags.
   if (o.name == "sgd") {
     o.lr = a.lr_given ? a.lr : 0.01;
     o.momentum = a.momentum_given ? a.momentum : 0.9;
     o.nesterov = a.momentum_given ? a.nesterov : true;
   } else {
     o.lr = a.lr_given ? a.lr : 0.001;
-    if (a.momentum_given) throw_invalid("--momentum applies to --optimizer sgd only");
   }
   o.schedule.type = a.schedule;
   o.schedule.decay_rate = a.decay_rate;
@@ -269,6 +274,7 @@ Command add_train(CLI::App& root) {
     if (a.epochs < 0) throw_invalid("--epochs must be at least 0, got " + std::to_string(a.epochs), "e.g. --epochs 10");
     if (a.batch_size <= 0)
       throw_invalid("--batch-size must be positive, got " + std::to_string(a.batch_size), "e.g. --batch-size 32");
+    validate_optimizer_flags(a);
     std::string output = a.output;
     if (!a.resume.empty()) {
       if (!output.empty() && fs::path(output).lexically_normal() != fs::path(a.resume).lexically_normal())
