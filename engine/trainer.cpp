@@ -316,6 +316,20 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
       ++step_;
       epoch_step_ = s + 1;
       if (options_.check_replicas_every > 0 && step_ % options_.check_replicas_every == 0) check_replicas();
+      if (cb.on_batch_end) {
+        double m[2];
+        local_metric_sums(m);
+        if (sync_) sync_->all_reduce_metrics(m, 2);  // a NaN anywhere is a NaN everywhere
+        BatchLog batch;
+        batch.epoch = epoch_ + 1;
+        batch.step = s + 1;
+        batch.steps = steps;
+        batch.global_step = step_;
+        const double seen = double(std::min(train.count, (s + 1) * B));
+        batch.loss = m[0] / seen;
+        batch.accuracy = m[1] / seen;
+        cb.on_batch_end(batch);
+      }
       if (cb.after_step) cb.after_step();
       if (cb.on_step && rank == 0) {
         auto now = clock::now();

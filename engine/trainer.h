@@ -82,12 +82,24 @@ struct EvalResult {
   int64_t samples = 0;
 };
 
+// The state after one optimizer step, the same on every process: the epoch's running metrics over
+// all replicas (summed over processes).
+struct BatchLog {
+  int epoch = 0;              // 1-based
+  int64_t step = 0, steps = 0;  // 1-based step in the epoch, and the epoch's steps
+  int64_t global_step = 0;    // optimizer updates applied
+  double loss = 0, accuracy = 0;  // means over the epoch's samples so far
+};
+
 // Progress hooks: called on process rank 0 only.
 struct TrainCallbacks {
   std::function<void(int epoch, int epochs, int64_t steps)> on_epoch_begin;
   std::function<void(int64_t step, int64_t steps, double loss, double accuracy)> on_step;
   std::function<void(const EpochLog&)> on_epoch_end;  // may throw to stop training
   std::function<bool()> should_stop;                  // checked after each epoch
+  // Called on every process after each optimizer step, before after_step; may throw to stop
+  // training (every process sees the same log, so all of them stop together).
+  std::function<void(const BatchLog&)> on_batch_end;
   // Called on every process after each optimizer step and after each completed epoch, with the
   // trainer in a consistent state (checkpoints are taken here).
   std::function<void()> after_step;

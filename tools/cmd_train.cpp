@@ -463,6 +463,16 @@ Command add_train(CLI::App& root) {
 
     KerasProgress progress(stdout, ::isatty(STDOUT_FILENO) == 1 && !launched_by_mpi());
     TrainCallbacks callbacks = progress.callbacks();
+    // TerminateOnNaN, always on: every process sees the same agreed loss and stops at the same step,
+    // before that step's checkpoint; nothing is saved from the diverged weights.
+    callbacks.on_batch_end = [&](const BatchLog& b) {
+      if (std::isfinite(b.loss)) return;
+      throw_error(ErrorKind::Numeric,
+                  "the loss became " + std::string(std::isnan(b.loss) ? "nan" : format_double(b.loss)) + " at epoch " + std::to_string(b.epoch) + ", step " +
+                      std::to_string(b.step) + "/" + std::to_string(b.steps) + ": training stopped, nothing saved",
+                  "training diverged; try a lower --lr (this run's is " + format_double(opt.lr) +
+                      "); committed checkpoints are as they were");
+    };
     callbacks.after_step = [&] {
       if (checkpoint_steps && trainer.global_step() % checkpoint_steps == 0) commit_checkpoint();
     };
@@ -492,7 +502,17 @@ Command add_train(CLI::App& root) {
                     a.early_stopping, best, best_epoch);
       return stop;
     };
-    trainer.fit(train, validation.count ? &validation : nullptr, callbacks);
+    try {
+      trainer.fit(train, validation.count ? &validation : nullptr, callbacks);
+    } catch (const Error& e) {
+      // Every rank stops on the same non-finite loss: rank 0 commits the checkpoint in flight before
+      // any rank ends the job.
+      if (e.kind() == ErrorKind::Numeric) {
+        if (checkpoints) checkpoints->wait();
+        if (placement.comm) placement.comm->barrier();
+      }
+      throw;
+    }
     if (checkpoints) checkpoints->wait();  // the last checkpoint is committed before we go on
     if (!a.save_best.empty() && !best_weights.empty()) {
       trainer.set_weights(best_weights);
