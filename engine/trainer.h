@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "data/dataset.h"
+#include "engine/callback.h"
 #include "engine/optimizer.h"
 #include "engine/replica.h"
 
@@ -91,21 +92,6 @@ struct BatchLog {
   double loss = 0, accuracy = 0;  // means over the epoch's samples so far
 };
 
-// Progress hooks: called on process rank 0 only.
-struct TrainCallbacks {
-  std::function<void(int epoch, int epochs, int64_t steps)> on_epoch_begin;
-  std::function<void(int64_t step, int64_t steps, double loss, double accuracy)> on_step;
-  std::function<void(const EpochLog&)> on_epoch_end;  // may throw to stop training
-  std::function<bool()> should_stop;                  // checked after each epoch
-  // Called on every process after each optimizer step, before after_step; may throw to stop
-  // training (every process sees the same log, so all of them stop together).
-  std::function<void(const BatchLog&)> on_batch_end;
-  // Called on every process after each optimizer step and after each completed epoch, with the
-  // trainer in a consistent state (checkpoints are taken here).
-  std::function<void()> after_step;
-  std::function<void()> after_epoch;
-};
-
 // Everything needed to continue training exactly where it stood. Shuffling and dropout are
 // counter-based (seed, epoch, step), so positions are the whole random state.
 struct TrainerState {
@@ -126,8 +112,10 @@ class Trainer {
   ~Trainer();
 
   int replicas_total() const;
-  // Trains from the current position until `options.epochs` epochs are done.
-  std::vector<EpochLog> fit(const Dataset& train, const Dataset* validation, const TrainCallbacks& cb);
+  // Trains from the current position until `options.epochs` epochs are done or a callback sets
+  // stop_training, calling `callbacks` (not owned) in order at each point of engine/callback.h.
+  std::vector<EpochLog> fit(const Dataset& train, const Dataset* validation,
+                            const std::vector<Callback*>& callbacks);
   EvalResult evaluate(const Dataset& data);
   // Class probabilities for the first `count` samples, row-major [count, classes].
   std::vector<float> predict(const Dataset& data, int64_t count);
@@ -143,6 +131,9 @@ class Trainer {
   TrainerState state();
   void restore(const TrainerState& state);
 
+  // Set by a callback to end fit after the current epoch (Keras's model.stop_training).
+  bool stop_training = false;
+  int rank() const { return sync_ ? sync_->rank() : 0; }  // this process's
   int64_t global_step() const { return step_; }
   int epoch() const { return epoch_; }
   const std::vector<EpochLog>& history() const { return history_; }

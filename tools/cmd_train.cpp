@@ -2,25 +2,26 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
-#include <optional>
 #include <thread>
 
 #include "dist/bucketed_allreduce.h"
 #include "dist/communicator.h"
 #include "dist/nccl_sync.h"
 #include "engine/errors.h"
-#include "export/checkpoint.h"
 #ifdef TANDEM_HAVE_CUDA
 #include "kernels/cuda/cuda_backend.h"
 #endif
-#include "engine/progress.h"
 #include "engine/trainer.h"
 #include "export/atomic_file.h"
+#include "tools/callbacks/backup_and_restore.h"  // defines: BackupAndRestore (--checkpoint-every, --resume)
+#include "tools/callbacks/early_stopping.h"      // defines: EarlyStopping (--early-stopping)
+#include "tools/callbacks/model_checkpoint.h"    // defines: ModelCheckpoint (--save-best)
+#include "tools/callbacks/progress_bar.h"        // defines: ProgressBar (Keras's progress output)
+#include "tools/callbacks/terminate_on_nan.h"    // defines: TerminateOnNaN (always on)
 #include "tools/cli.h"
 
 namespace tandem::cli {
@@ -66,14 +67,6 @@ struct TrainArgs {
   std::string save_best;  // val_loss | val_accuracy
   int early_stopping = 0;
 };
-
-// --save-best / --early-stopping: the monitored value of an epoch, and whether it improved.
-double monitored(const EpochLog& l, const std::string& metric) {
-  return metric == "val_accuracy" ? l.val_accuracy : l.val_loss;
-}
-bool improves(double value, double best, const std::string& metric) {
-  return metric == "val_accuracy" ? value > best : value < best;
-}
 
 std::string iso_time_now() {
   std::time_t t = std::time(nullptr);
@@ -424,99 +417,37 @@ Command add_train(CLI::App& root) {
         std::printf("batch-invariant: %d leaves of %lld samples, gradients summed in one fixed tree\n",
                     a.batch_invariant, static_cast<long long>(a.batch_size / a.batch_invariant));
     }
-    const std::string ckpt_root = output.empty() ? "" : (fs::path(output) / "checkpoints").string();
-    if (!a.resume.empty()) {
-      std::optional<Checkpoint> ck = read_latest_checkpoint(ckpt_root);
-      if (ck) {
-        require_same_identity(ck->identity, identity, ck->dir);
-        trainer.restore(ck->state);
-        if (rank0)
-          std::printf("resuming from %s: epoch %d, step %lld\n", ck->dir.c_str(), ck->state.epoch + 1,
-                      static_cast<long long>(ck->state.step));
-      } else if (rank0) {
-        std::printf("no committed checkpoint in %s yet: starting from the beginning\n", ckpt_root.c_str());
-      }
+    // The callbacks, in the order they run. BackupAndRestore comes before those that recover their
+    // state from a resumed run's history.
+    std::vector<std::unique_ptr<Callback>> callbacks;
+    callbacks.push_back(std::make_unique<TerminateOnNaN>());
+    BackupAndRestore* backup = nullptr;
+    if (checkpoint_steps || checkpoint_epochs || !a.resume.empty()) {
+      BackupAndRestore::Options b;
+      b.root = (fs::path(output) / "checkpoints").string();
+      b.identity = identity;
+      b.every_steps = checkpoint_steps;
+      b.every_epoch = checkpoint_epochs;
+      b.keep = a.keep_checkpoints;
+      b.resume = !a.resume.empty();
+      callbacks.push_back(std::make_unique<BackupAndRestore>(std::move(b), placement.comm.get(), rank0));
+      backup = static_cast<BackupAndRestore*>(callbacks.back().get());
     }
-    std::unique_ptr<CheckpointWriter> checkpoints;
-    if ((checkpoint_steps || checkpoint_epochs) && rank0) checkpoints = std::make_unique<CheckpointWriter>(ckpt_root, a.keep_checkpoints);
-    double checkpoint_blocking = 0;  // seconds the training thread spent on checkpoints
-    auto commit_checkpoint = [&] {
-      const auto t0 = std::chrono::steady_clock::now();
-      TrainerState st = trainer.state();  // collective in a multi-process job
-      if (placement.comm) placement.comm->barrier();
-      if (checkpoints) checkpoints->write_async(std::move(st), identity);
-      checkpoint_blocking += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    };
-
-    // The best epoch so far (for --save-best), recovered from a resumed run's history.
-    const std::string best_dir = output.empty() ? "" : (fs::path(output) / "best_model").string();
-    double best = monitor == "val_accuracy" ? -1e300 : 1e300;
-    int best_epoch = 0;
-    std::vector<float> best_weights;
-    for (const auto& l : trainer.history())
-      if (improves(monitored(l, monitor), best, monitor)) {
-        best = monitored(l, monitor);
-        best_epoch = l.epoch;
-      }
-    if (!a.save_best.empty() && best_epoch > 0 && fs::is_directory(best_dir))
-      best_weights = model.from_tensors(read_model_version(best_dir).tensors, best_dir);
-
-    KerasProgress progress(stdout, ::isatty(STDOUT_FILENO) == 1 && !launched_by_mpi());
-    TrainCallbacks callbacks = progress.callbacks();
-    // TerminateOnNaN, always on: every process sees the same agreed loss and stops at the same step,
-    // before that step's checkpoint; nothing is saved from the diverged weights.
-    callbacks.on_batch_end = [&](const BatchLog& b) {
-      if (std::isfinite(b.loss)) return;
-      throw_error(ErrorKind::Numeric,
-                  "the loss became " + std::string(std::isnan(b.loss) ? "nan" : format_double(b.loss)) + " at epoch " + std::to_string(b.epoch) + ", step " +
-                      std::to_string(b.step) + "/" + std::to_string(b.steps) + ": training stopped, nothing saved",
-                  "training diverged; try a lower --lr (this run's is " + format_double(opt.lr) +
-                      "); committed checkpoints are as they were");
-    };
-    callbacks.after_step = [&] {
-      if (checkpoint_steps && trainer.global_step() % checkpoint_steps == 0) commit_checkpoint();
-    };
-    callbacks.after_epoch = [&] {
-      const EpochLog& l = trainer.history().back();
-      if (improves(monitored(l, monitor), best, monitor)) {
-        best = monitored(l, monitor);
-        best_epoch = l.epoch;
-        if (!a.save_best.empty()) {
-          best_weights = trainer.weights();
-          if (rank0 && !output.empty()) {
-            ModelVersion v;
-            v.model_json = model_json(model, data.class_names,
-                                      json{{"epoch", l.epoch}, {"monitor", monitor}, {"value", best}});
-            v.tensors = model.to_tensors(best_weights);
-            write_model_version(best_dir, v, true);
-          }
-        }
-      }
-      if (checkpoint_epochs) commit_checkpoint();
-    };
-    callbacks.should_stop = [&] {
-      if (a.early_stopping <= 0) return false;
-      bool stop = trainer.history().back().epoch - best_epoch >= a.early_stopping;
-      if (stop && rank0)
-        std::printf("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)\n", monitor.c_str(),
-                    a.early_stopping, best, best_epoch);
-      return stop;
-    };
+    if (rank0)
+      callbacks.push_back(std::make_unique<ProgressBar>(stdout, ::isatty(STDOUT_FILENO) == 1 && !launched_by_mpi()));
+    if (!a.save_best.empty())
+      callbacks.push_back(std::make_unique<ModelCheckpoint>(
+          model, data.class_names, monitor, output.empty() ? "" : (fs::path(output) / "best_model").string(), rank0));
+    if (a.early_stopping > 0) callbacks.push_back(std::make_unique<EarlyStopping>(monitor, a.early_stopping, rank0));
+    std::vector<Callback*> callback_list;
+    for (auto& callback : callbacks) callback_list.push_back(callback.get());
     try {
-      trainer.fit(train, validation.count ? &validation : nullptr, callbacks);
+      trainer.fit(train, validation.count ? &validation : nullptr, callback_list);
     } catch (const Error& e) {
       // Every rank stops on the same non-finite loss: rank 0 commits the checkpoint in flight before
       // any rank ends the job.
-      if (e.kind() == ErrorKind::Numeric) {
-        if (checkpoints) checkpoints->wait();
-        if (placement.comm) placement.comm->barrier();
-      }
+      if (e.kind() == ErrorKind::Numeric && backup) backup->settle();
       throw;
-    }
-    if (checkpoints) checkpoints->wait();  // the last checkpoint is committed before we go on
-    if (!a.save_best.empty() && !best_weights.empty()) {
-      trainer.set_weights(best_weights);
-      if (rank0) std::printf("restored the best weights: epoch %d, %s %.4f\n", best_epoch, monitor.c_str(), best);
     }
     const std::vector<EpochLog>& logs = trainer.history();
     EvalResult test = trainer.evaluate(data.test);
@@ -574,10 +505,10 @@ Command add_train(CLI::App& root) {
                  {"replicas", trainer.replicas_total()},
                  {"batch_invariant", a.batch_invariant},
                  {"model_version_dir", version_dir}};
-    if (checkpoints) {  // waited for above
-      metrics["checkpoints_written"] = checkpoints->written();
-      metrics["checkpoint_blocking_seconds"] = checkpoint_blocking;  // on the training thread
-      metrics["checkpoint_write_seconds"] = checkpoints->write_seconds();  // in the background
+    if (backup && backup->writes()) {  // waited for by its on_train_end
+      metrics["checkpoints_written"] = backup->written();
+      metrics["checkpoint_blocking_seconds"] = backup->blocking_seconds();  // on the training thread
+      metrics["checkpoint_write_seconds"] = backup->write_seconds();      // in the background
     }
     write_file_atomic((fs::path(output) / "metrics.json").string(), metrics.dump(2) + "\n");
     std::printf("saved model version %s\n", version_dir.c_str());
