@@ -18,6 +18,7 @@
 #include "engine/trainer.h"
 #include "export/atomic_file.h"
 #include "tools/callbacks/backup_and_restore.h"  // defines: BackupAndRestore (--checkpoint-every, --resume)
+#include "tools/callbacks/csv_logger.h"          // defines: CSVLogger (--csv-log)
 #include "tools/callbacks/early_stopping.h"      // defines: EarlyStopping (--early-stopping)
 #include "tools/callbacks/model_checkpoint.h"    // defines: ModelCheckpoint (--save-best)
 #include "tools/callbacks/progress_bar.h"        // defines: ProgressBar (Keras's progress output)
@@ -66,6 +67,7 @@ struct TrainArgs {
   std::string resume;
   std::string save_best;  // val_loss | val_accuracy
   int early_stopping = 0;
+  std::string csv_log;
 };
 
 std::string iso_time_now() {
@@ -250,6 +252,8 @@ Command add_train(CLI::App& root) {
                 "val_loss or val_accuracy: keep the best epoch's weights in DIR/best_model and save them as the model");
   c->add_option("--early-stopping", args->early_stopping,
                 "stop after PATIENCE epochs without improvement of the monitored metric (--save-best, else val_loss)");
+  c->add_option("--csv-log", args->csv_log,
+                "append one row per epoch to FILE (Keras's CSVLogger columns; a resumed run continues it)");
   c->add_option("--collective-timeout", args->collective_timeout,
                 "seconds a rank may be missing from a collective before the job is aborted")
       ->capture_default_str();
@@ -435,6 +439,8 @@ Command add_train(CLI::App& root) {
     }
     if (rank0)
       callbacks.push_back(std::make_unique<ProgressBar>(stdout, ::isatty(STDOUT_FILENO) == 1 && !launched_by_mpi()));
+    if (rank0 && !a.csv_log.empty())
+      callbacks.push_back(std::make_unique<CSVLogger>(a.csv_log, validation.count > 0));
     if (!a.save_best.empty())
       callbacks.push_back(std::make_unique<ModelCheckpoint>(
           model, data.class_names, monitor, output.empty() ? "" : (fs::path(output) / "best_model").string(), rank0));
