@@ -205,6 +205,12 @@ void Trainer::check_replicas() {
 
 Trainer::~Trainer() = default;
 
+void Trainer::set_learning_rate_factor(double factor) {
+  opt_config_.lr_factor = factor;
+  for (auto& o : optimizers_) o->set_lr_factor(factor);
+  if (host_optimizer_) host_optimizer_->set_lr_factor(factor);
+}
+
 int Trainer::replicas_total() const {
   return static_cast<int>(backends_.size()) * (sync_ ? sync_->world_size() : 1);
 }

@@ -122,6 +122,9 @@ class Trainer {
 
   std::vector<float> weights();  // replica 0's arena, on the host
   void set_weights(const std::vector<float>& arena);
+  // Multiplies the optimizer's scheduled rate by `factor` from the next update on (every replica).
+  void set_learning_rate_factor(double factor);
+  double learning_rate_factor() const { return opt_config_.lr_factor; }
   // Mirrored replicas on several GPUs: sum their gradients with `reduce` (not owned).
   void set_local_reduce(LocalReduce* reduce) { local_reduce_ = reduce; }
   // Digests of every local replica's weights (bit-identity check).

@@ -22,6 +22,7 @@
 #include "tools/callbacks/early_stopping.h"      // defines: EarlyStopping (--early-stopping)
 #include "tools/callbacks/model_checkpoint.h"    // defines: ModelCheckpoint (--save-best)
 #include "tools/callbacks/progress_bar.h"        // defines: ProgressBar (Keras's progress output)
+#include "tools/callbacks/reduce_lr_on_plateau.h"  // defines: ReduceLROnPlateau (--reduce-lr-on-plateau)
 #include "tools/callbacks/terminate_on_nan.h"    // defines: TerminateOnNaN (always on)
 #include "tools/cli.h"
 
@@ -68,7 +69,26 @@ struct TrainArgs {
   std::string save_best;  // val_loss | val_accuracy
   int early_stopping = 0;
   std::string csv_log;
+  std::string reduce_lr_on_plateau;  // FACTOR[,PATIENCE]
 };
+
+// --reduce-lr-on-plateau FACTOR[,PATIENCE]: FACTOR in (0, 1), PATIENCE a positive number of epochs.
+std::pair<double, int> parse_plateau(const std::string& text) {
+  const std::string hint = "e.g. --reduce-lr-on-plateau 0.5 or 0.5,3 (FACTOR in (0, 1), PATIENCE epochs, default 10)";
+  char* end = nullptr;
+  const double factor = std::strtod(text.c_str(), &end);
+  long patience = 10;
+  if (*end == ',') {
+    const char* p = end + 1;
+    patience = std::strtol(p, &end, 10);
+    if (end == p) patience = 0;
+  }
+  if (*end != '\0' || !(factor > 0 && factor < 1) || patience <= 0 || patience > 1000000)
+    throw_invalid("--reduce-lr-on-plateau must be FACTOR[,PATIENCE] with FACTOR in (0, 1) and PATIENCE a positive "
+                  "number of epochs, got '" + text + "'",
+                  hint);
+  return {factor, static_cast<int>(patience)};
+}
 
 std::string iso_time_now() {
   std::time_t t = std::time(nullptr);
@@ -254,6 +274,8 @@ Command add_train(CLI::App& root) {
                 "stop after PATIENCE epochs without improvement of the monitored metric (--save-best, else val_loss)");
   c->add_option("--csv-log", args->csv_log,
                 "append one row per epoch to FILE (Keras's CSVLogger columns; a resumed run continues it)");
+  c->add_option("--reduce-lr-on-plateau", args->reduce_lr_on_plateau,
+                "FACTOR[,PATIENCE]: multiply the rate by FACTOR after PATIENCE (10) epochs without a lower val_loss");
   c->add_option("--collective-timeout", args->collective_timeout,
                 "seconds a rank may be missing from a collective before the job is aborted")
       ->capture_default_str();
@@ -304,6 +326,12 @@ Command add_train(CLI::App& root) {
     if (a.early_stopping < 0) throw_invalid("--early-stopping must be a positive number of epochs");
     if ((!a.save_best.empty() || a.early_stopping > 0) && a.validation_size == 0)
       throw_invalid("--save-best and --early-stopping monitor validation metrics", "use --validation-size > 0");
+    std::pair<double, int> plateau{0, 0};
+    if (!a.reduce_lr_on_plateau.empty()) {
+      plateau = parse_plateau(a.reduce_lr_on_plateau);
+      if (a.validation_size == 0)
+        throw_invalid("--reduce-lr-on-plateau monitors val_loss", "use --validation-size > 0");
+    }
     const std::string monitor = a.save_best.empty() ? "val_loss" : a.save_best;
     Model model = Model::from_name_or_file(a.model);
     Placement placement = place_replicas(a);
@@ -359,7 +387,7 @@ Command add_train(CLI::App& root) {
     // The run's identity: everything that shapes the computation. Ranks of a job must agree on it
     // (with how the job runs it, below), and a resumed run must match the checkpoint's. The
     // replica count may change on resume: shuffling, dropout and the global batch do not depend on it.
-    const json identity{{"model", model.spec()},
+    json identity{{"model", model.spec()},
                         {"seed", a.seed},
                         {"batch_size", a.batch_size},
                         {"train_samples", train.count},
@@ -376,6 +404,8 @@ Command add_train(CLI::App& root) {
                         {"batch_invariant", a.batch_invariant},  // the leaves shape the sums
                         {"precision", a.precision},
                         {"device_kind", gpu_replicas ? "gpu" : "cpu"}};
+    if (!a.reduce_lr_on_plateau.empty())  // only when given: checkpoints without it keep their identity
+      identity["reduce_lr_on_plateau"] = {plateau.first, plateau.second};
     if (placement.comm) {
       const std::string collectives = use_nccl ? "nccl" : "mpi";
       // Ranks agree on the run's identity, and on how this job runs it, before any training collective.
@@ -441,6 +471,8 @@ Command add_train(CLI::App& root) {
       callbacks.push_back(std::make_unique<ProgressBar>(stdout, ::isatty(STDOUT_FILENO) == 1 && !launched_by_mpi()));
     if (rank0 && !a.csv_log.empty())
       callbacks.push_back(std::make_unique<CSVLogger>(a.csv_log, validation.count > 0));
+    if (!a.reduce_lr_on_plateau.empty())
+      callbacks.push_back(std::make_unique<ReduceLROnPlateau>(plateau.first, plateau.second, rank0));
     if (!a.save_best.empty())
       callbacks.push_back(std::make_unique<ModelCheckpoint>(
           model, data.class_names, monitor, output.empty() ? "" : (fs::path(output) / "best_model").string(), rank0));
