@@ -9,6 +9,7 @@ const char* error_kind_name(ErrorKind kind) {
     case ErrorKind::Io: return "I/O error";
     case ErrorKind::Device: return "device error";
     case ErrorKind::Communication: return "communication error";
+    case ErrorKind::Numeric: return "numeric error";
     case ErrorKind::Internal: return "internal error";
   }
   return "error";

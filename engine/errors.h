@@ -12,6 +12,7 @@ enum class ErrorKind {
   Io,               // files that cannot be opened, read or written
   Device,           // CUDA / cuDNN / cuBLAS failures, missing GPU
   Communication,    // MPI / NCCL failures, rank mismatches, stalls
+  Numeric,          // training diverged: a loss that became NaN or infinite
   Internal,         // a bug in Tandem
 };
 

@@ -25,9 +25,10 @@ void OptimizerConfig::validate() const {
 
 double OptimizerConfig::learning_rate(int64_t step) const {
   if (schedule.type == "exponential")
-    return lr * std::pow(schedule.decay_rate, double(step) / double(schedule.decay_steps));
-  if (schedule.type == "step") return lr * std::pow(schedule.decay_rate, double(step / schedule.decay_steps));
-  return lr;
+    return lr_factor * lr * std::pow(schedule.decay_rate, double(step) / double(schedule.decay_steps));
+  if (schedule.type == "step")
+    return lr_factor * lr * std::pow(schedule.decay_rate, double(step / schedule.decay_steps));
+  return lr_factor * lr;
 }
 
 Optimizer::Optimizer(const OptimizerConfig& config, Backend& backend, size_t n)

@@ -22,6 +22,7 @@ struct OptimizerConfig {
   bool nesterov = false;
   double beta1 = 0.9, beta2 = 0.999, epsilon = 1e-7;
   ScheduleConfig schedule;
+  double lr_factor = 1.0;  // multiplies the schedule's rate (set during training by ReduceLROnPlateau)
   void validate() const;  // throws InvalidArgument
   double learning_rate(int64_t step) const;  // the rate used for update number `step` (0-based)
 };
@@ -36,6 +37,7 @@ class Optimizer {
   // One update of w[0..n) from g; `step` counts updates already applied (0 for the first).
   void apply(float* w, const float* g, int64_t step);
   const OptimizerConfig& config() const { return config_; }
+  void set_lr_factor(double factor) { config_.lr_factor = factor; }
   // Slot buffers (velocity, or Adam's m and v), each n floats in backend memory.
   const std::vector<float*>& slots() const { return slots_; }
   size_t size() const { return n_; }

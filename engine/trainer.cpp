@@ -205,6 +205,12 @@ void Trainer::check_replicas() {
 
 Trainer::~Trainer() = default;
 
+void Trainer::set_learning_rate_factor(double factor) {
+  opt_config_.lr_factor = factor;
+  for (auto& o : optimizers_) o->set_lr_factor(factor);
+  if (host_optimizer_) host_optimizer_->set_lr_factor(factor);
+}
+
 int Trainer::replicas_total() const {
   return static_cast<int>(backends_.size()) * (sync_ ? sync_->world_size() : 1);
 }
@@ -220,7 +226,11 @@ Span replica_slice(int64_t b, int n, int g) {
 }
 }  // namespace
 
-std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validation, const TrainCallbacks& cb) {
+std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validation,
+                                   const std::vector<Callback*>& callbacks) {
+  stop_training = false;
+  for (Callback* c : callbacks) c->set_trainer(this);
+  for (Callback* c : callbacks) c->on_train_begin();
   if (train.sample_shape != model_.input_shape())
     throw_invalid("the data's samples have shape " + train.sample_shape.str() + " but model '" + model_.name() +
                   "' expects " + model_.input_shape().str());
@@ -254,14 +264,13 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
 
   while (epoch_ < options_.epochs) {
     epoch_start_ = clock::now();
-    if (cb.on_epoch_begin && rank == 0) cb.on_epoch_begin(epoch_ + 1, options_.epochs, steps);
+    for (Callback* c : callbacks) c->on_epoch_begin(epoch_ + 1, options_.epochs, steps);
     const std::vector<int32_t> order = epoch_permutation(train.count, options_.seed, static_cast<uint64_t>(epoch_));
     for (auto& r : replicas_) r->reset_metrics();
     if (epoch_step_ > 0 && rank == 0) replicas_[0]->set_metrics(resumed_sums_[0], resumed_sums_[1]);
     EpochLog log;
     log.epoch = epoch_ + 1;
     log.learning_rate = opt_config_.learning_rate(step_ - epoch_step_);
-    auto last_report = clock::now();
     for (int64_t s = epoch_step_; s < steps; ++s) {
       const int64_t begin = s * B, b = std::min(B, train.count - begin);
       Backend& graph_backend = replicas_[0]->backend();
@@ -316,19 +325,19 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
       ++step_;
       epoch_step_ = s + 1;
       if (options_.check_replicas_every > 0 && step_ % options_.check_replicas_every == 0) check_replicas();
-      if (cb.after_step) cb.after_step();
-      if (cb.on_step && rank == 0) {
-        auto now = clock::now();
-        if (s + 1 == steps || now - last_report > std::chrono::milliseconds(100)) {
-          last_report = now;
-          double m[2];
-          local_metric_sums(m);
-          const double loss_sum = m[0], correct = m[1];
-          int64_t seen = std::min(train.count, (s + 1) * B);
-          int64_t local_seen = seen * local / n;  // samples this process has seen
-          cb.on_step(s + 1, steps, loss_sum / double(std::max<int64_t>(1, local_seen)),
-                     correct / double(std::max<int64_t>(1, local_seen)));
-        }
+      if (!callbacks.empty()) {
+        double m[2];
+        local_metric_sums(m);
+        if (sync_) sync_->all_reduce_metrics(m, 2);  // a NaN anywhere is a NaN everywhere
+        BatchLog batch;
+        batch.epoch = epoch_ + 1;
+        batch.step = s + 1;
+        batch.steps = steps;
+        batch.global_step = step_;
+        const double seen = double(std::min(train.count, (s + 1) * B));
+        batch.loss = m[0] / seen;
+        batch.accuracy = m[1] / seen;
+        for (Callback* c : callbacks) c->on_batch_end(batch);
       }
     }
     double sums[2];
@@ -351,10 +360,10 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
     logs.push_back(log);
     ++epoch_;
     epoch_step_ = 0;
-    if (cb.on_epoch_end && rank == 0) cb.on_epoch_end(log);
-    if (cb.after_epoch) cb.after_epoch();
-    if (cb.should_stop && cb.should_stop()) break;
+    for (Callback* c : callbacks) c->on_epoch_end(log);
+    if (stop_training) break;
   }
+  for (Callback* c : callbacks) c->on_train_end();
   return logs;
 }
 

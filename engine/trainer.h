@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "data/dataset.h"
+#include "engine/callback.h"
 #include "engine/optimizer.h"
 #include "engine/replica.h"
 
@@ -82,16 +83,13 @@ struct EvalResult {
   int64_t samples = 0;
 };
 
-// Progress hooks: called on process rank 0 only.
-struct TrainCallbacks {
-  std::function<void(int epoch, int epochs, int64_t steps)> on_epoch_begin;
-  std::function<void(int64_t step, int64_t steps, double loss, double accuracy)> on_step;
-  std::function<void(const EpochLog&)> on_epoch_end;  // may throw to stop training
-  std::function<bool()> should_stop;                  // checked after each epoch
-  // Called on every process after each optimizer step and after each completed epoch, with the
-  // trainer in a consistent state (checkpoints are taken here).
-  std::function<void()> after_step;
-  std::function<void()> after_epoch;
+// The state after one optimizer step, the same on every process: the epoch's running metrics over
+// all replicas (summed over processes).
+struct BatchLog {
+  int epoch = 0;              // 1-based
+  int64_t step = 0, steps = 0;  // 1-based step in the epoch, and the epoch's steps
+  int64_t global_step = 0;    // optimizer updates applied
+  double loss = 0, accuracy = 0;  // means over the epoch's samples so far
 };
 
 // Everything needed to continue training exactly where it stood. Shuffling and dropout are
@@ -114,14 +112,19 @@ class Trainer {
   ~Trainer();
 
   int replicas_total() const;
-  // Trains from the current position until `options.epochs` epochs are done.
-  std::vector<EpochLog> fit(const Dataset& train, const Dataset* validation, const TrainCallbacks& cb);
+  // Trains from the current position until `options.epochs` epochs are done or a callback sets
+  // stop_training, calling `callbacks` (not owned) in order at each point of engine/callback.h.
+  std::vector<EpochLog> fit(const Dataset& train, const Dataset* validation,
+                            const std::vector<Callback*>& callbacks);
   EvalResult evaluate(const Dataset& data);
   // Class probabilities for the first `count` samples, row-major [count, classes].
   std::vector<float> predict(const Dataset& data, int64_t count);
 
   std::vector<float> weights();  // replica 0's arena, on the host
   void set_weights(const std::vector<float>& arena);
+  // Multiplies the optimizer's scheduled rate by `factor` from the next update on (every replica).
+  void set_learning_rate_factor(double factor);
+  double learning_rate_factor() const { return opt_config_.lr_factor; }
   // Mirrored replicas on several GPUs: sum their gradients with `reduce` (not owned).
   void set_local_reduce(LocalReduce* reduce) { local_reduce_ = reduce; }
   // Digests of every local replica's weights (bit-identity check).
@@ -131,6 +134,9 @@ class Trainer {
   TrainerState state();
   void restore(const TrainerState& state);
 
+  // Set by a callback to end fit after the current epoch (Keras's model.stop_training).
+  bool stop_training = false;
+  int rank() const { return sync_ ? sync_->rank() : 0; }  // this process's
   int64_t global_step() const { return step_; }
   int epoch() const { return epoch_; }
   const std::vector<EpochLog>& history() const { return history_; }

@@ -10,7 +10,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testdata import idx_bytes, make_dataset  # noqa: E402
+from testdata import idx_bytes, make_dataset, tree_bytes  # noqa: E402
 
 TANDEM = sys.argv[1]
 failures = []
@@ -70,6 +70,24 @@ try:
     expect("--momentum -0.5", ["train", "--optimizer", "sgd", "--momentum", "-0.5"] + quick, 2, "--momentum")
     expect("--lr-decay-rate 0", ["train", "--lr-decay-rate", "0"] + quick, 2, "--lr-decay-rate must be in (0, 1]")
     expect("--lr-decay-rate 1.5", ["train", "--lr-decay-rate", "1.5"] + quick, 2, "--lr-decay-rate")
+    # Each bad optimizer flag is one line naming the flag and the value, with a hint, and the run
+    # writes nothing: not even its --output directory.
+    for i, (flags, line) in enumerate((
+            (["--lr", "nan"], "--lr must be a finite positive number, got nan"),
+            (["--lr", "-1"], "--lr must be a finite positive number, got -1"),
+            (["--lr", "-inf"], "--lr must be a finite positive number, got -inf"),
+            (["--optimizer", "sgd", "--momentum", "nan"], "--momentum must be in [0, 1), got nan"),
+            (["--optimizer", "sgd", "--momentum", "1.5"], "--momentum must be in [0, 1), got 1.5"),
+            (["--momentum", "0.9"], "--momentum applies to --optimizer sgd only"),
+            (["--lr-decay-rate", "nan"], "--lr-decay-rate must be in (0, 1], got nan"),
+            (["--lr-decay-rate", "-0.5"], "--lr-decay-rate must be in (0, 1], got -0.5"))):
+        never = os.path.join(tmp, f"never-written-{i}")
+        r = expect(" ".join(flags) + " writes nothing", ["train"] + flags + quick + ["--output", never], 2, line)
+        lines = r.stderr.strip().splitlines()
+        if len(lines) != 2 or not lines[1].strip().startswith("hint: "):
+            failures.append(f"{' '.join(flags)}: expected one error line and one hint line, got {lines}")
+        if os.path.exists(never):
+            failures.append(f"{' '.join(flags)}: the refused run created its --output directory")
     not_dir = os.path.join(tmp, "a-file")
     open(not_dir, "w").close()
     expect("--resume of a file", ["train", "--resume", not_dir] + quick, 2, "not a directory")
@@ -80,6 +98,28 @@ try:
            ["train", "--batch-invariant", "2", "--strategy", "mirrored", "--devices", "cpu:0,cpu:1,cpu:2,cpu:3"] + quick,
            2, "do not split evenly over 4 replicas")
     expect("bad --cuda-graphs value", ["train", "--cuda-graphs", "maybe"] + quick, 2, "--cuda-graphs must be on or off")
+
+    # TerminateOnNaN: SGD at 1e30 has a finite loss at step 1 (the initial weights) and overflows at
+    # step 2. The run stops there with exit 1 and writes no model version; the checkpoint of step 1
+    # stays committed, and a resume that diverges again leaves the checkpoints byte for byte as they were.
+    nan_out = os.path.join(tmp, "nan")
+    diverging = quick[:2] + ["--epochs", "3", "--batch-size", "16", "--validation-size", "16", "--threads", "1",
+                             "--optimizer", "sgd", "--lr", "1e30", "--checkpoint-every", "1"]
+    for label in ("a diverging run", "its resume"):
+        flags = ["--output", nan_out] if label == "a diverging run" else ["--resume", nan_out]
+        before = tree_bytes(os.path.join(nan_out, "checkpoints")) if label == "its resume" else None
+        r = expect(label + " stops on a non-finite loss", ["train"] + diverging + flags, 1,
+                   "at epoch 1, step 2/3: training stopped, nothing saved")
+        if "saved model version" in r.stdout or os.path.exists(os.path.join(nan_out, "model")):
+            failures.append(label + ": wrote a model version from diverged weights")
+        for f in ("history.json", "metrics.json"):
+            if os.path.exists(os.path.join(nan_out, f)):
+                failures.append(f"{label}: wrote {f}")
+        ckpts = sorted(n for n in os.listdir(os.path.join(nan_out, "checkpoints")) if n.startswith("ckpt-"))
+        if ckpts != ["ckpt-000000000001"]:
+            failures.append(f"{label}: checkpoints {ckpts}, expected only step 1's")
+        if before is not None and tree_bytes(os.path.join(nan_out, "checkpoints")) != before:
+            failures.append(label + ": changed the committed checkpoints")
 
     # Model specs.
     def spec(name, obj):

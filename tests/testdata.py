@@ -31,3 +31,9 @@ def make_dataset(root, n_train, n_test, label_max=9, learnable=True, mutate=None
         with gzip.open(os.path.join(root, name + ".gz"), "wb") as f:
             f.write(data)
     return root
+
+
+def tree_bytes(root):
+    """Every file under root as {relative path: bytes}: to check that a directory is unchanged."""
+    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(root) for f in files}

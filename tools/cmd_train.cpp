@@ -2,25 +2,28 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
-#include <optional>
 #include <thread>
 
 #include "dist/bucketed_allreduce.h"
 #include "dist/communicator.h"
 #include "dist/nccl_sync.h"
 #include "engine/errors.h"
-#include "export/checkpoint.h"
 #ifdef TANDEM_HAVE_CUDA
 #include "kernels/cuda/cuda_backend.h"
 #endif
-#include "engine/progress.h"
 #include "engine/trainer.h"
 #include "export/atomic_file.h"
+#include "tools/callbacks/backup_and_restore.h"  // defines: BackupAndRestore (--checkpoint-every, --resume)
+#include "tools/callbacks/csv_logger.h"          // defines: CSVLogger (--csv-log)
+#include "tools/callbacks/early_stopping.h"      // defines: EarlyStopping (--early-stopping)
+#include "tools/callbacks/model_checkpoint.h"    // defines: ModelCheckpoint (--save-best)
+#include "tools/callbacks/progress_bar.h"        // defines: ProgressBar (Keras's progress output)
+#include "tools/callbacks/reduce_lr_on_plateau.h"  // defines: ReduceLROnPlateau (--reduce-lr-on-plateau)
+#include "tools/callbacks/terminate_on_nan.h"    // defines: TerminateOnNaN (always on)
 #include "tools/cli.h"
 
 namespace tandem::cli {
@@ -65,14 +68,26 @@ struct TrainArgs {
   std::string resume;
   std::string save_best;  // val_loss | val_accuracy
   int early_stopping = 0;
+  std::string csv_log;
+  std::string reduce_lr_on_plateau;  // FACTOR[,PATIENCE]
 };
 
-// --save-best / --early-stopping: the monitored value of an epoch, and whether it improved.
-double monitored(const EpochLog& l, const std::string& metric) {
-  return metric == "val_accuracy" ? l.val_accuracy : l.val_loss;
-}
-bool improves(double value, double best, const std::string& metric) {
-  return metric == "val_accuracy" ? value > best : value < best;
+// --reduce-lr-on-plateau FACTOR[,PATIENCE]: FACTOR in (0, 1), PATIENCE a positive number of epochs.
+std::pair<double, int> parse_plateau(const std::string& text) {
+  const std::string hint = "e.g. --reduce-lr-on-plateau 0.5 or 0.5,3 (FACTOR in (0, 1), PATIENCE epochs, default 10)";
+  char* end = nullptr;
+  const double factor = std::strtod(text.c_str(), &end);
+  long patience = 10;
+  if (*end == ',') {
+    const char* p = end + 1;
+    patience = std::strtol(p, &end, 10);
+    if (end == p) patience = 0;
+  }
+  if (*end != '\0' || !(factor > 0 && factor < 1) || patience <= 0 || patience > 1000000)
+    throw_invalid("--reduce-lr-on-plateau must be FACTOR[,PATIENCE] with FACTOR in (0, 1) and PATIENCE a positive "
+                  "number of epochs, got '" + text + "'",
+                  hint);
+  return {factor, static_cast<int>(patience)};
 }
 
 std::string iso_time_now() {
@@ -95,12 +110,9 @@ std::string format_double(double v) {
   return buf;
 }
 
-OptimizerConfig optimizer_config(const TrainArgs& a, int64_t steps_per_epoch) {
-  OptimizerConfig o;
-  o.name = a.optimizer;
-  // Default: Adam 1e-3 with the rate decayed by 0.8 per epoch, chosen by measurement
-  // (benchmarks/RESULTS.md, "Choice of defaults").
-  // An explicit value is never replaced by a default: it is valid or it is an error.
+// An explicit value is never replaced by a default: it is valid or it is an error. Checked before
+// anything is written or loaded.
+void validate_optimizer_flags(const TrainArgs& a) {
   if (a.lr_given && !(std::isfinite(a.lr) && a.lr > 0))
     throw_invalid("--lr must be a finite positive number, got " + format_double(a.lr), "e.g. --lr 0.01");
   if (a.momentum_given && !(a.momentum >= 0 && a.momentum < 1))
@@ -108,13 +120,21 @@ OptimizerConfig optimizer_config(const TrainArgs& a, int64_t steps_per_epoch) {
   if (!(a.decay_rate > 0 && a.decay_rate <= 1))
     throw_invalid("--lr-decay-rate must be in (0, 1], got " + format_double(a.decay_rate),
                   "e.g. --lr-decay-rate 0.8; 1 keeps the rate constant");
+  if (a.momentum_given && a.optimizer != "sgd")
+    throw_invalid("--momentum applies to --optimizer sgd only", "drop --momentum, or add --optimizer sgd");
+}
+
+OptimizerConfig optimizer_config(const TrainArgs& a, int64_t steps_per_epoch) {
+  OptimizerConfig o;
+  o.name = a.optimizer;
+  // Default: Adam 1e-3 with the rate decayed by 0.8 per epoch, chosen by measurement
+  // (benchmarks/RESULTS.md, "Choice of defaults"). The flags were checked by validate_optimizer_flags.
   if (o.name == "sgd") {
     o.lr = a.lr_given ? a.lr : 0.01;
     o.momentum = a.momentum_given ? a.momentum : 0.9;
     o.nesterov = a.momentum_given ? a.nesterov : true;
   } else {
     o.lr = a.lr_given ? a.lr : 0.001;
-    if (a.momentum_given) throw_invalid("--momentum applies to --optimizer sgd only");
   }
   o.schedule.type = a.schedule;
   o.schedule.decay_rate = a.decay_rate;
@@ -252,6 +272,10 @@ Command add_train(CLI::App& root) {
                 "val_loss or val_accuracy: keep the best epoch's weights in DIR/best_model and save them as the model");
   c->add_option("--early-stopping", args->early_stopping,
                 "stop after PATIENCE epochs without improvement of the monitored metric (--save-best, else val_loss)");
+  c->add_option("--csv-log", args->csv_log,
+                "append one row per epoch to FILE (Keras's CSVLogger columns; a resumed run continues it)");
+  c->add_option("--reduce-lr-on-plateau", args->reduce_lr_on_plateau,
+                "FACTOR[,PATIENCE]: multiply the rate by FACTOR after PATIENCE (10) epochs without a lower val_loss");
   c->add_option("--collective-timeout", args->collective_timeout,
                 "seconds a rank may be missing from a collective before the job is aborted")
       ->capture_default_str();
@@ -269,6 +293,7 @@ Command add_train(CLI::App& root) {
     if (a.epochs < 0) throw_invalid("--epochs must be at least 0, got " + std::to_string(a.epochs), "e.g. --epochs 10");
     if (a.batch_size <= 0)
       throw_invalid("--batch-size must be positive, got " + std::to_string(a.batch_size), "e.g. --batch-size 32");
+    validate_optimizer_flags(a);
     std::string output = a.output;
     if (!a.resume.empty()) {
       if (!output.empty() && fs::path(output).lexically_normal() != fs::path(a.resume).lexically_normal())
@@ -301,6 +326,12 @@ Command add_train(CLI::App& root) {
     if (a.early_stopping < 0) throw_invalid("--early-stopping must be a positive number of epochs");
     if ((!a.save_best.empty() || a.early_stopping > 0) && a.validation_size == 0)
       throw_invalid("--save-best and --early-stopping monitor validation metrics", "use --validation-size > 0");
+    std::pair<double, int> plateau{0, 0};
+    if (!a.reduce_lr_on_plateau.empty()) {
+      plateau = parse_plateau(a.reduce_lr_on_plateau);
+      if (a.validation_size == 0)
+        throw_invalid("--reduce-lr-on-plateau monitors val_loss", "use --validation-size > 0");
+    }
     const std::string monitor = a.save_best.empty() ? "val_loss" : a.save_best;
     Model model = Model::from_name_or_file(a.model);
     Placement placement = place_replicas(a);
@@ -356,7 +387,7 @@ Command add_train(CLI::App& root) {
     // The run's identity: everything that shapes the computation. Ranks of a job must agree on it
     // (with how the job runs it, below), and a resumed run must match the checkpoint's. The
     // replica count may change on resume: shuffling, dropout and the global batch do not depend on it.
-    const json identity{{"model", model.spec()},
+    json identity{{"model", model.spec()},
                         {"seed", a.seed},
                         {"batch_size", a.batch_size},
                         {"train_samples", train.count},
@@ -373,6 +404,8 @@ Command add_train(CLI::App& root) {
                         {"batch_invariant", a.batch_invariant},  // the leaves shape the sums
                         {"precision", a.precision},
                         {"device_kind", gpu_replicas ? "gpu" : "cpu"}};
+    if (!a.reduce_lr_on_plateau.empty())  // only when given: checkpoints without it keep their identity
+      identity["reduce_lr_on_plateau"] = {plateau.first, plateau.second};
     if (placement.comm) {
       const std::string collectives = use_nccl ? "nccl" : "mpi";
       // Ranks agree on the run's identity, and on how this job runs it, before any training collective.
@@ -418,79 +451,41 @@ Command add_train(CLI::App& root) {
         std::printf("batch-invariant: %d leaves of %lld samples, gradients summed in one fixed tree\n",
                     a.batch_invariant, static_cast<long long>(a.batch_size / a.batch_invariant));
     }
-    const std::string ckpt_root = output.empty() ? "" : (fs::path(output) / "checkpoints").string();
-    if (!a.resume.empty()) {
-      std::optional<Checkpoint> ck = read_latest_checkpoint(ckpt_root);
-      if (ck) {
-        require_same_identity(ck->identity, identity, ck->dir);
-        trainer.restore(ck->state);
-        if (rank0)
-          std::printf("resuming from %s: epoch %d, step %lld\n", ck->dir.c_str(), ck->state.epoch + 1,
-                      static_cast<long long>(ck->state.step));
-      } else if (rank0) {
-        std::printf("no committed checkpoint in %s yet: starting from the beginning\n", ckpt_root.c_str());
-      }
+    // The callbacks, in the order they run. BackupAndRestore comes before those that recover their
+    // state from a resumed run's history.
+    std::vector<std::unique_ptr<Callback>> callbacks;
+    callbacks.push_back(std::make_unique<TerminateOnNaN>());
+    BackupAndRestore* backup = nullptr;
+    if (checkpoint_steps || checkpoint_epochs || !a.resume.empty()) {
+      BackupAndRestore::Options b;
+      b.root = (fs::path(output) / "checkpoints").string();
+      b.identity = identity;
+      b.every_steps = checkpoint_steps;
+      b.every_epoch = checkpoint_epochs;
+      b.keep = a.keep_checkpoints;
+      b.resume = !a.resume.empty();
+      callbacks.push_back(std::make_unique<BackupAndRestore>(std::move(b), placement.comm.get(), rank0));
+      backup = static_cast<BackupAndRestore*>(callbacks.back().get());
     }
-    std::unique_ptr<CheckpointWriter> checkpoints;
-    if ((checkpoint_steps || checkpoint_epochs) && rank0) checkpoints = std::make_unique<CheckpointWriter>(ckpt_root, a.keep_checkpoints);
-    double checkpoint_blocking = 0;  // seconds the training thread spent on checkpoints
-    auto commit_checkpoint = [&] {
-      const auto t0 = std::chrono::steady_clock::now();
-      TrainerState st = trainer.state();  // collective in a multi-process job
-      if (placement.comm) placement.comm->barrier();
-      if (checkpoints) checkpoints->write_async(std::move(st), identity);
-      checkpoint_blocking += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    };
-
-    // The best epoch so far (for --save-best), recovered from a resumed run's history.
-    const std::string best_dir = output.empty() ? "" : (fs::path(output) / "best_model").string();
-    double best = monitor == "val_accuracy" ? -1e300 : 1e300;
-    int best_epoch = 0;
-    std::vector<float> best_weights;
-    for (const auto& l : trainer.history())
-      if (improves(monitored(l, monitor), best, monitor)) {
-        best = monitored(l, monitor);
-        best_epoch = l.epoch;
-      }
-    if (!a.save_best.empty() && best_epoch > 0 && fs::is_directory(best_dir))
-      best_weights = model.from_tensors(read_model_version(best_dir).tensors, best_dir);
-
-    KerasProgress progress(stdout, ::isatty(STDOUT_FILENO) == 1 && !launched_by_mpi());
-    TrainCallbacks callbacks = progress.callbacks();
-    callbacks.after_step = [&] {
-      if (checkpoint_steps && trainer.global_step() % checkpoint_steps == 0) commit_checkpoint();
-    };
-    callbacks.after_epoch = [&] {
-      const EpochLog& l = trainer.history().back();
-      if (improves(monitored(l, monitor), best, monitor)) {
-        best = monitored(l, monitor);
-        best_epoch = l.epoch;
-        if (!a.save_best.empty()) {
-          best_weights = trainer.weights();
-          if (rank0 && !output.empty()) {
-            ModelVersion v;
-            v.model_json = model_json(model, data.class_names,
-                                      json{{"epoch", l.epoch}, {"monitor", monitor}, {"value", best}});
-            v.tensors = model.to_tensors(best_weights);
-            write_model_version(best_dir, v, true);
-          }
-        }
-      }
-      if (checkpoint_epochs) commit_checkpoint();
-    };
-    callbacks.should_stop = [&] {
-      if (a.early_stopping <= 0) return false;
-      bool stop = trainer.history().back().epoch - best_epoch >= a.early_stopping;
-      if (stop && rank0)
-        std::printf("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)\n", monitor.c_str(),
-                    a.early_stopping, best, best_epoch);
-      return stop;
-    };
-    trainer.fit(train, validation.count ? &validation : nullptr, callbacks);
-    if (checkpoints) checkpoints->wait();  // the last checkpoint is committed before we go on
-    if (!a.save_best.empty() && !best_weights.empty()) {
-      trainer.set_weights(best_weights);
-      if (rank0) std::printf("restored the best weights: epoch %d, %s %.4f\n", best_epoch, monitor.c_str(), best);
+    if (rank0)
+      callbacks.push_back(std::make_unique<ProgressBar>(stdout, ::isatty(STDOUT_FILENO) == 1 && !launched_by_mpi()));
+    if (rank0 && !a.csv_log.empty())
+      callbacks.push_back(std::make_unique<CSVLogger>(a.csv_log, validation.count > 0));
+    if (!a.reduce_lr_on_plateau.empty())
+      callbacks.push_back(std::make_unique<ReduceLROnPlateau>(plateau.first, plateau.second, rank0));
+    if (!a.save_best.empty())
+      callbacks.push_back(std::make_unique<ModelCheckpoint>(
+          model, data.class_names, monitor, output.empty() ? "" : (fs::path(output) / "best_model").string(), rank0));
+    if (a.early_stopping > 0) callbacks.push_back(std::make_unique<EarlyStopping>(monitor, a.early_stopping, rank0));
+    std::vector<Callback*> callback_list;
+    for (auto& callback : callbacks) callback_list.push_back(callback.get());
+    try {
+      trainer.fit(train, validation.count ? &validation : nullptr, callback_list);
+    } catch (const Error& e) {
+      // Every rank stops on the same non-finite loss: rank 0 commits the checkpoint in flight before
+      // any rank ends the job.
+      if (e.kind() == ErrorKind::Numeric && backup) backup->settle();
+      throw;
     }
     const std::vector<EpochLog>& logs = trainer.history();
     EvalResult test = trainer.evaluate(data.test);
@@ -548,10 +543,10 @@ Command add_train(CLI::App& root) {
                  {"replicas", trainer.replicas_total()},
                  {"batch_invariant", a.batch_invariant},
                  {"model_version_dir", version_dir}};
-    if (checkpoints) {  // waited for above
-      metrics["checkpoints_written"] = checkpoints->written();
-      metrics["checkpoint_blocking_seconds"] = checkpoint_blocking;  // on the training thread
-      metrics["checkpoint_write_seconds"] = checkpoints->write_seconds();  // in the background
+    if (backup && backup->writes()) {  // waited for by its on_train_end
+      metrics["checkpoints_written"] = backup->written();
+      metrics["checkpoint_blocking_seconds"] = backup->blocking_seconds();  // on the training thread
+      metrics["checkpoint_write_seconds"] = backup->write_seconds();      // in the background
     }
     write_file_atomic((fs::path(output) / "metrics.json").string(), metrics.dump(2) + "\n");
     std::printf("saved model version %s\n", version_dir.c_str());

@@ -9,13 +9,15 @@ a small generated data set) for equivalence, on generated data for the rest:
                rank left running;
   mismatch     ranks started with different flags stop at start-up with an error naming the rank;
   stall        a rank that hangs (TANDEM_TEST_STALL) is named by the watchdog and the job aborted;
+  nan          a diverging run (sgd --lr 1e30) stops on every rank at the same step with exit 1, no
+               model version written, and its resume leaves the committed checkpoint byte-identical;
   invariance   --batch-invariant 8: one replica (1 or 2 threads), mirrored x4, central-storage x2,
                multi-worker -np 2 and -np 4, and hierarchical 2x2 all give bit-identical weights
                (max_abs_diff 0), for the cnn on Fashion-MNIST (when installed) and mlp with Adam;
                the tree all-reduce against a local tree sum, bit for bit (TANDEM_COLLECTIVES_CHECK);
                a non-power-of-2 rank count is refused.
 
-usage: mpi_checks.py TANDEM [equivalence|kill|mismatch|stall|invariance ...]
+usage: mpi_checks.py TANDEM [equivalence|kill|mismatch|stall|nan|invariance ...]
 """
 import json
 import os
@@ -27,10 +29,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from testdata import make_dataset  # noqa: E402
+from testdata import make_dataset, tree_bytes  # noqa: E402
 
 TANDEM = os.path.abspath(sys.argv[1])
-WHICH = sys.argv[2:] or ["equivalence", "kill", "mismatch", "stall"]
+WHICH = sys.argv[2:] or ["equivalence", "kill", "mismatch", "stall", "nan"]
 MPIRUN = shutil.which("mpirun")
 if not MPIRUN:
     print("SKIP: mpirun not found (apt-get install openmpi-bin)")
@@ -262,6 +264,26 @@ try:
             check(f"the watchdog names stalled rank {stalled} and aborts the job",
                   r.returncode != 0 and f"rank(s) {stalled} did not reach step 4" in r.stderr
                   and time.time() - start < 60, f"status {r.returncode}: " + r.stderr.strip()[-300:])
+
+    if "nan" in WHICH:
+        # 512 training images at batch 64 over 2 ranks: 8 steps an epoch; the loss overflows at step 2.
+        out = os.path.join(tmp, "nan-run")
+        args = base + ["--model", "mlp", "--epochs", "2", "--batch-size", "64", "--optimizer", "sgd", "--lr", "1e30",
+                       "--checkpoint-every", "1", "--strategy", "multi-worker"]
+        for label, flags in (("a diverging run", ["--output", out]), ("its resume", ["--resume", out])):
+            before = tree_bytes(os.path.join(out, "checkpoints")) if label == "its resume" else None
+            start = time.time()
+            r = run(MPI + ["-np", "2", TANDEM] + args + flags, timeout=120)
+            check(f"-np 2, {label}: every rank stops on the non-finite loss with exit 1",
+                  r.returncode == 1 and "at epoch 1, step 2/8: training stopped, nothing saved" in r.stderr
+                  and time.time() - start < 60, f"status {r.returncode}: " + r.stderr.strip()[-400:])
+            check(f"-np 2, {label}: no model version written", not os.path.exists(os.path.join(out, "model")))
+            ckpts = sorted(n for n in os.listdir(os.path.join(out, "checkpoints")) if n.startswith("ckpt-"))
+            check(f"-np 2, {label}: only step 1's checkpoint is committed", ckpts == ["ckpt-000000000001"],
+                  str(ckpts))
+            if before is not None:
+                check(f"-np 2, {label}: the committed checkpoint is byte-identical",
+                      tree_bytes(os.path.join(out, "checkpoints")) == before)
 finally:
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,6 +1,8 @@
-#include "engine/progress.h"
+#include "tools/callbacks/progress_bar.h"
 
 #include <cmath>
+
+#include "engine/trainer.h"
 
 namespace tandem {
 
@@ -10,9 +12,9 @@ std::string format_metric(double v) {
   return buf;
 }
 
-KerasProgress::KerasProgress(std::FILE* out, bool interactive) : out_(out), interactive_(interactive) {}
+ProgressBar::ProgressBar(std::FILE* out, bool interactive) : out_(out), interactive_(interactive) {}
 
-std::string KerasProgress::bar(int64_t step, int64_t steps) const {
+std::string ProgressBar::bar(int64_t step, int64_t steps) const {
   const int width = 30;
   std::string digits = std::to_string(steps);
   char head[64];
@@ -24,23 +26,25 @@ std::string KerasProgress::bar(int64_t step, int64_t steps) const {
   return b + "]";
 }
 
-void KerasProgress::epoch_begin(int epoch, int epochs, int64_t steps) {
-  steps_ = steps;
-  start_ = std::chrono::steady_clock::now();
+void ProgressBar::on_epoch_begin(int epoch, int epochs, int64_t) {
+  start_ = last_draw_ = std::chrono::steady_clock::now();
   std::fprintf(out_, "Epoch %d/%d\n", epoch, epochs);
   std::fflush(out_);
 }
 
-void KerasProgress::step(int64_t step, int64_t steps, double loss, double accuracy) {
-  if (!interactive_ || step == steps) return;  // the final line is written by epoch_end
-  double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  double eta = step ? elapsed / double(step) * double(steps - step) : 0;
-  std::fprintf(out_, "\r%s - ETA: %.0fs - loss: %s - accuracy: %s\033[K", bar(step, steps).c_str(), eta,
-               format_metric(loss).c_str(), format_metric(accuracy).c_str());
+void ProgressBar::on_batch_end(const BatchLog& log) {
+  if (!interactive_ || log.step == log.steps) return;  // the final line is written by on_epoch_end
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_draw_ <= std::chrono::milliseconds(100)) return;
+  last_draw_ = now;
+  double elapsed = std::chrono::duration<double>(now - start_).count();
+  double eta = elapsed / double(log.step) * double(log.steps - log.step);
+  std::fprintf(out_, "\r%s - ETA: %.0fs - loss: %s - accuracy: %s\033[K", bar(log.step, log.steps).c_str(), eta,
+               format_metric(log.loss).c_str(), format_metric(log.accuracy).c_str());
   std::fflush(out_);
 }
 
-void KerasProgress::epoch_end(const EpochLog& log) {
+void ProgressBar::on_epoch_end(const EpochLog& log) {
   double ms_per_step = log.steps ? 1000.0 * log.seconds / double(log.steps) : 0;
   std::string line = (interactive_ ? "\r" : "") + bar(log.steps, log.steps);
   char t[64];
@@ -51,14 +55,6 @@ void KerasProgress::epoch_end(const EpochLog& log) {
     line += " - val_loss: " + format_metric(log.val_loss) + " - val_accuracy: " + format_metric(log.val_accuracy);
   std::fprintf(out_, "%s%s\n", line.c_str(), interactive_ ? "\033[K" : "");
   std::fflush(out_);
-}
-
-TrainCallbacks KerasProgress::callbacks() {
-  TrainCallbacks cb;
-  cb.on_epoch_begin = [this](int e, int n, int64_t s) { epoch_begin(e, n, s); };
-  cb.on_step = [this](int64_t s, int64_t n, double l, double a) { step(s, n, l, a); };
-  cb.on_epoch_end = [this](const EpochLog& log) { epoch_end(log); };
-  return cb;
 }
 
 }  // namespace tandem
