@@ -1,5 +1,9 @@
 #include "serve/servable.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -15,6 +19,17 @@ namespace {
 int replicas_for(const ServableOptions& o) {
   const int wanted = o.batching ? o.batch.num_batch_threads : o.replicas;
   return std::max(1, std::min(wanted, std::max(1, o.threads)));
+}
+
+// Deletes a servable, then hands the freed heap back to the kernel. glibc keeps freed memory in its
+// arenas (one per thread that allocated; the weights and activations of a version are allocated by
+// the loading thread and the batch workers), so without the trim every hot swap left the old
+// version's pages resident (TF Serving #1664 is the same effect).
+void delete_and_trim(Servable* s) {
+  delete s;
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
 }
 }  // namespace
 
@@ -48,7 +63,7 @@ std::shared_ptr<Servable> Servable::load(const std::string& name, int64_t versio
   // With batching no forward pass is larger than max_batch_size: plan the activations for that.
   if (o.batching) o.max_batch = std::min(o.max_batch, o.batch.max_batch_size);
   const int replicas = replicas_for(o);
-  std::shared_ptr<Servable> s(new Servable(name, version, std::move(loaded.model), o));
+  std::shared_ptr<Servable> s(new Servable(name, version, std::move(loaded.model), o), delete_and_trim);
   const Device device = Device::parse(o.device);
   for (int i = 0; i < replicas; ++i) {
     Slot slot;
