@@ -40,6 +40,14 @@ void decode_tensor_proto(const tensorflow::TensorProto& t, const std::string& na
   if (given > n || (given == 0 && n > 0))
     fail(Code::INVALID_ARGUMENT, "input '" + name + "' has " + std::to_string(given) + " float_val values for shape " +
                                      shape_str(call.shape) + " (" + std::to_string(n) + " elements)");
+  // TF's splat (fewer values than elements repeat the last) must not turn a few bytes into
+  // gigabytes: no Tandem model takes a request anywhere near this large.
+  constexpr int64_t kMaxSplatElements = int64_t(1) << 24;
+  if (given < n && n > kMaxSplatElements)
+    fail(Code::INVALID_ARGUMENT, "input '" + name + "': " + std::to_string(given) + " float_val values would be " +
+                                     "repeated to " + std::to_string(n) + " elements for shape " +
+                                     shape_str(call.shape) + " (at most " + std::to_string(kMaxSplatElements) +
+                                     "); send every value, or tensor_content");
   call.borrowed = nullptr;
   call.values.assign(t.float_val().begin(), t.float_val().end());
   if (given > 0) call.values.resize(static_cast<size_t>(n), t.float_val(static_cast<int>(given - 1)));
