@@ -1,4 +1,4 @@
-"""Helpers shared by the interop checks (export_check.py, tflite_tfjs_check.py): running tandem,
+"""Helpers shared by the interop checks (export_check.py, tflite_tfjs_check.py, tflite_quant_check.py): running tandem,
 recording failures, the Fashion-MNIST files, and comparing probabilities with `tandem predict`'s."""
 import gzip
 import json
@@ -48,21 +48,43 @@ def write_subset(dst, name, count):
         f.write(header[:4] + struct.pack(">I", count) + header[8:] + body[:count * per])
 
 
+def images(name, count=None):
+    """The first `count` (default: all) images of an IDX file, as Tandem feeds its layers: x / 255 in
+    float32, NHWC."""
+    _, dims, body = read_idx(name)
+    n = dims[0] if count is None else count
+    pixels = np.frombuffer(body[:n * dims[1] * dims[2]], dtype=np.uint8).reshape(n, dims[1], dims[2], 1)
+    return pixels.astype(np.float32) / np.float32(255)
+
+
 def test_images():
-    _, dims, body = read_idx("t10k-images-idx3-ubyte")
-    pixels = np.frombuffer(body, dtype=np.uint8).reshape(dims[0], dims[1], dims[2], 1)
-    return pixels.astype(np.float32) / np.float32(255)  # as Tandem feeds its layers: x / 255 in float32
+    return images("t10k-images-idx3-ubyte")
 
 
-def small_training_data(tmp):
-    """The first 2,000 training and 500 test images in tmp/small-data: one quick epoch trains a model."""
-    small = os.path.join(tmp, "small-data")
-    os.makedirs(small)
-    write_subset(small, "train-images-idx3-ubyte", TRAIN_IMAGES)
-    write_subset(small, "train-labels-idx1-ubyte", TRAIN_IMAGES)
-    write_subset(small, "t10k-images-idx3-ubyte", SMALL_TEST_IMAGES)
-    write_subset(small, "t10k-labels-idx1-ubyte", SMALL_TEST_IMAGES)
+def test_labels():
+    return np.frombuffer(read_idx("t10k-labels-idx1-ubyte")[2], dtype=np.uint8)
+
+
+def small_training_data(tmp, train_images=TRAIN_IMAGES):
+    """The first `train_images` (default 2,000) training and 500 test images in a directory under tmp
+    (made once per count): one quick epoch trains a model."""
+    small = os.path.join(tmp, f"small-data-{train_images}")
+    if not os.path.isdir(small):
+        os.makedirs(small)
+        write_subset(small, "train-images-idx3-ubyte", train_images)
+        write_subset(small, "train-labels-idx1-ubyte", train_images)
+        write_subset(small, "t10k-images-idx3-ubyte", SMALL_TEST_IMAGES)
+        write_subset(small, "t10k-labels-idx1-ubyte", SMALL_TEST_IMAGES)
     return small
+
+
+def skip_reason(missing):
+    """Why an interop check cannot run here (`missing`: the runtimes not installed), or None."""
+    if missing:
+        return f"not installed: {', '.join(missing)}; tools/setup.sh installs them"
+    if idx_file("t10k-images-idx3-ubyte") is None or idx_file("train-images-idx3-ubyte") is None:
+        return f"Fashion-MNIST not found in {DATA} (set TANDEM_DATA)"
+    return None
 
 
 def train_and_predict(tandem, model, small, out, count):

@@ -183,33 +183,6 @@ def worker_convert(spec_path, tfjs_dir, calib_path, x_path, out_dir):
 
 # ---- the check -------------------------------------------------------------------------------------------
 
-def labels():
-    import numpy as np
-    from interop_common import read_idx
-    _, _, body = read_idx("t10k-labels-idx1-ubyte")
-    return np.frombuffer(body, dtype=np.uint8)
-
-
-def training_subset(tmp, count):
-    from interop_common import write_subset
-    d = os.path.join(tmp, f"train-{count}")
-    if not os.path.isdir(d):
-        os.makedirs(d)
-        for name, n in (("train-images-idx3-ubyte", count), ("train-labels-idx1-ubyte", count),
-                        ("t10k-images-idx3-ubyte", 500), ("t10k-labels-idx1-ubyte", 500)):
-            write_subset(d, name, n)
-    return d
-
-
-def calibration_images():
-    import numpy as np
-    from interop_common import read_idx
-    _, dims, body = read_idx("train-images-idx3-ubyte")
-    n = CALIBRATION * dims[1] * dims[2]
-    return (np.frombuffer(body[:n], dtype=np.uint8).reshape(CALIBRATION, dims[1], dims[2], 1)
-            .astype(np.float32) / np.float32(255))
-
-
 def spread(values):
     import numpy as np
     return {"median": float(np.median(values)), "min": float(np.min(values)), "max": float(np.max(values))}
@@ -217,7 +190,8 @@ def spread(values):
 
 def main(argv):
     import numpy as np
-    from interop_common import DATA, fail, failures, idx_file, run, test_images
+    from interop_common import (DATA, failures, fail, images, run, skip_reason, small_training_data, test_images,
+                                test_labels, train_and_predict)
 
     report_path = None
     if len(argv) == 3 and argv[1] == "--report":
@@ -225,12 +199,9 @@ def main(argv):
     elif len(argv) != 1:
         sys.exit("usage: tflite_quant_check.py PATH/TO/tandem [--report FILE.json]")
     tandem = os.path.abspath(argv[0])
-    missing = [m for m in ("ai_edge_litert", "tensorflow") if importlib.util.find_spec(m) is None]
-    if missing:
-        print(f"SKIP: not installed: {', '.join(missing)}; tools/setup.sh installs them")
-        return 77
-    if idx_file("t10k-images-idx3-ubyte") is None or idx_file("train-images-idx3-ubyte") is None:
-        print(f"SKIP: Fashion-MNIST not found in {DATA} (set TANDEM_DATA)")
+    skip = skip_reason([m for m in ("ai_edge_litert", "tensorflow") if importlib.util.find_spec(m) is None])
+    if skip:
+        print("SKIP: " + skip)
         return 77
 
     started = time.time()
@@ -239,21 +210,16 @@ def main(argv):
               "models": {}}
     try:
         x = test_images()
-        y = labels()
+        y = test_labels()
         x_path, calib_path = os.path.join(tmp, "x.npy"), os.path.join(tmp, "calib.npy")
         np.save(x_path, x)
-        np.save(calib_path, calibration_images())
+        np.save(calib_path, images("train-images-idx3-ubyte", CALIBRATION))
         for tag, model, train_count in MODELS:
             failed_before = len(failures)
-            out = os.path.join(tmp, "train-" + tag)
-            if run([tandem, "train", "--model", model, "--epochs", "1", "--validation-size", "0", "--data",
-                    training_subset(tmp, train_count), "--output", out]).returncode != 0:
+            src, ref = train_and_predict(tandem, model, small_training_data(tmp, train_count),
+                                         os.path.join(tmp, "train-" + tag), len(x))
+            if src is None:
                 continue
-            src = os.path.join(out, "model", "1")
-            p = run([tandem, "predict", src, "--json", "--count", str(len(x)), "--data", DATA])
-            if p.returncode != 0:
-                continue
-            ref = np.array([r["probabilities"] for r in json.loads(p.stdout)], dtype=np.float32)
 
             # Tandem's files: one version per mode, and the TF.js export for Keras's weights.
             served = os.path.join(tmp, "served", tag)

@@ -162,7 +162,7 @@ def worker_main(argv):
 
 def main(argv):
     import numpy as np
-    from interop_common import (DATA, compare, fail, failures, idx_file, run, small_training_data, test_images,
+    from interop_common import (compare, fail, failures, run, skip_reason, small_training_data, test_images,
                                 train_and_predict)
 
     report_path = None
@@ -171,12 +171,9 @@ def main(argv):
     elif len(argv) != 1:
         sys.exit("usage: tflite_tfjs_check.py PATH/TO/tandem [--report FILE.json]")
     tandem = os.path.abspath(argv[0])
-    missing = [f"{r} ({m})" for r, m in RUNTIMES.items() if importlib.util.find_spec(m) is None]
-    if missing:
-        print(f"SKIP: not installed: {', '.join(missing)}; tools/setup.sh installs them")
-        return 77
-    if idx_file("t10k-images-idx3-ubyte") is None or idx_file("train-images-idx3-ubyte") is None:
-        print(f"SKIP: Fashion-MNIST not found in {DATA} (set TANDEM_DATA)")
+    skip = skip_reason([f"{r} ({m})" for r, m in RUNTIMES.items() if importlib.util.find_spec(m) is None])
+    if skip:
+        print("SKIP: " + skip)
         return 77
 
     started = time.time()
