@@ -404,7 +404,11 @@ json describe_quantization(const tflite::Tensor& t, const tflite::QuantizationPa
     const float s = scales.Get(i);
     if (!std::isfinite(s) || s <= 0.f) bad(which + " has quantization scale " + std::to_string(s) + " (not > 0)");
     scale.push_back(s);
-    zero_point.push_back(q.zero_point()->Get(i));
+    // Vector<int64_t>::Get dereferences an int64_t in place, and the verifier checks a vector's
+    // alignment only to 4 bytes: a hostile file can put the zero points at an odd multiple of 4.
+    int64_t z;
+    std::memcpy(&z, q.zero_point()->Data() + static_cast<size_t>(i) * sizeof(int64_t), sizeof z);
+    zero_point.push_back(flatbuffers::EndianScalar(z));
   }
   return json{{"name", t.name() ? printable(std::string_view(t.name()->c_str(), t.name()->size())) : std::string()},
               {"dtype", type_name(static_cast<int8_t>(t.type()))},
