@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "engine/errors.h"
+#include "engine/trace.h"
 #include "export/weights_file.h"
 
 namespace tandem {
@@ -40,7 +41,7 @@ BucketedAllReduce::BucketedAllReduce(Communicator& comm, const Model& model, siz
     : BucketedAllReduce(comm, plan_buckets(model, bucket_bytes), overlap, timeout_s) {}
 
 BucketedAllReduce::BucketedAllReduce(Communicator& comm, std::vector<Bucket> buckets, bool overlap, double timeout_s)
-    : comm_(comm), buckets_(std::move(buckets)), overlap_(overlap) {
+    : comm_(comm), buckets_(std::move(buckets)), overlap_(overlap), handoff_us_(buckets_.size(), -1) {
   comm_.start_watchdog(timeout_s);
   if (overlap_ && comm_.size() > 1) thread_ = std::thread([this] { comm_loop(); });
 }
@@ -78,9 +79,13 @@ void BucketedAllReduce::begin_step(Backend& backend, float* grads, size_t n, uin
   (void)n;
 }
 
-void BucketedAllReduce::reduce_bucket(size_t i) {
+void BucketedAllReduce::reduce_bucket(size_t i, int64_t handed_off_us) {
   const Bucket& b = buckets_[i];
+  const bool traced = trace::enabled();
+  const int64_t from = handed_off_us >= 0 ? handed_off_us : traced ? trace::now_us() : 0;
   sum_over_ranks(grads_ + b.begin, b.end - b.begin);
+  // From hand-off (the bucket's last gradient final) to completion: its wait in the queue shows.
+  if (traced) trace::record("allreduce bucket", from, trace::now_us(), static_cast<int64_t>(i));
 }
 
 void BucketedAllReduce::sum_over_ranks(float* data, size_t n) {
@@ -94,7 +99,9 @@ void BucketedAllReduce::layer_done(size_t first_final_offset) {
   if (!active_) return;
   std::lock_guard<std::mutex> lock(mu_);
   bool added = false;
+  const int64_t now = trace::enabled() ? trace::now_us() : -1;
   while (next_ready_ < buckets_.size() && buckets_[next_ready_].begin >= first_final_offset) {
+    handoff_us_[next_ready_] = now;
     queue_.push_back(next_ready_++);
     added = true;
   }
@@ -102,17 +109,20 @@ void BucketedAllReduce::layer_done(size_t first_final_offset) {
 }
 
 void BucketedAllReduce::comm_loop() {
+  trace::name_thread("allreduce");
   for (;;) {
     size_t i;
+    int64_t handed_off_us;
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
       if (stop_) return;
       i = queue_.front();
       queue_.pop_front();
+      handed_off_us = handoff_us_[i];
     }
     try {
-      reduce_bucket(i);
+      reduce_bucket(i, handed_off_us);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mu_);
       error_ = std::current_exception();
@@ -139,7 +149,11 @@ void BucketedAllReduce::all_reduce_gradients(Backend& backend, float* grads, siz
       for (size_t i = from; i < buckets_.size(); ++i) reduce_bucket(i);
       lock.lock();
     } else {
-      while (next_ready_ < buckets_.size()) queue_.push_back(next_ready_++);
+      const int64_t now = trace::enabled() ? trace::now_us() : -1;
+      while (next_ready_ < buckets_.size()) {
+        handoff_us_[next_ready_] = now;
+        queue_.push_back(next_ready_++);
+      }
       cv_.notify_one();
       cv_done_.wait(lock, [this] { return done_ == buckets_.size(); });
     }

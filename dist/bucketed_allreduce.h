@@ -3,6 +3,7 @@
 #pragma once
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -50,11 +51,13 @@ class BucketedAllReduce final : public GradientSync {
 
  private:
   void comm_loop();
-  void reduce_bucket(size_t i);
+  // `handed_off_us`: when the bucket was queued (steady clock, for the timeline); -1: now.
+  void reduce_bucket(size_t i, int64_t handed_off_us = -1);
   void sum_over_ranks(float* data, size_t n);  // in the tree when set_tree(true)
   Communicator& comm_;
   std::vector<Bucket> buckets_;
   bool overlap_;
+  std::vector<int64_t> handoff_us_;  // per bucket, under mu_
   bool tree_ = false;
   // Current step's state.
   float* grads_ = nullptr;

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 
 #include "engine/errors.h"
+#include "engine/trace.h"
 
 namespace tandem {
 
@@ -119,6 +121,7 @@ void Trainer::reduce_and_update() {
   const size_t n = model_.trainable_floats();
   const int local = static_cast<int>(replicas_.size());
   if (options_.central_storage) {
+    trace::Span span("host update");
     host_tree_sum(&Replica::grads, 0, n, host_grads_);
     host_optimizer_->apply(host_params_.data(), host_grads_.data(), step_);
     for (auto& rep : replicas_) rep->backend().upload(rep->params(), host_params_.data(), n * sizeof(float));
@@ -127,6 +130,8 @@ void Trainer::reduce_and_update() {
   Replica& r0 = *replicas_[0];
   const bool device_reduce =
       local > 1 && !all_host_ && local_reduce_ != nullptr && sync_ == nullptr && options_.leaves == 0;
+  std::optional<trace::Span> local_span;
+  if (local > 1) local_span.emplace("local reduce");
   if (device_reduce) {
     std::vector<Backend*> backends;
     std::vector<float*> grads;
@@ -142,7 +147,12 @@ void Trainer::reduce_and_update() {
     host_tree_sum(&Replica::grads, 0, n, host_grads_);
     r0.backend().upload(r0.grads(), host_grads_.data(), n * sizeof(float));
   }
-  if (sync_) sync_->all_reduce_gradients(r0.backend(), r0.grads(), n);
+  local_span.reset();
+  if (sync_) {
+    trace::Span span("allreduce wait");
+    sync_->all_reduce_gradients(r0.backend(), r0.grads(), n);
+  }
+  trace::Span span("optimizer");
   for (int l = 0; l < local; ++l) {
     Replica& rep = *replicas_[l];
     if (l > 0 && !device_reduce) {
@@ -160,6 +170,7 @@ void Trainer::average_state() {
   // Each replica holds the sum of its leaves' updated states (one leaf per replica without leaves).
   const int parts = options_.leaves > 0 ? options_.leaves : replicas_total();
   if (count == 0 || parts == 1) return;
+  trace::Span span("state sync");
   const int local = static_cast<int>(replicas_.size());
   Replica& r0 = *replicas_[0];
   if (all_host_) {
@@ -274,6 +285,7 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
     for (int64_t s = epoch_step_; s < steps; ++s) {
       const int64_t begin = s * B, b = std::min(B, train.count - begin);
       Backend& graph_backend = replicas_[0]->backend();
+      trace::Span step_span("step", step_);
       const bool graph = graphs && graph_backend.begin_step_graph(static_cast<uint64_t>(b));
       try {
         if (sync_)
@@ -289,7 +301,10 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
             // the slices being unions of whole leaves.
             const Span sl = options_.leaves > 0 ? replica_slice(b, options_.leaves, g * leaves + j)
                                                 : replica_slice(b, n, g);
-            rep.load_batch(data[l]->data, order.data() + begin + sl.begin, sl.rows, options_.one_hot);
+            {
+              trace::Span span("data");
+              rep.load_batch(data[l]->data, order.data() + begin + sl.begin, sl.rows, options_.one_hot);
+            }
             StepContext ctx;
             ctx.backend = &rep.backend();
             ctx.batch = sl.rows;
@@ -298,10 +313,14 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
             ctx.step = static_cast<uint64_t>(step_);
             ctx.first_sample = static_cast<uint64_t>(sl.begin);
             if (leaves > 1) rep.begin_leaf(j);
-            rep.forward(ctx);
-            if (leaves > 1) rep.fold_state(j);
-            rep.loss(sl.rows, 1.0f / static_cast<float>(b), options_.one_hot, true);
+            {
+              trace::Span span("forward");
+              rep.forward(ctx);
+              if (leaves > 1) rep.fold_state(j);
+              rep.loss(sl.rows, 1.0f / static_cast<float>(b), options_.one_hot, true);
+            }
             const bool last = j + 1 == leaves;
+            trace::Span span("backward");
             if (leaves == 1 && !overlap) {
               rep.backward(ctx);
               continue;
@@ -326,6 +345,7 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
       epoch_step_ = s + 1;
       if (options_.check_replicas_every > 0 && step_ % options_.check_replicas_every == 0) check_replicas();
       if (!callbacks.empty()) {
+        trace::Span span("callbacks");
         double m[2];
         local_metric_sums(m);
         if (sync_) sync_->all_reduce_metrics(m, 2);  // a NaN anywhere is a NaN everywhere

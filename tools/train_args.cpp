@@ -119,6 +119,8 @@ void add_train_flags(CLI::App& c, TrainArgs& a) {
   c.add_option("--tensorboard-update-freq", a.tensorboard_update_freq,
                "epoch: scalars per epoch; batch or N: also the running loss and accuracy every 1 or N steps")
       ->capture_default_str();
+  c.add_option("--timeline", a.timeline,
+               "write a Chrome trace of every rank's steps to FILE (chrome://tracing, ui.perfetto.dev)");
   c.add_option("--collective-timeout", s.collective_timeout,
                "seconds a rank may be missing from a collective before the job is aborted")
       ->capture_default_str();

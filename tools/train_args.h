@@ -44,6 +44,7 @@ struct TrainArgs {
   std::string reduce_lr_on_plateau;  // FACTOR[,PATIENCE]
   std::string tensorboard;
   std::string tensorboard_update_freq = "epoch";  // epoch | batch | N
+  std::string timeline;  // a Chrome trace FILE
 
   // Filled in by check():
   int64_t checkpoint_steps = 0;

@@ -17,6 +17,7 @@
 #include "tools/callbacks/reduce_lr_on_plateau.h"  // defines: ReduceLROnPlateau (--reduce-lr-on-plateau)
 #include "tools/callbacks/tensorboard.h"           // defines: TensorBoard (--tensorboard)
 #include "tools/callbacks/terminate_on_nan.h"      // defines: TerminateOnNaN (always on)
+#include "tools/callbacks/timeline.h"              // defines: Timeline (--timeline)
 
 namespace tandem::cli {
 
@@ -57,6 +58,8 @@ TrainCallbacks make_callbacks(const TrainArgs& a, const Model& model, const std:
     c.owned.push_back(std::make_unique<ModelCheckpoint>(
         model, class_names, a.monitor, a.output.empty() ? "" : (fs::path(a.output) / "best_model").string(), chief));
   if (a.early_stopping > 0) c.owned.push_back(std::make_unique<EarlyStopping>(a.monitor, a.early_stopping, chief));
+  if (!a.timeline.empty())  // every rank records; the chief writes
+    c.owned.push_back(std::make_unique<Timeline>(a.timeline, strategy.communicator(), chief));
   return c;
 }
 

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <optional>
 
+#include "engine/trace.h"
 #include "engine/trainer.h"
 
 namespace tandem {
@@ -37,6 +38,7 @@ void BackupAndRestore::on_epoch_end(const EpochLog&) {
 }
 
 void BackupAndRestore::commit() {
+  trace::Span span("checkpoint snapshot");  // the training thread's part; the files are written behind it
   const auto t0 = std::chrono::steady_clock::now();
   TrainerState st = trainer().state();  // collective in a multi-process job
   if (comm_) comm_->barrier();
