@@ -440,14 +440,18 @@ def check_lifecycle(work):
         def serving_v1():
             r = rest_predict(s, "fashion", x)
             return r.status_code == 200 and np.max(np.abs(np.array(r.json()["predictions"]) - want1)) <= 1e-6
-        # Corrupted version 2: a flipped byte in the middle of its weights.
+        # Corrupted version 2: a flipped byte in the middle of its weights, corrupted in staging and
+        # moved in whole (a copy then an edit in place would let the poller see a half-copied or a
+        # still-intact version first, a different event).
         staging = os.path.join(work, "staging")
         export(make_model(work, "mlp", 2), staging, 2)
-        shutil.copytree(os.path.join(staging, "2"), os.path.join(base, "2"))
-        w = os.path.join(base, "2", "weights.tdw")
+        corrupt = os.path.join(work, "corrupt", "2")
+        shutil.copytree(os.path.join(staging, "2"), corrupt)
+        w = os.path.join(corrupt, "weights.tdw")
         data = bytearray(open(w, "rb").read())
         data[len(data) // 2] ^= 0x40
         open(w, "wb").write(bytes(data))
+        os.rename(corrupt, os.path.join(base, "2"))
         time.sleep(2)
         st = statuses(s, "fashion")
         check("corrupted version: END with the error", st.get(2, {}).get("state") == "END" and
