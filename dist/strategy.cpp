@@ -16,11 +16,6 @@ namespace tandem {
 
 namespace {
 
-int hardware_threads() {
-  const unsigned n = std::thread::hardware_concurrency();
-  return n ? static_cast<int>(n) : 1;
-}
-
 // A backend for one replica, with the requested GPU precision.
 std::unique_ptr<Backend> make_replica_backend(const Device& d, int threads, const std::string& precision) {
   std::unique_ptr<Backend> b = make_backend(d, threads);
@@ -61,6 +56,11 @@ void validate(const StrategySpec& s) {
 }
 
 }  // namespace
+
+int hardware_threads() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n ? static_cast<int>(n) : 1;
+}
 
 std::vector<Device> parse_devices(const std::string& list) {
   std::vector<Device> out;

@@ -71,6 +71,9 @@ class Strategy {
 // Throws Error(InvalidArgument) naming the flag for a description that cannot run.
 std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec);
 
+// The cores this process may use (1 if unknown): the default CPU thread count.
+int hardware_threads();
+
 // "gpu:0,gpu:1" -> devices; refuses empty entries and duplicates.
 std::vector<Device> parse_devices(const std::string& list);
 

@@ -2,7 +2,6 @@
 //   flags (tools/train_args.cpp) -> one strategy (dist/strategy.cpp) -> one callback list
 //   (tools/train_run.cpp, tools/callbacks/) -> Trainer::fit -> evaluate -> save_run
 #include <cstdio>
-#include <thread>
 
 #include "dist/strategy.h"
 #include "engine/errors.h"
@@ -13,10 +12,7 @@
 
 namespace tandem::cli {
 
-int default_threads() {
-  const unsigned n = std::thread::hardware_concurrency();
-  return n ? static_cast<int>(n) : 1;
-}
+int default_threads() { return hardware_threads(); }
 
 Command add_train(CLI::App& root) {
   auto args = std::make_shared<TrainArgs>();

@@ -15,6 +15,7 @@
 #include "engine/trainer.h"
 #include "export/weights_file.h"  // crc32c
 #include "tensorflow/core/util/event.pb.h"
+#include "tools/callbacks/host_name.h"
 
 namespace tandem {
 
@@ -32,12 +33,6 @@ void put_le(std::string& out, uint64_t v, int bytes) {
 
 double wall_time() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-std::string host_name() {
-  char name[256] = {};
-  if (::gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return "localhost";
-  return name;
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "engine/errors.h"
 #include "engine/trace.h"
 #include "export/atomic_file.h"
+#include "tools/callbacks/host_name.h"
 
 namespace tandem {
 
@@ -22,12 +23,6 @@ namespace {
 int64_t wall_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-std::string host_name() {
-  char name[256] = {};
-  if (::gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return "localhost";
-  return name;
 }
 
 // This rank's events as Trace Event Format objects, comma-separated, times from `origin_us`.
