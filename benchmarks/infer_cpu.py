@@ -5,7 +5,7 @@ process of its own, interleaved over ROUNDS rounds; medians with the min..max sp
 Tandem / peer. Models: the mlp and cnn presets (weights from one short epoch; cost does not depend on
 them). Inputs are random pixels / 255, the same for every runtime.
 
-Usage: infer_cpu.py [--threads 2] [--rounds 5] [--batches 1,16,256] [--seconds 2]"""
+Usage: infer_cpu.py [--threads 2] [--rounds 5] [--batches 1,16,256] [--seconds 2] [--peers ort,tf]"""
 import argparse
 import json
 import os
@@ -51,8 +51,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batches", default="1,16,256")
     ap.add_argument("--seconds", type=float, default=2)
+    ap.add_argument("--peers", default="ort,tf", help="peers to run: ort, tf or both")
     a = ap.parse_args()
     batches = [int(b) for b in a.batches.split(",")]
+    peers = [p for p in a.peers.split(",") if p]
+    if not peers or any(p not in ("ort", "tf") for p in peers):
+        ap.error("--peers takes ort, tf or ort,tf")
     work = tempfile.mkdtemp(prefix="tandem-infer-")
     try:
         for m in ("mlp", "cnn"):
@@ -72,19 +76,24 @@ def main():
                     out = subprocess.run([a.bench, vdir, str(b), str(iters), str(a.threads)], check=True,
                                          capture_output=True, text=True).stdout
                     res.setdefault((m, b, "tandem"), []).append(json.loads(out)["samples_per_s"])
-                    for peer, path in (("ort", os.path.join(vdir, "model.onnx")), ("tf", vdir)):
+                    for peer in peers:
+                        path = os.path.join(vdir, "model.onnx") if peer == "ort" else vdir
                         out = subprocess.run([sys.executable, "-c", PEER, peer, path, str(b), str(a.threads),
                                               str(a.seconds)], check=True, capture_output=True, text=True).stdout
                         res.setdefault((m, b, peer), []).append(json.loads(out.strip().splitlines()[-1])["samples_per_s"])
         print(f"\nsamples/s, {a.threads} threads, median of {a.rounds} (min..max); ratio = Tandem / peer\n")
-        print("| model | batch | Tandem | ONNX Runtime | TensorFlow | vs ORT | vs TF |")
-        print("|---|---|---|---|---|---|---|")
+        names = {"ort": ("ONNX Runtime", "vs ORT"), "tf": ("TensorFlow", "vs TF")}
+        print("| model | batch | Tandem | " + " | ".join(names[p][0] for p in peers) + " | " +
+              " | ".join(names[p][1] for p in peers) + " |")
+        print("|---|---|---|" + "---|" * (2 * len(peers)))
+        med = statistics.median
+        fmt = lambda v: f"{med(v):,.0f} ({min(v):,.0f}..{max(v):,.0f})"
         for m in ("mlp", "cnn"):
             for b in batches:
-                t, o, f = (res[(m, b, k)] for k in ("tandem", "ort", "tf"))
-                med = statistics.median
-                fmt = lambda v: f"{med(v):,.0f} ({min(v):,.0f}..{max(v):,.0f})"
-                print(f"| {m} | {b} | {fmt(t)} | {fmt(o)} | {fmt(f)} | {med(t) / med(o):.2f} | {med(t) / med(f):.2f} |")
+                t = res[(m, b, "tandem")]
+                cols = [fmt(t)] + [fmt(res[(m, b, p)]) for p in peers]
+                cols += [f"{med(t) / med(res[(m, b, p)]):.2f}" for p in peers]
+                print(f"| {m} | {b} | " + " | ".join(cols) + " |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -8,6 +8,13 @@
 
 namespace tandem {
 
+void Backend::dense_forward(const float* x, const float* w, const float* bias, bool relu, int m, int in, int units,
+                            float* y) {
+  gemm(false, false, m, units, in, 1.f, x, in, w, units, 0.f, y, units);
+  if (bias) bias_add(y, bias, m, units);
+  if (relu) relu_forward(y, y, size_t(m) * units);
+}
+
 void Backend::conv2d_bias_relu_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                                        bool relu, float* y) {
   conv2d_forward(g, x, w, y);

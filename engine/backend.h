@@ -103,6 +103,11 @@ class Backend {
   // C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C
   virtual void gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda,
                     const float* b, int ldb, float beta, float* c, int ldc) = 0;
+  // A Dense layer's whole forward: y[m,units] = act(x[m,in] w[in,units] + bias), act ReLU when
+  // `relu`, else the identity; bias may be null. The default runs gemm, bias_add and
+  // relu_forward; the CPU backend's inference mode runs oneDNN's inner product with both fused.
+  virtual void dense_forward(const float* x, const float* w, const float* bias, bool relu, int m, int in, int units,
+                             float* y);
   virtual void bias_add(float* y, const float* bias, int64_t rows, int cols) = 0;  // y[r,c] += bias[c]
   virtual void bias_grad(const float* dy, float* db, int64_t rows, int cols) = 0;   // db[c] = sum_r dy[r,c]
   virtual void relu_forward(const float* x, float* y, size_t n) = 0;

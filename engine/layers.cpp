@@ -193,9 +193,10 @@ class Dense final : public Layer {
   void forward(const StepContext& ctx, const float* x, float* y) override {
     const int in = static_cast<int>(in_[0]);
     const int m = static_cast<int>(ctx.batch);
-    ctx.backend->gemm(false, false, m, units_, in, 1.f, x, in, params_[0], units_, 0.f, y, units_);
-    if (use_bias_) ctx.backend->bias_add(y, params_[1], m, units_);
-    activate_forward(ctx, act_, y, m, units_);
+    // GEMM, bias and ReLU in one backend call (fused where the backend can); a softmax follows.
+    ctx.backend->dense_forward(x, params_[0], use_bias_ ? params_[1] : nullptr, act_ == Activation::Relu, m, in, units_,
+                               y);
+    if (act_ == Activation::Softmax) activate_forward(ctx, act_, y, m, units_);
   }
   void backward(const StepContext& ctx, const float* x, const float* y, float* dy, float* dx) override {
     const int in = static_cast<int>(in_[0]);

@@ -1089,6 +1089,86 @@ CONFORMANCE_CASES("model: conv + batchnorm + pool + dropout, one-hot targets", c
 CONFORMANCE_CASES("model: two Trainer steps of mlp and cnn", check_trainer_steps)
 CONFORMANCE_CASES("model: dropout masks are identical", check_dropout_model)
 
+// The forward-only CPU backend (tandem serve, predict, evaluate) runs Conv2D on oneDNN where it is
+// built in: Winograd for 3x3 stride-1 layers of two images or more, a batch cut into power-of-two
+// chunks, filters re-laid out once and again after every write to them. Against the 1-thread
+// oracle, for batch sizes that take every path, and after the filters are overwritten in place.
+TEST_CASE("conformance (cpu inference): conv2d with bias and relu, every batch size, filters rewritten",
+          "[cpu][conformance]") {
+  auto oracle = make_cpu_backend(1);
+  auto dut = make_cpu_backend(2);
+  dut->set_inference_only(true);
+  Rand r(name_hash("cpu inference conv"));
+  const std::vector<ConvGeometry> shapes = {
+      conv_geometry(1, 28, 28, 1, 7, 7, 64, 1, 1, true),     // cnn conv2d
+      conv_geometry(1, 14, 14, 64, 3, 3, 128, 1, 1, true),   // cnn conv2d_1 (Winograd from 2 images)
+      conv_geometry(1, 14, 14, 128, 3, 3, 128, 1, 1, true),  // cnn conv2d_2
+      conv_geometry(1, 9, 7, 5, 3, 3, 6, 1, 1, false),       // 3x3 valid, odd sizes
+      conv_geometry(1, 6, 6, 2, 3, 2, 4, 2, 2, true),        // strided, asymmetric padding
+  };
+  for (const ConvGeometry& shape : shapes) {
+    const int max_n = 37;
+    const size_t xs = size_t(shape.h) * shape.w * shape.c, ys = size_t(shape.oh) * shape.ow * shape.k,
+                 wn = size_t(shape.kh) * shape.kw * shape.c * shape.k;
+    Twin x(*oracle, *dut, xs * max_n * 4), w(*oracle, *dut, wn * 4), b(*oracle, *dut, size_t(shape.k) * 4),
+        y(*oracle, *dut, ys * max_n * 4);
+    x.put(r.vec(xs * max_n));
+    b.put(r.vec(size_t(shape.k), -0.5f, 0.5f));
+    for (int round = 0; round < 2; ++round) {
+      w.put(r.vec(wn));  // round 1: new filters written over the ones laid out in round 0
+      for (int n : {1, 2, 3, 16, max_n}) {
+        ConvGeometry g = shape;
+        g.n = n;
+        INFO(describe(g) << ", filters " << round);
+        const size_t yn = ys * n;
+        y.poison(yn);
+        oracle->conv2d_bias_relu_forward(g, x.r.f(), w.r.f(), b.r.f(), true, y.r.f());
+        dut->conv2d_bias_relu_forward(g, x.d.f(), w.d.f(), b.d.f(), true, y.d.f());
+        // Winograd's fp32 error scales with the outputs' overall magnitude, as on the GPU.
+        Tol tol = sum_tol(int64_t(g.kh) * g.kw * g.c);
+        double ss = 0;
+        for (float v : y.r.get<float>(yn)) ss += double(v) * v;
+        tol.atol += 2e-4 * std::sqrt(ss / double(yn));
+        expect_twin(y, yn, tol, "inference conv2d_bias_relu_forward");
+      }
+    }
+  }
+}
+
+// Dense on the forward-only CPU backend: oneDNN's inner product for the power-of-two chunks of 16
+// rows or more, the GEMM for the rest and for long reductions over few outputs; weights laid out
+// once and again after they are overwritten in place. Against the oracle's separate ops.
+TEST_CASE("conformance (cpu inference): dense forward, every row count, weights rewritten", "[cpu][conformance]") {
+  auto oracle = make_cpu_backend(1);
+  auto dut = make_cpu_backend(2);
+  dut->set_inference_only(true);
+  Rand r(name_hash("cpu inference dense"));
+  struct Shape {
+    int in, units;
+    bool bias, relu;
+  };
+  for (const Shape& sh : {Shape{784, 300, true, true}, Shape{300, 100, true, false}, Shape{100, 10, false, true},
+                          Shape{6272, 64, true, true}, Shape{5, 3, true, true}}) {
+    const int max_m = 261;
+    Twin x(*oracle, *dut, size_t(max_m) * sh.in * 4), w(*oracle, *dut, size_t(sh.in) * sh.units * 4),
+        b(*oracle, *dut, size_t(sh.units) * 4), y(*oracle, *dut, size_t(max_m) * sh.units * 4);
+    x.put(r.vec(size_t(max_m) * sh.in));
+    b.put(r.vec(size_t(sh.units), -0.5f, 0.5f));
+    for (int round = 0; round < 2; ++round) {
+      w.put(r.vec(size_t(sh.in) * sh.units));  // round 1: overwrites the weights laid out in round 0
+      for (int m : {1, 15, 16, 37, max_m}) {
+        INFO("dense " << sh.in << "x" << sh.units << (sh.bias ? " bias" : "") << (sh.relu ? " relu" : "") << ", rows "
+                      << m << ", weights " << round);
+        const size_t yn = size_t(m) * sh.units;
+        y.poison(yn);
+        oracle->dense_forward(x.r.f(), w.r.f(), sh.bias ? b.r.f() : nullptr, sh.relu, m, sh.in, sh.units, y.r.f());
+        dut->dense_forward(x.d.f(), w.d.f(), sh.bias ? b.d.f() : nullptr, sh.relu, m, sh.in, sh.units, y.d.f());
+        expect_twin(y, yn, sum_tol(sh.in), "inference dense_forward");
+      }
+    }
+  }
+}
+
 TEST_CASE("conformance: TF32 mode stays within TF32 tolerance and fp32 mode returns", "[gpu][conformance]") {
   if (!gpu_or_skip()) return;
 #ifdef TANDEM_HAVE_CUDA

@@ -14,7 +14,7 @@
 
 #include "engine/errors.h"
 #include "engine/rng.h"
-#include "kernels/cpu/onednn_conv.h"
+#include "kernels/cpu/onednn_ops.h"
 
 extern "C" void openblas_set_num_threads(int num_threads);
 
@@ -71,19 +71,31 @@ void* CpuBackend::allocate(size_t bytes) {
   return p;
 }
 void CpuBackend::deallocate(void* p) { std::free(p); }
+void CpuBackend::written(const void* p, size_t bytes) {
+#ifdef TANDEM_HAVE_DNNL
+  if (onednn_ && bytes) onednn_->weights_written(p, bytes);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
 void CpuBackend::upload(void* dst, const void* src, size_t bytes) {
   if (bytes) std::memcpy(dst, src, bytes);
+  written(dst, bytes);
 }
 void CpuBackend::download(void* dst, const void* src, size_t bytes) {
   if (bytes) std::memcpy(dst, src, bytes);
 }
 void CpuBackend::copy(void* dst, const void* src, size_t bytes) {
   if (bytes && dst != src) std::memmove(dst, src, bytes);
+  written(dst, bytes);
 }
 void CpuBackend::fill(float* x, size_t n, float value) {
   pool_.parallel_for(
       static_cast<int64_t>(n), [&](int64_t b, int64_t e, int) { std::fill(x + b, x + e, value); },
       kElementwiseChunk);
+  written(x, sizeof(float) * n);
 }
 
 float* CpuBackend::scratch(size_t floats) {
@@ -135,6 +147,31 @@ void CpuBackend::gemm(bool ta, bool tb, int m, int n, int k, float alpha, const 
     }
   });
 }
+
+void CpuBackend::dense_forward(const float* x, const float* w, const float* bias, bool relu, int m, int in,
+                               int units, float* y) {
+  int done = 0;
+#ifdef TANDEM_HAVE_DNNL
+  // Forward-only backends only, as for the convolutions: the inner product's leading rows.
+  if (inference_only_ && !invariant_) {
+    done = OneDnnOps::dense_rows(m, in, units);
+    if (done) onednn().dense_forward(x, w, bias, relu, m, in, units, y, pool_.size());
+  }
+#endif
+  if (done == m) return;
+  const float* xs = x + int64_t(done) * in;
+  float* ys = y + int64_t(done) * units;
+  gemm(false, false, m - done, units, in, 1.f, xs, in, w, units, 0.f, ys, units);
+  if (bias) bias_add(ys, bias, m - done, units);
+  if (relu) relu_forward(ys, ys, size_t(m - done) * units);
+}
+
+#ifdef TANDEM_HAVE_DNNL
+OneDnnOps& CpuBackend::onednn() {
+  if (!onednn_) onednn_ = std::make_unique<OneDnnOps>();
+  return *onednn_;
+}
+#endif
 
 void CpuBackend::bias_add(float* y, const float* bias, int64_t rows, int cols) {
   pool_.parallel_for(
@@ -279,8 +316,7 @@ void CpuBackend::conv2d_bias_relu_forward(const ConvGeometry& g, const float* x,
 #ifdef TANDEM_HAVE_DNNL
   // Forward-only backends (served and predicting models) only: see set_inference_only.
   if (inference_only_ && !invariant_ && !conv_is_pointwise(g)) {
-    if (!onednn_conv_) onednn_conv_ = std::make_unique<OneDnnConv>();
-    onednn_conv_->forward(g, x, w, bias, relu, y, pool_.size());
+    onednn().conv_forward(g, x, w, bias, relu, y, pool_.size());
     return;
   }
 #endif
@@ -597,6 +633,7 @@ void CpuBackend::gather_batch(const uint8_t* images, const uint8_t* labels, cons
 }
 
 void CpuBackend::sgd_update(const SgdParams& p, float* w, const float* g, float* velocity, size_t n) {
+  written(w, sizeof(float) * n);
   pool_.parallel_for(
       static_cast<int64_t>(n),
       [&](int64_t b, int64_t e, int) {
@@ -614,6 +651,7 @@ void CpuBackend::sgd_update(const SgdParams& p, float* w, const float* g, float*
 }
 
 void CpuBackend::adam_update(const AdamParams& p, float* w, const float* g, float* m, float* v, size_t n) {
+  written(w, sizeof(float) * n);
   const double b1t = 1.0 - std::pow(double(p.beta1), double(p.step));
   const double b2t = 1.0 - std::pow(double(p.beta2), double(p.step));
   const float alpha = static_cast<float>(p.lr * std::sqrt(b2t) / b1t);

@@ -9,7 +9,7 @@
 
 namespace tandem {
 
-class OneDnnConv;
+class OneDnnOps;
 
 class CpuBackend final : public Backend {
  public:
@@ -30,6 +30,8 @@ class CpuBackend final : public Backend {
 
   void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb,
             float beta, float* c, int ldc) override;
+  void dense_forward(const float* x, const float* w, const float* bias, bool relu, int m, int in, int units,
+                     float* y) override;
   void bias_add(float* y, const float* bias, int64_t rows, int cols) override;
   void bias_grad(const float* dy, float* db, int64_t rows, int cols) override;
   void relu_forward(const float* x, float* y, size_t n) override;
@@ -68,6 +70,10 @@ class CpuBackend final : public Backend {
   // Samples per im2col chunk, so that the column buffer stays cache- and memory-friendly.
   int conv_chunk(const ConvGeometry& g) const;
   float* scratch(size_t floats);
+  // Every write to memory the parameters can live in (upload, copy, fill, the optimizer updates)
+  // passes through here: the oneDNN convolutions keep their filters re-laid out until then.
+  void written(const void* p, size_t bytes);
+  OneDnnOps& onednn();  // made on first use (TANDEM_HAVE_DNNL builds)
   void im2col(const ConvGeometry& g, const float* x, int samples, float* col);
   void col2im(const ConvGeometry& g, const float* col, int samples, float* dx);
 
@@ -75,7 +81,7 @@ class CpuBackend final : public Backend {
   std::vector<float> scratch_;
   bool invariant_ = false;
   bool inference_only_ = false;
-  std::unique_ptr<OneDnnConv> onednn_conv_;  // oneDNN's convolutions, where built in
+  std::unique_ptr<OneDnnOps> onednn_;  // oneDNN's convolutions and inner products, where built in
 };
 
 }  // namespace tandem
