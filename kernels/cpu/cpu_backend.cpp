@@ -158,12 +158,8 @@ void CpuBackend::dense_forward(const float* x, const float* w, const float* bias
     if (done) onednn().dense_forward(x, w, bias, relu, m, in, units, y, pool_.size());
   }
 #endif
-  if (done == m) return;
-  const float* xs = x + int64_t(done) * in;
-  float* ys = y + int64_t(done) * units;
-  gemm(false, false, m - done, units, in, 1.f, xs, in, w, units, 0.f, ys, units);
-  if (bias) bias_add(ys, bias, m - done, units);
-  if (relu) relu_forward(ys, ys, size_t(m - done) * units);
+  if (done < m)  // the rest (all of it when training): GEMM, bias and ReLU as separate ops
+    Backend::dense_forward(x + int64_t(done) * in, w, bias, relu, m - done, in, units, y + int64_t(done) * units);
 }
 
 #ifdef TANDEM_HAVE_DNNL

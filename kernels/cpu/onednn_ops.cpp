@@ -16,6 +16,19 @@ namespace {
 using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 
+// Runs fn(first, count) over n's binary digits, largest first (n = 37: (0, 32), (32, 4), (36, 1)):
+// primitives exist for power-of-two batch sizes only. Serving sees every size from 1 to its largest
+// batch, and a plan per size would JIT a kernel and hold laid-out weights for each.
+template <class Fn>
+void binary_chunks(int n, const Fn& fn) {
+  int done = 0;
+  for (int chunk = 1 << 30; chunk > 0; chunk >>= 1)
+    if ((n - done) & chunk) {
+      fn(done, chunk);
+      done += chunk;
+    }
+}
+
 // Memory for oneDNN's blocked tensors, 64-byte aligned, grown on demand and reused by every plan.
 struct Buffer {
   float* p = nullptr;
@@ -52,7 +65,9 @@ struct OneDnnOps::Impl {
   // thread that created the primitive, and a served model's primitives are made by the warm-up and
   // run by the batch threads (the Winograd kernel then wrote through a null scratchpad: SIGSEGV).
   Buffer scratch;
-  static dnnl::primitive_attr attr_with(const dnnl::post_ops& ops) {
+  static dnnl::primitive_attr attr_with(bool relu) {
+    dnnl::post_ops ops;
+    if (relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     attr.set_post_ops(ops);
@@ -69,7 +84,7 @@ struct OneDnnOps::Impl {
     dnnl::memory::desc scratch;
   };
   Reorder make_reorder(const dnnl::memory::desc& from, const dnnl::memory::desc& to) {
-    const dnnl::reorder::primitive_desc pd(engine, from, engine, to, attr_with(dnnl::post_ops()));
+    const dnnl::reorder::primitive_desc pd(engine, from, engine, to, attr_with(false));
     return Reorder{dnnl::reorder(pd), pd.scratchpad_desc()};
   }
   void exec(const Reorder& r, const dnnl::memory& from, const dnnl::memory& to) {
@@ -104,9 +119,7 @@ struct OneDnnOps::Impl {
     p.weight_bytes = sizeof(float) * size_t(g.k) * g.c * g.kh * g.kw;
     const int pad_bottom = (g.oh - 1) * g.sh + g.kh - g.h - g.pad_top;
     const int pad_right = (g.ow - 1) * g.sw + g.kw - g.w - g.pad_left;
-    dnnl::post_ops ops;
-    if (relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-    const dnnl::primitive_attr attr = attr_with(ops);
+    const dnnl::primitive_attr attr = attr_with(relu);
     auto make = [&](dnnl::algorithm alg, const dnnl::memory::desc& src, const dnnl::memory::desc& dst) {
       const dnnl::memory::desc weights_any({g.k, g.c, g.kh, g.kw}, dt::f32, tag::any);
       const auto desc = has_bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, alg, src,
@@ -181,9 +194,7 @@ struct OneDnnOps::Impl {
     p.weights_plain = dnnl::memory::desc({units, in}, dt::f32, tag::io);  // our [in][units]
     p.bias = dnnl::memory::desc({units}, dt::f32, tag::x);
     const dnnl::memory::desc weights_any({units, in}, dt::f32, tag::any);
-    dnnl::post_ops ops;
-    if (relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-    const dnnl::primitive_attr attr = attr_with(ops);
+    const dnnl::primitive_attr attr = attr_with(relu);
     const auto desc = has_bias ? dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, p.src,
                                                                    weights_any, p.bias, p.dst)
                                : dnnl::inner_product_forward::desc(dnnl::prop_kind::forward_inference, p.src,
@@ -224,18 +235,12 @@ void OneDnnOps::conv_forward(const ConvGeometry& g, const float* x, const float*
                              float* y, int threads) {
   omp_set_num_threads(threads);
   try {
-    // Primitives exist for power-of-two batch sizes only; a batch of n runs as n's binary digits
-    // (n = 37: 32 + 4 + 1). Serving sees every size from 1 to its largest batch, and a plan per
-    // size would JIT a kernel and hold blocked filters for each.
     const int64_t in_s = int64_t(g.h) * g.w * g.c, out_s = int64_t(g.oh) * g.ow * g.k;
-    int done = 0;
-    for (int chunk = 1 << 30; chunk > 0; chunk >>= 1) {
-      if (!((g.n - done) & chunk)) continue;
+    binary_chunks(g.n, [&](int first, int count) {
       ConvGeometry part = g;
-      part.n = chunk;
-      impl_->run(part, x + done * in_s, w, bias, relu, y + done * out_s);
-      done += chunk;
-    }
+      part.n = count;
+      impl_->run(part, x + first * in_s, w, bias, relu, y + first * out_s);
+    });
     impl_->stream.wait();
   } catch (const dnnl::error& err) {
     throw_error(ErrorKind::Internal, std::string("oneDNN convolution failed: ") + err.what(),
@@ -256,20 +261,17 @@ void OneDnnOps::dense_forward(const float* x, const float* w, const float* bias,
                               float* y, int threads) {
   omp_set_num_threads(threads);
   try {
-    const int rows = dense_rows(m, in, units);
-    int done = 0;
-    for (int chunk = 1 << 30; chunk >= 16; chunk >>= 1) {
-      if (!((rows - done) & chunk)) continue;
-      Impl::DensePlan& p = impl_->dense_plan(chunk, in, units, bias != nullptr, relu);
+    // dense_rows is a multiple of 16, so every chunk has 16 rows or more.
+    binary_chunks(dense_rows(m, in, units), [&](int first, int count) {
+      Impl::DensePlan& p = impl_->dense_plan(count, in, units, bias != nullptr, relu);
       auto& e = impl_->engine;
       std::unordered_map<int, dnnl::memory> args{
-          {DNNL_ARG_SRC, dnnl::memory(p.src, e, const_cast<float*>(x + int64_t(done) * in))},
+          {DNNL_ARG_SRC, dnnl::memory(p.src, e, const_cast<float*>(x + int64_t(first) * in))},
           {DNNL_ARG_WEIGHTS, impl_->laid_out(p.weights_plain, p.weights, w, sizeof(float) * size_t(in) * units)},
-          {DNNL_ARG_DST, dnnl::memory(p.dst, e, y + int64_t(done) * units)}};
+          {DNNL_ARG_DST, dnnl::memory(p.dst, e, y + int64_t(first) * units)}};
       if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(p.bias, e, const_cast<float*>(bias)));
       impl_->exec(p.ip, p.scratch, std::move(args));
-      done += chunk;
-    }
+    });
     impl_->stream.wait();
   } catch (const dnnl::error& err) {
     throw_error(ErrorKind::Internal, std::string("oneDNN inner product failed: ") + err.what(),
