@@ -25,9 +25,12 @@ std::string find_file(const std::filesystem::path& dir, const std::string& name)
   throw_io("missing Fashion-MNIST file " + gz.string() + " (or " + plain.string() + ")", kInstallHint);
 }
 
-Dataset load_split(const std::filesystem::path& dir, const std::string& prefix) {
+// Appends the two paths it reads to `files`.
+Dataset load_split(const std::filesystem::path& dir, const std::string& prefix, std::vector<std::string>& files) {
   const std::string images_path = find_file(dir, prefix + "-images-idx3-ubyte");
   const std::string labels_path = find_file(dir, prefix + "-labels-idx1-ubyte");
+  files.push_back(images_path);
+  files.push_back(labels_path);
   IdxArray images = read_idx(images_path, 3);
   IdxArray labels = read_idx(labels_path, 1);
 
@@ -97,8 +100,8 @@ LabelledData load_fashion_mnist(const std::string& dir) {
     throw_io("Fashion-MNIST path " + dir + " is not a directory", kInstallHint);
 
   LabelledData out;
-  out.train = load_split(root, "train");
-  out.test = load_split(root, "t10k");
+  out.train = load_split(root, "train", out.files);
+  out.test = load_split(root, "t10k", out.files);
   if (out.train.sample_shape != out.test.sample_shape)
     throw_data("Fashion-MNIST in " + dir + ": training images are " + out.train.sample_shape.str() +
                    " but test images are " + out.test.sample_shape.str(),

@@ -23,6 +23,7 @@ struct Dataset {
 struct LabelledData {
   Dataset train, test;
   std::vector<std::string> class_names;
+  std::vector<std::string> files;  // the files read: train images, train labels, test images, test labels
 };
 
 const std::vector<std::string>& fashion_mnist_class_names();

@@ -6,9 +6,9 @@
 #include <cstring>
 #include <thread>
 
+#include "dist/rank_agreement.h"
 #include "engine/errors.h"
 #include "engine/trace.h"
-#include "export/weights_file.h"
 
 namespace tandem {
 
@@ -192,22 +192,6 @@ void BucketedAllReduce::all_reduce_metrics(double* values, int count) {
 
 void BucketedAllReduce::require_agreement(const std::string& what, const std::string& value) {
   require_same_on_all_ranks(comm_, what, value);
-}
-
-void require_same_on_all_ranks(Communicator& comm, const std::string& what, const std::string& value) {
-  // Compare fixed-size digests of the values, gathered from every rank.
-  char mine[32] = {0};
-  std::snprintf(mine, sizeof(mine), "%08x%08x", crc32c(value.data(), value.size()),
-                crc32c(value.data(), value.size(), 0x5bd1e995u));
-  std::vector<char> all(sizeof(mine) * static_cast<size_t>(comm.size()));
-  comm.all_gather(mine, sizeof(mine), all.data());
-  std::string bad;
-  for (int r = 1; r < comm.size(); ++r)
-    if (std::memcmp(all.data() + r * sizeof(mine), all.data(), sizeof(mine)) != 0)
-      bad += (bad.empty() ? "" : ", ") + std::to_string(r);
-  if (!bad.empty())
-    throw Error(ErrorKind::Communication, what + " differs between rank 0 and rank(s) " + bad,
-                "every rank must be started with the same flags, model and data");
 }
 
 }  // namespace tandem

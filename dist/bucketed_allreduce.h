@@ -23,10 +23,6 @@ struct Bucket {
 // from the last layer backwards (the order in which backward produces them).
 std::vector<Bucket> plan_buckets(const Model& model, size_t bucket_bytes);
 
-// Throws Error(Communication) naming the ranks whose `value` differs from rank 0's (compared as
-// digests gathered from every rank).
-void require_same_on_all_ranks(Communicator& comm, const std::string& what, const std::string& value);
-
 class BucketedAllReduce final : public GradientSync {
  public:
   // `timeout_s`: the communicator's stall watchdog (--collective-timeout).

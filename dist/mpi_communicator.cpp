@@ -36,12 +36,27 @@ namespace {
     if (rc_ != MPI_SUCCESS) mpi_fail(rc_, #call, __FILE__, __LINE__); \
   } while (0)
 
+// srun starts each task itself and hands it its rank through a PMI plugin. Open MPI (Debian's)
+// speaks PMIx only: under `srun --mpi=none` or `--mpi=pmi2` MPI_Init cannot wire the tasks up and
+// fails with a message about rebuilding Open MPI. Say what to change instead.
+void refuse_srun_without_pmix() {
+  const char* tasks = std::getenv("SLURM_STEP_NUM_TASKS");
+  if (!tasks || std::atoi(tasks) <= 1 || std::getenv("PMIX_RANK") || std::getenv("OMPI_COMM_WORLD_SIZE")) return;
+  throw Error(ErrorKind::InvalidArgument,
+              std::string("srun started ") + tasks +
+                  " tasks without PMIx (the step's --mpi is not pmix), so MPI "
+                  "cannot tell them their ranks",
+              "launch with `srun --mpi=pmix ...` (or set MpiDefault=pmix in slurm.conf), or run mpirun inside the "
+              "allocation (salloc/sbatch)");
+}
+
 // MPI lives for the whole process: initialised on first use, finalised at exit.
 struct MpiSession {
   MpiSession() {
     int initialized = 0;
     MPI_Initialized(&initialized);
     if (!initialized) {
+      refuse_srun_without_pmix();
       // The communication thread shares cores with the compute threads: an MPI that spins while
       // it waits for the other ranks takes CPU from backward. OpenMPI yields when asked to (this
       // is what it does by itself when oversubscribed); a value the user set wins.
@@ -217,6 +232,12 @@ class MpiCommunicator final : public Communicator {
       hook.swap(abort_hook_);
     }
     if (hook) hook();
+    // MPI_Abort reaches the other ranks through the launcher; across a network partition that can
+    // block for good, so this rank ends itself a little later whatever MPI_Abort does.
+    std::thread([code] {
+      std::this_thread::sleep_for(std::chrono::seconds(10));
+      std::_Exit(code);
+    }).detach();
     MPI_Abort(MPI_COMM_WORLD, code);
     std::_Exit(code);
   }
@@ -285,6 +306,7 @@ class MpiCommunicator final : public Communicator {
   std::mutex heard_mu_;
   std::vector<unsigned long long> heard_step_;  // rank 0: each rank's step, from its heartbeats
   std::function<void()> abort_hook_;
+  std::vector<std::string> hosts_;  // each rank's host name (start_watchdog)
 
   MPI_Comm world_ = MPI_COMM_NULL, ctl_ = MPI_COMM_NULL, node_ = MPI_COMM_NULL, cross_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1, nodes_ = 1;
@@ -295,6 +317,13 @@ class MpiCommunicator final : public Communicator {
 
 void MpiCommunicator::start_watchdog(double timeout_s) {
   if (size_ == 1 || watchdog_.joinable()) return;
+  // Every rank's host name, for naming the ranks the watchdog finds stalled or unreachable.
+  char mine[64] = {0};
+  if (::gethostname(mine, sizeof(mine) - 1) != 0) std::snprintf(mine, sizeof(mine), "?");
+  std::vector<char> all(sizeof(mine) * static_cast<size_t>(size_));
+  MPI_CHECK(MPI_Allgather(mine, sizeof(mine), MPI_CHAR, all.data(), sizeof(mine), MPI_CHAR, world_));
+  hosts_.clear();
+  for (int r = 0; r < size_; ++r) hosts_.emplace_back(all.data() + r * sizeof(mine));
   if (session().provided < MPI_THREAD_MULTIPLE) {
     if (rank_ == 0)
       std::fprintf(stderr, "tandem: warning: the MPI library lacks MPI_THREAD_MULTIPLE; the stall watchdog is off\n");
@@ -313,10 +342,13 @@ void MpiCommunicator::stop_watchdog() {
   watchdog_.join();
 }
 
-// Every rank sends (collectives entered, step) to rank 0 when it changes, every 20 ms. Rank 0
-// keeps the latest of each; a rank behind the furthest one, with no progress for longer than the
-// timeout while others wait in a collective it has not entered, is the stall. A rank that is
-// itself stuck waiting with no word from rank 0 (rank 0 frozen) aborts on its own a little later.
+// Every rank sends (collectives entered, step) to rank 0 when it changes, checked every 20 ms, and
+// at least once a second as a heartbeat. Rank 0 keeps the latest of each; a rank behind the
+// furthest one, with no progress for longer than the timeout while others wait in a collective it
+// has not entered, is the stall; a rank not heard from at all for longer than the timeout is
+// unreachable (its host or the network to it is gone: a rank that is merely slow still sends
+// heartbeats from this thread). A rank that is itself stuck waiting with no word from rank 0 (rank 0
+// frozen, or cut off from it) aborts on its own a little later.
 void MpiCommunicator::watchdog_loop(double timeout_s) {
   constexpr int kTag = 7;
   const auto period = std::chrono::milliseconds(20);
@@ -327,6 +359,14 @@ void MpiCommunicator::watchdog_loop(double timeout_s) {
   uint64_t sent_seq = 0, sent_step = 0;
   std::vector<unsigned long long> seq(size_, 0), step(size_, 0), seen(size_, 0);
   std::vector<int64_t> behind_since(size_, 0);
+  const int64_t keepalive_ns = std::min<int64_t>(1000000000, timeout_ns / 4);
+  int64_t sent_at = 0;
+  std::vector<int64_t> heard_at(size_, now_ns());
+  auto named = [this](const std::vector<int>& ranks) {
+    std::string list;
+    for (int r : ranks) list += (list.empty() ? "" : ", ") + std::to_string(r) + " (" + hosts_[r] + ")";
+    return list;
+  };
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(watchdog_mu_);
@@ -338,12 +378,13 @@ void MpiCommunicator::watchdog_loop(double timeout_s) {
     if (rank_ != 0) {
       int done = 1;
       if (send != MPI_REQUEST_NULL) MPI_Test(&send, &done, MPI_STATUS_IGNORE);
-      if (done && (my_seq != sent_seq || my_step != sent_step)) {
+      if (done && (my_seq != sent_seq || my_step != sent_step || now - sent_at >= keepalive_ns)) {
         out[0] = my_seq;
         out[1] = my_step;
         MPI_Isend(out, 2, MPI_UNSIGNED_LONG_LONG, 0, kTag, ctl_, &send);
         sent_seq = my_seq;
         sent_step = my_step;
+        sent_at = now;
       }
       const int64_t since = waiting_since_ns_.load(std::memory_order_relaxed);
       if (since != 0 && now - since > grace_ns) {
@@ -366,6 +407,21 @@ void MpiCommunicator::watchdog_loop(double timeout_s) {
       MPI_Recv(in, 2, MPI_UNSIGNED_LONG_LONG, st.MPI_SOURCE, kTag, ctl_, MPI_STATUS_IGNORE);
       seq[st.MPI_SOURCE] = in[0];
       step[st.MPI_SOURCE] = in[1];
+      heard_at[st.MPI_SOURCE] = now;
+    }
+    std::vector<int> silent, heard;
+    for (int r = 1; r < size_; ++r) (now - heard_at[r] > timeout_ns ? silent : heard).push_back(r);
+    if (!silent.empty()) {
+      heard.insert(heard.begin(), 0);
+      std::fprintf(stderr,
+                   "tandem: communication error: unreachable: rank(s) %s sent no heartbeat for %.0f s "
+                   "(--collective-timeout); rank(s) %s did; aborting the job at collective #%llu\n"
+                   "  hint: the hosts or the network between them are down (a link, a switch, a firewall); check "
+                   "that those hosts are up and reachable from %s\n",
+                   named(silent).c_str(), timeout_s, named(heard).c_str(), static_cast<unsigned long long>(my_seq),
+                   hosts_[0].c_str());
+      std::fflush(stderr);
+      abort(3);
     }
     seq[0] = my_seq;
     step[0] = my_step;

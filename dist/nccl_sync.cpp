@@ -16,6 +16,7 @@
 #include <string>
 #include <thread>
 
+#include "dist/rank_agreement.h"
 #include "engine/errors.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_check.h"

@@ -1,4 +1,4 @@
-// NCCL collectives for GPU replicas (DESIGN.md §6). Declared everywhere; built only with CUDA and
+// NCCL collectives for GPU replicas (docs/ARCHITECTURE.md §7). Declared everywhere; built only with CUDA and
 // NCCL (dist/nccl_*.cpp), elsewhere the factories throw and nccl_available() is false.
 #pragma once
 #include <memory>

@@ -7,6 +7,7 @@
 
 #include "dist/bucketed_allreduce.h"
 #include "dist/nccl_sync.h"
+#include "dist/rank_agreement.h"
 #include "engine/errors.h"
 #ifdef TANDEM_HAVE_CUDA
 #include "kernels/cuda/cuda_backend.h"
@@ -113,7 +114,7 @@ std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec) {
   return s;
 }
 
-void Strategy::connect(const Model& model, nlohmann::json config) {
+void Strategy::connect(const Model& model, nlohmann::json config, const std::vector<InputDigest>& inputs) {
   const size_t bucket_bytes = static_cast<size_t>(spec_.bucket_mb * 1048576.0);
   if (comm_) {
     // Ranks agree on the run's identity, and on how this job runs it, before any training collective.
@@ -124,6 +125,7 @@ void Strategy::connect(const Model& model, nlohmann::json config) {
     std::string keys;
     for (auto it = config.begin(); it != config.end(); ++it) keys += (keys.empty() ? "" : ", ") + it.key();
     comm_->start_watchdog(spec_.collective_timeout);
+    require_same_inputs(*comm_, inputs);
     require_same_on_all_ranks(*comm_, "the run configuration (" + keys + ")", config.dump());
     if (collectives_ == "nccl") {
       sync_ = make_nccl_gradient_sync(*comm_, model, *backends_[0], bucket_bytes, spec_.overlap,

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "dist/communicator.h"
+#include "dist/rank_agreement.h"
 #include "engine/backend.h"
 #include "engine/model.h"
 #include "engine/trainer.h"
@@ -47,10 +48,11 @@ class Strategy {
   bool gpu() const { return gpu_; }                     // every replica on a GPU
   const std::string& collectives() const { return collectives_; }  // "nccl", "mpi" or "host"
 
-  // Multi-worker: starts the watchdog and checks that every rank runs `config` (the run's identity;
-  // the strategy adds its own keys), then builds the gradient sync. Mirrored: builds the local
-  // reduce. Prints one line saying how gradients travel (rank 0).
-  void connect(const Model& model, nlohmann::json config);
+  // Multi-worker: starts the watchdog, checks that every rank read the same `inputs` (naming the
+  // host whose copy of a file differs) and runs `config` (the run's identity; the strategy adds its
+  // own keys), then builds the gradient sync. Mirrored: builds the local reduce. Prints one line
+  // saying how gradients travel (rank 0).
+  void connect(const Model& model, nlohmann::json config, const std::vector<InputDigest>& inputs);
   GradientSync* sync() const { return sync_.get(); }
   LocalReduce* local_reduce() const { return local_reduce_.get(); }
 

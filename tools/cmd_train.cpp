@@ -6,11 +6,27 @@
 #include "dist/strategy.h"
 #include "engine/errors.h"
 #include "engine/trainer.h"
+#include "export/weights_file.h"  // crc32c
 #include "tools/cli.h"
 #include "tools/train_args.h"
 #include "tools/train_run.h"
 
 namespace tandem::cli {
+namespace {
+
+// The data set's files as this rank decoded them: the ranks of a multi-worker job compare them at
+// start-up, since on a cluster each host reads its own copy.
+std::vector<InputDigest> input_digests(const LabelledData& data) {
+  const std::vector<uint8_t>* contents[] = {&data.train.images, &data.train.labels, &data.test.images,
+                                            &data.test.labels};
+  TANDEM_ASSERT(data.files.size() == std::size(contents));
+  std::vector<InputDigest> digests;
+  for (size_t i = 0; i < data.files.size(); ++i)
+    digests.push_back({data.files[i], crc32c(contents[i]->data(), contents[i]->size())});
+  return digests;
+}
+
+}  // namespace
 
 int default_threads() { return hardware_threads(); }
 
@@ -36,7 +52,7 @@ Command add_train(CLI::App& root) {
     const nlohmann::json identity = run_identity(a, model, opt, strategy->gpu(), train.count, validation.count);
     nlohmann::json config = identity;  // what the ranks of a job must agree on
     config["epochs"] = a.epochs;
-    strategy->connect(model, config);
+    strategy->connect(model, config, strategy->communicator() ? input_digests(data) : std::vector<InputDigest>{});
 
     Trainer trainer(model, strategy->backends(), train_options(a), opt, strategy->sync());
     if (strategy->local_reduce()) trainer.set_local_reduce(strategy->local_reduce());
@@ -55,7 +71,8 @@ Command add_train(CLI::App& root) {
     }
     const EvalResult test = trainer.evaluate(data.test);
     if (chief) std::printf("test_loss: %.4f - test_accuracy: %.4f\n", test.loss, test.accuracy);
-    if (!a.output.empty() && chief) save_run(a, model, opt, trainer, data.class_names, test, callbacks.backup);
+    if (!a.output.empty() && chief)
+      save_run(a, model, opt, trainer, data.class_names, test, callbacks.backup);
     return 0;
   };
   return cmd;

@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(cmake g++ make pkg-config nlohmann-json3-dev catch2 libcli11-dev zlib1g-dev libopenblas-dev
               openmpi-bin libopenmpi-dev dataset-fashion-mnist python3
+              # the cluster tests' network-namespace hosts (tests/cluster/cluster.sh)
+              iproute2 util-linux iputils-ping
+              # a real Slurm for the cluster tests (started by the test on its namespace hosts)
+              slurmd slurmctld slurm-client munge
               # protobuf: the SavedModel and ONNX export (required)
               protobuf-compiler libprotobuf-dev
               # tandem serve: gRPC, HTTP, Prometheus; curl and wrk for its tests and benchmarks
