@@ -72,7 +72,7 @@ class Backend {
   virtual void fill(float* x, size_t n, float value) = 0;
   virtual void synchronize() {}
 
-  // --- CUDA Graphs (DESIGN.md §3) ---------------------------------------------------------
+  // --- CUDA Graphs (docs/ARCHITECTURE.md §10) ---------------------------------------------
   // A backend that can capture one training step and replay it. begin_step_graph(key) starts a
   // step of a shape named by `key`; it returns true when the step is recorded: the first step of
   // a shape runs eagerly (algorithm searches, scratch growth), the second is captured, later ones

@@ -1,5 +1,5 @@
 // Layers: each knows its shapes, its parameters and how to run forward and backward on any
-// Backend. Parameters and gradients are views into the replica's arenas (DESIGN.md §2).
+// Backend. Parameters and gradients are views into the replica's arenas (docs/ARCHITECTURE.md §2).
 #pragma once
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -33,7 +33,7 @@ struct StepContext {
   int64_t batch = 0;      // rows in this replica's batch
   bool training = false;  // dropout active, batch statistics in BatchNormalization
   bool want_probs = false;  // apply a final softmax (prediction); training works on logits
-  uint64_t seed = 0, step = 0, first_sample = 0;  // dropout keys (DESIGN.md §5)
+  uint64_t seed = 0, step = 0, first_sample = 0;  // dropout keys (docs/ARCHITECTURE.md §5)
 };
 
 class Layer {

@@ -1,4 +1,4 @@
-// Optimizers over the whole parameter arena in one launch (DESIGN.md §2), with Keras's update
+// Optimizers over the whole parameter arena in one launch (docs/ARCHITECTURE.md §2), with Keras's update
 // rules, and learning-rate schedules.
 #pragma once
 #include <cstdint>

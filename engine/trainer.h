@@ -1,5 +1,5 @@
 // Trainer: fit / evaluate / predict over one or more replicas with global-batch semantics
-// (DESIGN.md §4): the global batch is split into contiguous slices, the loss is divided by the
+// (docs/ARCHITECTURE.md §4): the global batch is split into contiguous slices, the loss is divided by the
 // global batch size, gradients are summed over replicas, and every replica applies one identical
 // update.
 #pragma once

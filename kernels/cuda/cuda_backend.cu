@@ -1,4 +1,4 @@
-// The CUDA Backend (DESIGN.md §3): one stream per backend; cuBLAS for GEMM (row-major through the
+// The CUDA Backend (docs/ARCHITECTURE.md §3): one stream per backend; cuBLAS for GEMM (row-major through the
 // transpose identity), cuDNN for convolutions (our NHWC activations transposed to NCHW around each
 // call, where cuDNN's fast fp32 kernels are; algorithms chosen once per geometry and cached), our
 // kernels (cuda_kernels.cu) for the rest. Ops only enqueue work; the
