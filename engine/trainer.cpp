@@ -273,7 +273,7 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
   std::vector<EpochLog> logs;
   if (epoch_step_ >= steps) throw_invalid("the checkpoint's position in the epoch is past its end", "resume with the same data and batch size");
 
-  while (epoch_ < options_.epochs) {
+  while (epoch_ < options_.epochs && !stop_training) {  // a callback may stop it before the first epoch
     epoch_start_ = clock::now();
     for (Callback* c : callbacks) c->on_epoch_begin(epoch_ + 1, options_.epochs, steps);
     const std::vector<int32_t> order = epoch_permutation(train.count, options_.seed, static_cast<uint64_t>(epoch_));

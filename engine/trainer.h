@@ -134,7 +134,8 @@ class Trainer {
   TrainerState state();
   void restore(const TrainerState& state);
 
-  // Set by a callback to end fit after the current epoch (Keras's model.stop_training).
+  // Set by a callback to end fit after the current epoch (Keras's model.stop_training); set in
+  // on_train_begin, no epoch runs.
   bool stop_training = false;
   int rank() const { return sync_ ? sync_->rank() : 0; }  // this process's
   int64_t global_step() const { return step_; }

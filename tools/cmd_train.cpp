@@ -69,10 +69,11 @@ Command add_train(CLI::App& root) {
       if (e.kind() == ErrorKind::Numeric && callbacks.backup) callbacks.backup->settle();
       throw;
     }
+    if (callbacks.backup && callbacks.backup->finished_before()) return 0;  // nothing trained, nothing to save
     const EvalResult test = trainer.evaluate(data.test);
     if (chief) std::printf("test_loss: %.4f - test_accuracy: %.4f\n", test.loss, test.accuracy);
     if (!a.output.empty() && chief)
-      save_run(a, model, opt, trainer, data.class_names, test, callbacks.backup);
+      save_run(a, model, opt, identity, trainer, data.class_names, test, callbacks.backup);
     return 0;
   };
   return cmd;

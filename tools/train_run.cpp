@@ -43,6 +43,8 @@ TrainCallbacks make_callbacks(const TrainArgs& a, const Model& model, const std:
     b.every_epoch = a.checkpoint_epochs;
     b.keep = a.keep_checkpoints;
     b.resume = !a.resume.empty();
+    b.output = a.output;
+    b.epochs = a.epochs;
     auto backup = std::make_unique<BackupAndRestore>(std::move(b), strategy.communicator(), chief);
     c.backup = backup.get();
     c.owned.push_back(std::move(backup));
@@ -80,8 +82,9 @@ std::string iso_time_now() {
 
 }  // namespace
 
-void save_run(const TrainArgs& a, const Model& model, const OptimizerConfig& opt, Trainer& trainer,
-              const std::vector<std::string>& class_names, const EvalResult& test, const BackupAndRestore* backup) {
+void save_run(const TrainArgs& a, const Model& model, const OptimizerConfig& opt, const json& identity,
+              Trainer& trainer, const std::vector<std::string>& class_names, const EvalResult& test,
+              const BackupAndRestore* backup) {
   const std::vector<EpochLog>& logs = trainer.history();
   json metadata{{"tandem_version", TANDEM_VERSION},
                 {"created", iso_time_now()},
@@ -123,6 +126,9 @@ void save_run(const TrainArgs& a, const Model& model, const OptimizerConfig& opt
                {"epochs", logs.size()},
                {"samples_per_second", train_seconds > 0 ? double(train_samples) / train_seconds : 0},
                {"train_seconds", train_seconds},
+               {"epochs_requested", a.epochs},
+               {"steps", trainer.global_step()},
+               {"identity", identity},  // with the two above: a --resume of this finished run is not repeated
                {"batch_size", a.batch_size},
                {"model", model.name()},
                {"strategy", a.strategy.name},

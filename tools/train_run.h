@@ -27,7 +27,9 @@ TrainCallbacks make_callbacks(const TrainArgs& args, const Model& model, const s
 void prepare_output_dir(const std::string& dir);
 
 // Writes DIR/model/<next version>/, DIR/history.json and DIR/metrics.json; prints the version.
-void save_run(const TrainArgs& args, const Model& model, const OptimizerConfig& opt, Trainer& trainer,
-              const std::vector<std::string>& class_names, const EvalResult& test, const BackupAndRestore* backup);
+// metrics.json also records the run's identity, --epochs and final step (BackupAndRestore reads them).
+void save_run(const TrainArgs& args, const Model& model, const OptimizerConfig& opt, const nlohmann::json& identity,
+              Trainer& trainer, const std::vector<std::string>& class_names, const EvalResult& test,
+              const BackupAndRestore* backup);
 
 }  // namespace tandem::cli

@@ -2,8 +2,8 @@
 """Exact resume after kill -9 (ctest label `cpu`): a run with frequent checkpoints is killed at
 random moments (some while a checkpoint is being written: TANDEM_TEST_CHECKPOINT_DELAY_MS widens
 that window), resumed with --resume until it finishes, and its final weights digest must equal an
-uninterrupted run's bit for bit. Also: resuming with a different batch size or seed is refused,
-and a corrupted checkpoint is an error naming the file.
+uninterrupted run's bit for bit. Also: resuming a finished run does nothing, resuming with a
+different batch size or seed is refused, and a corrupted checkpoint is an error naming the file.
 
 usage: crash_resume.py TANDEM [TRIALS]"""
 import json
@@ -82,6 +82,16 @@ try:
     r = subprocess.run([TANDEM] + args + ["--resume", fresh], capture_output=True, text=True)
     if r.returncode != 0 or "starting from the beginning" not in r.stdout or digest(fresh) != ref_digest:
         failures.append(f"resume of a missing directory: status {r.returncode}: {r.stderr.strip()[-300:]}")
+
+    # The same command again on the finished run (a job script resubmitted): nothing is trained or
+    # written, no second model version.
+    before = {f: open(os.path.join(fresh, f)).read() for f in ("metrics.json", "history.json")}
+    r = subprocess.run([TANDEM] + args + ["--resume", fresh], capture_output=True, text=True)
+    after = {f: open(os.path.join(fresh, f)).read() for f in before}
+    if r.returncode != 0 or "already finished its 3 epochs" not in r.stdout or "Epoch" in r.stdout or \
+            sorted(os.listdir(os.path.join(fresh, "model"))) != ["1"] or after != before:
+        failures.append(f"resume of a finished run: status {r.returncode}, versions "
+                        f"{sorted(os.listdir(os.path.join(fresh, 'model')))}: {r.stdout.strip()[-300:]}")
 
     # A resumed run must keep the original's arguments (only --epochs may grow).
     r = subprocess.run([TANDEM] + [a if a != "16" else "32" for a in args] + ["--resume", ref],

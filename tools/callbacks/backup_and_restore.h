@@ -21,10 +21,14 @@ class BackupAndRestore : public Callback {
     bool every_epoch = false;
     int keep = 3;
     bool resume = false;
+    std::string output;  // the run's --output: a finished run's metrics.json names its model version
+    int epochs = 0;      // the run's --epochs
   };
   // `comm`: the job's communicator, null in one process.
   BackupAndRestore(Options options, Communicator* comm, bool rank0);
-  void on_train_begin() override;  // --resume: restore the latest committed checkpoint
+  // --resume: restore the latest committed checkpoint. A run of the same identity and --epochs that
+  // already finished and saved its model is not repeated: nothing is trained or written again.
+  void on_train_begin() override;
   void on_batch_end(const BatchLog& log) override;
   void on_epoch_end(const EpochLog& log) override;
   void on_train_end() override;  // waits for the checkpoint in flight
@@ -32,6 +36,8 @@ class BackupAndRestore : public Callback {
   // that all ranks agree on, so that no rank ends the job while rank 0 still writes.
   void settle();
 
+  // The resumed run had already finished (the same on every rank: rank 0 decides).
+  bool finished_before() const { return finished_; }
   bool writes() const { return writer_ != nullptr; }
   int written() const { return writer_->written(); }  // after settle()
   double write_seconds() const { return writer_->write_seconds(); }
@@ -44,6 +50,7 @@ class BackupAndRestore : public Callback {
   bool rank0_;
   std::unique_ptr<CheckpointWriter> writer_;  // rank 0 of a run that writes checkpoints
   double blocking_seconds_ = 0;
+  bool finished_ = false;
 };
 
 }  // namespace tandem
