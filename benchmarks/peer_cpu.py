@@ -7,6 +7,10 @@ the reported figure is samples/s over the epochs after the first (warm-up exclud
 
   pip install -r benchmarks/requirements-peers.txt                 # PyTorch (large: CUDA wheels)
   python3 benchmarks/peer_cpu.py --tandem build/tandem            # the table in RESULTS.md
+
+Several Tandem binaries (old=/tmp/tandem-main new=build/tandem) and --rounds N run every
+binary and peer once per round, interleaved, and report the median (min..max) of the rounds and
+the ratios of the medians: the way to compare two builds on a noisy machine.
 """
 import argparse
 import gzip
@@ -42,7 +46,8 @@ def load(split):
 def tandem_run(binary, model, batch, samples, epochs, threads):
     out = tempfile.mkdtemp(prefix="tandem-bench-")
     cmd = [binary, "train", "--model", model, "--batch-size", str(batch), "--epochs", str(epochs),
-           "--train-samples", str(samples), "--output", out, "--threads", str(threads), "--optimizer", "sgd"]
+           "--train-samples", str(samples), "--output", out, "--threads", str(threads), "--optimizer", "sgd",
+           "--validation-size", "0"]  # epoch_seconds excludes validation; skipping it only saves time
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     hist = json.load(open(os.path.join(out, "history.json")))
     secs = hist["epoch_seconds"][1:] or hist["epoch_seconds"]
@@ -117,7 +122,7 @@ def worker(a):
     """One framework, one case, in a process of its own: TensorFlow and PyTorch each bundle LLVM,
     and importing both into one process aborts ("registered more than once")."""
     x_all, y_all = load("train")
-    x, y = x_all[5000:5000 + a.samples], y_all[5000:5000 + a.samples]  # the images Tandem trains on
+    x, y = x_all[:a.samples], y_all[:a.samples]  # the images Tandem trains on (--validation-size 0)
     if a.worker == "tensorflow":
         import tensorflow as tf
         tf.config.threading.set_intra_op_parallelism_threads(a.threads)
@@ -141,13 +146,20 @@ def peer(framework, model, batch, n, a):
     return out["samples_per_second"], out["version"]
 
 
+def median(v):
+    v = sorted(v)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tandem", default="build/tandem")
+    ap.add_argument("--tandem", nargs="+", default=["build/tandem"], help="binaries, as PATH or LABEL=PATH")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--samples", type=int, default=0, help="training images (default: 20000 mlp, 4000 cnn)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--cases", default="", help="e.g. mlp:32,cnn:100")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds; figures are their medians")
+    ap.add_argument("--peers", default="tensorflow,pytorch", help="peers to run where installed ('' for none)")
     ap.add_argument("--json", default="", help="also write the results here")
     ap.add_argument("--worker", choices=["tensorflow", "pytorch"], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -156,34 +168,54 @@ def main():
     if a.worker:
         return worker(a)
     cases = [(c.split(":")[0], int(c.split(":")[1])) for c in a.cases.split(",")] if a.cases else CASES
-    have = {f: importlib.util.find_spec(m) is not None for f, m in (("tensorflow", "tensorflow"), ("pytorch", "torch"))}
-    versions = {"tensorflow": None, "pytorch": None}
-    rows = []
-    for model, batch in cases:
-        n = a.samples or (20000 if model == "mlp" else 4000)
-        row = {"model": model, "batch": batch, "samples": n}
-        row["tandem"] = tandem_run(a.tandem, model, batch, n, a.epochs, a.threads)
-        for framework in ("tensorflow", "pytorch"):
-            if have[framework]:
+    binaries = []
+    for t in a.tandem:
+        label, _, path = t.rpartition("=")
+        binaries.append((label or ("tandem" if len(a.tandem) == 1 else path), path))
+    modules = {"tensorflow": "tensorflow", "pytorch": "torch"}
+    peers = [f for f in a.peers.split(",") if f in modules and importlib.util.find_spec(modules[f]) is not None]
+    runners = [label for label, _ in binaries] + peers
+    versions = {f: None for f in modules}
+    samples = {}  # (model, batch, runner) -> [samples/s per round]
+    for rnd in range(a.rounds):
+        for model, batch in cases:
+            n = a.samples or (20000 if model == "mlp" else 4000)
+            for label, path in binaries:
+                samples.setdefault((model, batch, label), []).append(
+                    tandem_run(path, model, batch, n, a.epochs, a.threads))
+            for framework in peers:
                 sps, version = peer(framework, model, batch, n, a)
                 if sps is not None:
-                    row[framework] = sps
+                    samples.setdefault((model, batch, framework), []).append(sps)
                     versions[framework] = version
-        peers = [row[k] for k in ("tensorflow", "pytorch") if k in row]
-        row["ratio_vs_fastest_peer"] = row["tandem"] / max(peers) if peers else None
-        for k in ("tensorflow", "pytorch"):
-            if k in row:
-                row[f"ratio_vs_{k}"] = row["tandem"] / row[k]
+            got = {r: round(samples[(model, batch, r)][-1]) for r in runners if (model, batch, r) in samples}
+            print(json.dumps({"round": rnd + 1, "model": model, "batch": batch, "samples_per_second": got}), flush=True)
+    rows = []
+    for model, batch in cases:
+        row = {"model": model, "batch": batch, "samples": a.samples or (20000 if model == "mlp" else 4000),
+               "rounds": {}, "median": {}}
+        for r in runners:
+            if (model, batch, r) in samples:
+                row["rounds"][r] = samples[(model, batch, r)]
+                row["median"][r] = median(samples[(model, batch, r)])
+        first = binaries[0][0]
+        for label, _ in binaries:  # each binary against each peer, and against the first binary
+            for other in peers + ([first] if label != first else []):
+                if label in row["median"] and other in row["median"]:
+                    row[f"{label} / {other}"] = row["median"][label] / row["median"][other]
         rows.append(row)
-        print(json.dumps(row), flush=True)
-    print(f"\nCPU: {os.cpu_count()} cores, {a.threads} threads; TensorFlow {versions['tensorflow']}; "
-          f"PyTorch {versions['pytorch']}")
-    print(f"{'model':6} {'batch':>5} {'Tandem':>10} {'TensorFlow':>11} {'PyTorch':>9} {'vs TF':>7} {'vs PT':>7}   (samples/s)")
+    print(f"\nCPU: {os.cpu_count()} cores, {a.threads} threads; {a.rounds} round(s), median (min..max) samples/s; "
+          f"TensorFlow {versions['tensorflow']}; PyTorch {versions['pytorch']}")
+    ratio_keys = list(dict.fromkeys(k for r in rows for k in r if " / " in k))
+    print("| model | batch | " + " | ".join(runners) + " | " + " | ".join(ratio_keys) + " |")
+    print("|---" * (2 + len(runners) + len(ratio_keys)) + "|")
     for r in rows:
-        f = lambda k: f"{r[k]:.0f}" if k in r else "-"
-        g = lambda k: f"{r[k]:.2f}x" if r.get(k) else "-"
-        print(f"{r['model']:6} {r['batch']:>5} {f('tandem'):>10} {f('tensorflow'):>11} {f('pytorch'):>9} "
-              f"{g('ratio_vs_tensorflow'):>7} {g('ratio_vs_pytorch'):>7}")
+        cells = []
+        for name in runners:
+            v = r["rounds"].get(name)
+            cells.append(f"{median(v):,.0f} ({min(v):,.0f}..{max(v):,.0f})" if v else "-")
+        ratios = [f"{r[k]:.2f}" if k in r else "-" for k in ratio_keys]
+        print(f"| {r['model']} | {r['batch']} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     if a.json:
         json.dump(rows, open(a.json, "w"), indent=2)
 

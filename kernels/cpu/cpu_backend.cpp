@@ -253,11 +253,13 @@ void CpuBackend::im2col(const ConvGeometry& g, const float* x, int samples, floa
             int iy = oy * g.sh - g.pad_top + ky;
             for (int kx = 0; kx < g.kw; ++kx) {
               int ix = ox * g.sw - g.pad_left + kx;
-              if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
-                std::memset(dst, 0, sizeof(float) * g.c);
-              } else {
+              const bool inside = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
+              if (g.c == 1)  // one float: a store, not a library call (the cnn's first layer)
+                *dst = inside ? xs[int64_t(iy) * g.w + ix] : 0.f;
+              else if (inside)
                 std::memcpy(dst, xs + (int64_t(iy) * g.w + ix) * g.c, sizeof(float) * g.c);
-              }
+              else
+                std::memset(dst, 0, sizeof(float) * g.c);
               dst += g.c;
             }
           }
@@ -316,7 +318,23 @@ void CpuBackend::conv2d_bias_relu_forward(const ConvGeometry& g, const float* x,
     return;
   }
 #endif
-  Backend::conv2d_bias_relu_forward(g, x, w, bias, relu, y);
+  conv2d_forward(g, x, w, y);
+  if (!bias && !relu) return;
+  // Bias and ReLU in one pass over y instead of two, with the bits of bias_add then relu_forward.
+  const int64_t rows = int64_t(g.n) * g.oh * g.ow;
+  const int k = g.k;
+  pool_.parallel_for(
+      rows,
+      [&](int64_t b, int64_t e, int) {
+        for (int64_t r = b; r < e; ++r) {
+          float* row = y + r * k;
+          if (bias)
+            for (int c = 0; c < k; ++c) row[c] += bias[c];
+          if (relu)
+            for (int c = 0; c < k; ++c) row[c] = row[c] > 0.f ? row[c] : 0.f;
+        }
+      },
+      std::max<int64_t>(1, kElementwiseChunk / std::max(1, k)));
 }
 
 void CpuBackend::conv2d_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
