@@ -3,7 +3,10 @@
 // thread) against a raw MPI_Allreduce of the same buffer, as nccl-tests reports it:
 // algbw = bytes / time, busbw = algbw * 2(n-1)/n. --tree measures the batch-invariant path
 // (each bucket summed by Communicator::tree_all_reduce_sum, in a fixed tree over ranks).
+// --sizes takes the buffer sizes in bytes (default 1, 4, 16 and 64 MiB; small sizes measure the
+// per-message latency that benchmarks/scaling_model.py fits).
 //   mpirun -np 2 build/benchmarks/allreduce_bench [--bucket-mb 25] [--iters 20] [--rounds 7] [--tree]
+//                                                 [--sizes 4096,1048576,...]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -26,6 +29,7 @@ int main(int argc, char** argv) {
   double bucket_mb = 25;
   int iters = 20, rounds = 7;
   bool tree = false;
+  std::vector<size_t> sizes = {size_t(1) << 20, size_t(4) << 20, size_t(16) << 20, size_t(64) << 20};
   for (int i = 1; i < argc; ++i) {
     const bool has_value = i + 1 < argc;
     if (!std::strcmp(argv[i], "--tree")) {
@@ -36,9 +40,27 @@ int main(int argc, char** argv) {
       iters = std::atoi(argv[++i]);
     } else if (has_value && !std::strcmp(argv[i], "--rounds")) {
       rounds = std::max(1, std::atoi(argv[++i]));
+    } else if (has_value && !std::strcmp(argv[i], "--sizes")) {
+      sizes.clear();
+      for (const char* p = argv[++i]; *p;) {
+        char* end = nullptr;
+        const unsigned long long v = std::strtoull(p, &end, 10);
+        if (end == p || v < sizeof(float) || v % sizeof(float) != 0 || (*end != ',' && *end != '\0')) {
+          std::fprintf(stderr, "allreduce_bench: --sizes wants byte counts that are multiples of 4, comma-separated\n");
+          return 2;
+        }
+        sizes.push_back(static_cast<size_t>(v));
+        p = *end ? end + 1 : end;
+      }
+      if (sizes.empty()) {
+        std::fprintf(stderr, "allreduce_bench: --sizes is empty\n");
+        return 2;
+      }
     } else {
-      std::fprintf(stderr, "allreduce_bench: unknown argument '%s'\n"
-                           "usage: allreduce_bench [--bucket-mb MIB] [--iters N] [--rounds N] [--tree]\n", argv[i]);
+      std::fprintf(stderr,
+                   "allreduce_bench: unknown argument '%s'\n"
+                   "usage: allreduce_bench [--bucket-mb MIB] [--iters N] [--rounds N] [--tree] [--sizes B,B,...]\n",
+                   argv[i]);
       return 2;
     }
   }
@@ -51,7 +73,7 @@ int main(int argc, char** argv) {
                   "%10s %12s %12s %12s %12s %8s\n",
                   n, comm->name().c_str(), tree ? ", tree all-reduce" : "", bucket_mb, rounds, iters, "bytes",
                   "tandem_us", "tandem_busbw", "mpi_us", "mpi_busbw", "ratio");
-    for (size_t bytes : {size_t(1) << 20, size_t(4) << 20, size_t(16) << 20, size_t(64) << 20}) {
+    for (size_t bytes : sizes) {
       const size_t floats = bytes / sizeof(float);
       std::vector<float> buf(floats, 1.0f);
       std::vector<Bucket> buckets;
