@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "dist/communicator.h"
+#include "dist/rank_agreement.h"
 #include "engine/errors.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -319,7 +320,7 @@ void MpiCommunicator::start_watchdog(double timeout_s) {
   if (size_ == 1 || watchdog_.joinable()) return;
   // Every rank's host name, for naming the ranks the watchdog finds stalled or unreachable.
   char mine[64] = {0};
-  if (::gethostname(mine, sizeof(mine) - 1) != 0) std::snprintf(mine, sizeof(mine), "?");
+  std::snprintf(mine, sizeof(mine), "%s", this_host().c_str());
   std::vector<char> all(sizeof(mine) * static_cast<size_t>(size_));
   MPI_CHECK(MPI_Allgather(mine, sizeof(mine), MPI_CHAR, all.data(), sizeof(mine), MPI_CHAR, world_));
   hosts_.clear();

@@ -14,12 +14,6 @@ namespace {
 
 constexpr size_t kHostBytes = 64;
 
-std::string this_host() {
-  char name[kHostBytes] = {0};
-  if (::gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return "(unknown host)";
-  return name;
-}
-
 std::string rank_list(const std::vector<int>& ranks) {
   std::string s;
   for (int r : ranks) s += (s.empty() ? "" : ", ") + std::to_string(r);
@@ -27,6 +21,12 @@ std::string rank_list(const std::vector<int>& ranks) {
 }
 
 }  // namespace
+
+std::string this_host() {
+  char name[kHostBytes] = {0};
+  if (::gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return "(unknown host)";
+  return name;
+}
 
 void require_same_on_all_ranks(Communicator& comm, const std::string& what, const std::string& value) {
   // Compare fixed-size digests of the values, gathered from every rank.
@@ -47,8 +47,6 @@ void require_same_on_all_ranks(Communicator& comm, const std::string& what, cons
 void require_same_inputs(Communicator& comm, const std::vector<InputDigest>& inputs) {
   // Each rank sends its host name, its input count and one digest per input (a count that differs
   // is the first input that differs); a rank with fewer inputs pads with zeros.
-  std::string paths;
-  for (const auto& in : inputs) paths += in.path + '\n';
   require_same_on_all_ranks(comm, "the list of input files (" + std::to_string(inputs.size()) + ")",
                             std::to_string(inputs.size()));
   const size_t record = kHostBytes + inputs.size() * sizeof(uint32_t);

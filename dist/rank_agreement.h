@@ -10,6 +10,9 @@
 
 namespace tandem {
 
+// This rank's host name as the messages of dist/ name it (at most 63 characters).
+std::string this_host();
+
 // Throws Error(Communication) naming the ranks whose `value` differs from rank 0's (compared as
 // digests gathered from every rank).
 void require_same_on_all_ranks(Communicator& comm, const std::string& what, const std::string& value);
