@@ -61,11 +61,33 @@ class Communicator {
 // one machine). `hierarchical`: use the two-level all-reduce when there are several nodes.
 std::unique_ptr<Communicator> make_mpi_communicator(bool hierarchical);
 bool mpi_available();      // compiled with MPI
+bool gloo_available();     // compiled with Gloo (jobs launched without MPI: dist/launch_env.h)
 bool launched_by_mpi();    // OMPI_COMM_WORLD_SIZE / PMI_SIZE / PMIX_RANK present in the environment
-// After a fatal error in a multi-process job: end every rank (MPI_Abort) instead of leaving the
-// others blocked in their next collective. No-op when MPI is not running.
+struct LaunchEnv;
+// The job a launch without MPI describes (TF_CONFIG, torchrun): rank 0 serves the rendezvous, every
+// rank registers, and the collectives run over Gloo's TCP transport. `timeout_s` bounds the
+// rendezvous and is the stall watchdog's. Node-local ranks are the ranks on the same host name.
+std::unique_ptr<Communicator> make_gloo_communicator(const LaunchEnv& env, double timeout_s);
+// After a fatal error in a multi-process job: end every rank (MPI_Abort, or the rendezvous's abort)
+// instead of leaving the others blocked in their next collective. No-op in a one-process job.
 void abort_job_if_distributed(int status);
-// This process's rank when MPI is running, else -1 (for prefixing error messages).
+// This process's rank in a multi-process job, else -1 (for prefixing error messages).
 int distributed_rank();
+// MPI's part of the two above (dist/mpi_communicator.cpp; no-ops without MPI).
+void mpi_abort_job_if_running(int status);
+int mpi_rank_if_running();
+// What a job launched without MPI registers for the two functions above (the Gloo communicator).
+void set_distributed_job(int rank, std::function<void(int)> abort);
+
+// The fixed pairwise tree of tree_all_reduce_sum over any point-to-point transport: recursive
+// halving (a reduce-scatter) then recursive doubling (an all-gather), nearest partners first. After
+// the exchange at distance d, each element this rank keeps is the sum over its aligned group of 2d
+// ranks, formed as (lower d ranks' sum) + (upper d ranks' sum): the pairwise tree over ranks, at
+// the bandwidth of a ring (each rank sends 2(p-1)/p of the buffer). With nodes made of consecutive
+// ranks, the first exchanges stay inside a node. `exchange(send, send_n, recv, recv_n, peer)`
+// sends and receives at once; `size` must be a power of 2 (else throws InvalidArgument).
+using TreeExchange = std::function<void(const float*, size_t, float*, size_t, int)>;
+void tree_all_reduce_by_exchange(int rank, int size, float* data, size_t n, std::vector<float>& scratch,
+                                 const TreeExchange& exchange);
 
 }  // namespace tandem

@@ -15,8 +15,8 @@
 
 #include "dist/communicator.h"
 #include "dist/rank_agreement.h"
+#include "dist/stall_judge.h"
 #include "engine/errors.h"
-#include "kernels/cpu/thread_pool.h"
 
 namespace tandem {
 
@@ -149,45 +149,13 @@ class MpiCommunicator final : public Communicator {
     Entered entered(*this);
     reduce_chunked(data, n, MPI_DOUBLE, sizeof(double), world_);
   }
-  // Recursive halving (a reduce-scatter) then recursive doubling (an all-gather), nearest partners
-  // first: after the exchange at distance d, each element this rank keeps is the sum over its
-  // aligned group of 2d ranks, formed as (lower d ranks' sum) + (upper d ranks' sum). That is the
-  // pairwise tree over ranks, at the bandwidth of a ring (each rank sends 2(p-1)/p of the buffer).
-  // With nodes made of consecutive ranks, the first exchanges stay inside a node.
   void tree_all_reduce_sum(float* data, size_t n) override {
     if (size_ == 1 || n == 0) return;
-    if ((size_ & (size_ - 1)) != 0)
-      throw_invalid("--batch-invariant needs a power-of-2 number of ranks, this job has " + std::to_string(size_),
-                    "launch 1, 2, 4, 8, ... ranks");
     Entered entered(*this);
-    enable_flush_to_zero();  // the adds below round like the compute threads' (denormals flushed)
-    struct Segment {
-      size_t lo, hi;
-    };
-    std::vector<Segment> parents;
-    size_t lo = 0, hi = n;
-    for (int d = 1; d < size_; d <<= 1) {
-      const size_t mid = lo + (hi - lo) / 2;
-      const bool lower = (rank_ & d) == 0;
-      const size_t keep_lo = lower ? lo : mid, keep_hi = lower ? mid : hi;
-      const size_t send_lo = lower ? mid : lo, send_hi = lower ? hi : mid;
-      scratch_.resize(keep_hi - keep_lo);
-      exchange(data + send_lo, send_hi - send_lo, scratch_.data(), keep_hi - keep_lo, rank_ ^ d);
-      for (size_t i = keep_lo; i < keep_hi; ++i) data[i] += scratch_[i - keep_lo];
-      parents.push_back({lo, hi});
-      lo = keep_lo;
-      hi = keep_hi;
-    }
-    for (int d = size_ >> 1; d >= 1; d >>= 1) {
-      const Segment parent = parents.back();
-      parents.pop_back();
-      const size_t mid = parent.lo + (parent.hi - parent.lo) / 2;
-      const bool lower = (rank_ & d) == 0;
-      const size_t other_lo = lower ? mid : parent.lo, other_hi = lower ? parent.hi : mid;
-      exchange(data + lo, hi - lo, data + other_lo, other_hi - other_lo, rank_ ^ d);
-      lo = parent.lo;
-      hi = parent.hi;
-    }
+    tree_all_reduce_by_exchange(rank_, size_, data, n, scratch_,
+                                [this](const float* send, size_t send_n, float* recv, size_t recv_n, int peer) {
+                                  exchange(send, send_n, recv, recv_n, peer);
+                                });
   }
   void broadcast(void* data, size_t bytes, int root) override {
     Entered entered(*this);
@@ -344,11 +312,8 @@ void MpiCommunicator::stop_watchdog() {
 }
 
 // Every rank sends (collectives entered, step) to rank 0 when it changes, checked every 20 ms, and
-// at least once a second as a heartbeat. Rank 0 keeps the latest of each; a rank behind the
-// furthest one, with no progress for longer than the timeout while others wait in a collective it
-// has not entered, is the stall; a rank not heard from at all for longer than the timeout is
-// unreachable (its host or the network to it is gone: a rank that is merely slow still sends
-// heartbeats from this thread). A rank that is itself stuck waiting with no word from rank 0 (rank 0
+// at least once a second as a heartbeat, on the control communicator; rank 0 judges them
+// (StallJudge: stalled and unreachable ranks). A rank that is itself stuck waiting with no word from rank 0 (rank 0
 // frozen, or cut off from it) aborts on its own a little later.
 void MpiCommunicator::watchdog_loop(double timeout_s) {
   constexpr int kTag = 7;
@@ -358,16 +323,9 @@ void MpiCommunicator::watchdog_loop(double timeout_s) {
   unsigned long long out[2] = {0, 0};
   MPI_Request send = MPI_REQUEST_NULL;
   uint64_t sent_seq = 0, sent_step = 0;
-  std::vector<unsigned long long> seq(size_, 0), step(size_, 0), seen(size_, 0);
-  std::vector<int64_t> behind_since(size_, 0);
   const int64_t keepalive_ns = std::min<int64_t>(1000000000, timeout_ns / 4);
   int64_t sent_at = 0;
-  std::vector<int64_t> heard_at(size_, now_ns());
-  auto named = [this](const std::vector<int>& ranks) {
-    std::string list;
-    for (int r : ranks) list += (list.empty() ? "" : ", ") + std::to_string(r) + " (" + hosts_[r] + ")";
-    return list;
-  };
+  StallJudge judge(hosts_, timeout_s, now_ns());
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(watchdog_mu_);
@@ -406,50 +364,15 @@ void MpiCommunicator::watchdog_loop(double timeout_s) {
       if (MPI_Iprobe(MPI_ANY_SOURCE, kTag, ctl_, &flag, &st) != MPI_SUCCESS || !flag) break;
       unsigned long long in[2];
       MPI_Recv(in, 2, MPI_UNSIGNED_LONG_LONG, st.MPI_SOURCE, kTag, ctl_, MPI_STATUS_IGNORE);
-      seq[st.MPI_SOURCE] = in[0];
-      step[st.MPI_SOURCE] = in[1];
-      heard_at[st.MPI_SOURCE] = now;
+      judge.heard(st.MPI_SOURCE, in[0], in[1], now);
     }
-    std::vector<int> silent, heard;
-    for (int r = 1; r < size_; ++r) (now - heard_at[r] > timeout_ns ? silent : heard).push_back(r);
-    if (!silent.empty()) {
-      heard.insert(heard.begin(), 0);
-      std::fprintf(stderr,
-                   "tandem: communication error: unreachable: rank(s) %s sent no heartbeat for %.0f s "
-                   "(--collective-timeout); rank(s) %s did; aborting the job at collective #%llu\n"
-                   "  hint: the hosts or the network between them are down (a link, a switch, a firewall); check "
-                   "that those hosts are up and reachable from %s\n",
-                   named(silent).c_str(), timeout_s, named(heard).c_str(), static_cast<unsigned long long>(my_seq),
-                   hosts_[0].c_str());
-      std::fflush(stderr);
-      abort(3);
-    }
-    seq[0] = my_seq;
-    step[0] = my_step;
+    const std::string report = judge.verdict(my_seq, my_step, now);
     {
       std::lock_guard<std::mutex> lock(heard_mu_);
-      heard_step_ = step;
+      heard_step_ = judge.steps();
     }
-    int ahead = 0;
-    for (int r = 1; r < size_; ++r)
-      if (seq[r] > seq[ahead]) ahead = r;
-    std::string missing, waiting;
-    for (int r = 0; r < size_; ++r) {
-      const bool behind = seq[r] < seq[ahead];
-      if (seq[r] != seen[r] || !behind) behind_since[r] = 0;
-      seen[r] = seq[r];
-      if (behind && behind_since[r] == 0) behind_since[r] = now;
-      if (behind && now - behind_since[r] > timeout_ns)
-        missing += (missing.empty() ? "" : ", ") + std::to_string(r);
-      else if (!behind)
-        waiting += (waiting.empty() ? "" : ", ") + std::to_string(r);
-    }
-    if (!missing.empty()) {
-      std::fprintf(stderr,
-                   "tandem: communication error: stall: rank(s) %s did not reach step %llu (collective #%llu) "
-                   "within %.0f s (--collective-timeout), while rank(s) %s waited there; aborting the job\n"
-                   "  hint: check those ranks' output; a rank may be stuck, overloaded or gone\n",
-                   missing.c_str(), step[ahead], seq[ahead], timeout_s, waiting.c_str());
+    if (!report.empty()) {
+      std::fprintf(stderr, "tandem: communication error: %s\n", report.c_str());
       std::fflush(stderr);
       abort(3);
     }
@@ -465,14 +388,14 @@ std::unique_ptr<Communicator> make_mpi_communicator(bool hierarchical) {
   return std::make_unique<MpiCommunicator>(hierarchical);
 }
 
-void abort_job_if_distributed(int status) {
+void mpi_abort_job_if_running(int status) {
   if (!g_session_started) return;
   int size = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   if (size > 1) MPI_Abort(MPI_COMM_WORLD, status);
 }
 
-int distributed_rank() {
+int mpi_rank_if_running() {
   if (!g_session_started) return -1;
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);

@@ -1,11 +1,14 @@
 #include "dist/strategy.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <optional>
 #include <cstdio>
 #include <thread>
 #include <utility>
 
 #include "dist/bucketed_allreduce.h"
+#include "dist/launch_env.h"
 #include "dist/nccl_sync.h"
 #include "dist/rank_agreement.h"
 #include "engine/errors.h"
@@ -39,14 +42,14 @@ void validate(const StrategySpec& s) {
     throw_invalid("--precision must be fp32 or tf32, got '" + s.precision + "'");
   if (!(s.bucket_mb > 0 && s.bucket_mb <= 4096)) throw_invalid("--bucket-mb must be in (0, 4096]");
   if (!(s.collective_timeout > 0)) throw_invalid("--collective-timeout must be positive (seconds)");
-  if (s.communicator != "auto" && s.communicator != "nccl" && s.communicator != "mpi")
-    throw_invalid("--communicator must be auto, nccl or mpi, got '" + s.communicator + "'");
+  if (s.communicator != "auto" && s.communicator != "nccl" && s.communicator != "mpi" && s.communicator != "gloo")
+    throw_invalid("--communicator must be auto, nccl, mpi or gloo, got '" + s.communicator + "'");
   if (s.communicator == "nccl" && !nccl_available())
     throw_invalid("--communicator nccl: this build of Tandem has no NCCL support",
                   "build with CUDA and NCCL, or use --communicator mpi");
   if (s.communicator == "nccl" && s.batch_invariant > 0)
     throw_invalid("--batch-invariant cannot use --communicator nccl: NCCL does not fix the order of its sums",
-                  "use --communicator mpi (or auto), or drop --batch-invariant");
+                  "use --communicator auto (MPI's or Gloo's host collectives), or drop --batch-invariant");
   if (n == "multi-worker" && !s.devices.empty())
     throw_invalid("--devices is for mirrored and central-storage",
                   "multi-worker uses one device per rank: --device cpu or --device gpu");
@@ -89,7 +92,26 @@ std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec) {
   std::vector<Device> devices;
   int threads_each = 0;
   if (spec.name == "multi-worker") {
-    s->comm_ = make_mpi_communicator(true);
+    // mpirun/srun when they started this process; else TF_CONFIG or torchrun's variables (Gloo).
+    std::string note;
+    std::optional<LaunchEnv> launch;
+    if (!launched_by_mpi())
+      launch = launch_env_from_environment(&note);
+    else if (std::getenv("TF_CONFIG") || torchrun_env_present([](const char* v) { return std::getenv(v); }))
+      note = "started by an MPI launcher: its ranks are used, and TF_CONFIG / torchrun's variables are ignored";
+    const std::string launcher = launch ? launch->source : "MPI";
+    if (launch && spec.communicator == "mpi")
+      throw_invalid("--communicator mpi needs an MPI launcher (mpirun, srun); this job was launched by " + launcher,
+                    "use --communicator gloo or auto");
+    if (!launch && spec.communicator == "gloo")
+      throw_invalid("--communicator gloo is for jobs launched by TF_CONFIG or torchrun's variables; this one by MPI",
+                    "use --communicator mpi or auto");
+    s->comm_ = launch ? make_gloo_communicator(*launch, spec.collective_timeout) : make_mpi_communicator(true);
+    if (s->comm_->rank() == 0) {
+      if (!note.empty()) std::printf("multi-worker: %s\n", note.c_str());
+      if (launch) std::printf("multi-worker: launched by %s, rendezvous at %s:%d\n", launcher.c_str(),
+                              launch->rendezvous_host.c_str(), launch->rendezvous_port);
+    }
     Device d = Device::parse(spec.device);
     if (d.kind == DeviceKind::Gpu) d.index = s->comm_->local_rank();  // one GPU per local rank
     devices.push_back(d);
@@ -106,9 +128,10 @@ std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec) {
   for (auto& b : s->backends_) s->backend_ptrs_.push_back(b.get());
   // NCCL where the replicas are GPUs and it is built in; MPI (host buffers) otherwise, and for
   // batch invariance (its tree all-reduce). Mirrored CPU replicas and central storage sum on the host.
-  const bool nccl = s->gpu_ && nccl_available() && spec.communicator != "mpi" && spec.batch_invariant == 0;
+  const bool nccl = s->gpu_ && nccl_available() && spec.communicator != "mpi" && spec.communicator != "gloo" &&
+                    spec.batch_invariant == 0;
   if (s->comm_)
-    s->collectives_ = nccl ? "nccl" : "mpi";
+    s->collectives_ = nccl ? "nccl" : s->comm_->name() == "gloo" ? "gloo" : "mpi";
   else
     s->collectives_ = nccl && devices.size() > 1 && !s->central_storage() ? "nccl" : "host";
   return s;

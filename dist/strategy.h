@@ -3,8 +3,10 @@
 //   mirrored              one replica per --devices entry in this process, gradients summed by NCCL
 //                         (GPUs, when built with it) or on the host
 //   central-storage       the same replicas, variables and the update kept on the host
-//   multi-worker          one replica per MPI rank (mpirun, srun), gradients all-reduced in buckets
-//                         by NCCL (GPU replicas, when built with it) or MPI, overlapped with backward
+//   multi-worker          one replica per rank, started by mpirun/srun or, without an MPI launcher, by
+//                         TF_CONFIG or torchrun's variables (dist/launch_env.h); gradients all-reduced
+//                         in buckets by NCCL (GPU replicas, when built with it), MPI or Gloo,
+//                         overlapped with backward
 // make_strategy validates the description, places the replicas (starting MPI for multi-worker) and
 // chooses the collectives; connect() then builds the gradient sync for a model once every rank has
 // agreed on the run's configuration. The trainer sees only backends(), sync() and local_reduce().
@@ -28,7 +30,7 @@ struct StrategySpec {
   std::string devices;           // mirrored and central-storage: "gpu:0,gpu:1", "cpu:0,cpu:1"
   int threads = 0;               // CPU threads in all (0: every core), shared by this process's replicas
   std::string precision = "fp32";  // fp32 | tf32 (GPUs)
-  std::string communicator = "auto";  // auto | nccl | mpi
+  std::string communicator = "auto";  // auto | nccl | mpi | gloo
   double bucket_mb = 25;
   bool overlap = true;            // all-reduce buckets during backward
   double collective_timeout = 300;  // seconds (multi-worker's watchdog)
@@ -46,7 +48,7 @@ class Strategy {
   bool is_chief() const { return !comm_ || comm_->rank() == 0; }  // the process that writes files
   bool central_storage() const { return spec_.name == "central-storage"; }
   bool gpu() const { return gpu_; }                     // every replica on a GPU
-  const std::string& collectives() const { return collectives_; }  // "nccl", "mpi" or "host"
+  const std::string& collectives() const { return collectives_; }  // "nccl", "mpi", "gloo" or "host"
 
   // Multi-worker: starts the watchdog, checks that every rank read the same `inputs` (naming the
   // host whose copy of a file differs) and runs `config` (the run's identity; the strategy adds its

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(cmake g++ make pkg-config nlohmann-json3-dev catch2 libcli11-dev zlib1g-dev libopenblas-dev
               openmpi-bin libopenmpi-dev dataset-fashion-mnist python3
+              # Gloo: multi-worker collectives for jobs launched without MPI (TF_CONFIG, torchrun)
+              libgloo-dev
               # the cluster tests' network-namespace hosts (tests/cluster/cluster.sh)
               iproute2 util-linux iputils-ping
               # a real Slurm for the cluster tests (started by the test on its namespace hosts)

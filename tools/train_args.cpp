@@ -122,10 +122,12 @@ void add_train_flags(CLI::App& c, TrainArgs& a) {
   c.add_option("--timeline", a.timeline,
                "write a Chrome trace of every rank's steps to FILE (chrome://tracing, ui.perfetto.dev)");
   c.add_option("--collective-timeout", s.collective_timeout,
-               "seconds a rank may be missing from a collective before the job is aborted")
+               "seconds a rank may be missing from a collective before the job is aborted (and, for jobs "
+               "launched by TF_CONFIG or torchrun's variables, how long the start-up rendezvous waits)")
       ->capture_default_str();
   c.add_option("--communicator", s.communicator,
-               "gradient all-reduce: auto (NCCL for GPU replicas when built with it, else MPI), nccl or mpi")
+               "gradient all-reduce: auto (NCCL for GPU replicas when built with it, else MPI, or Gloo for jobs "
+               "launched by TF_CONFIG / torchrun's variables), nccl, mpi or gloo")
       ->capture_default_str();
 }
 

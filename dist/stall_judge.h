@@ -1,0 +1,38 @@
+// The stall watchdog's judgement, shared by the communicators that run one (MPI, Gloo): rank 0
+// hears every rank's progress (collectives entered, training step) a few times a second, over
+// whatever channel the communicator has, and decides when the job must end. A rank behind the
+// furthest one, with no progress for longer than the timeout while others wait in a collective it has
+// not entered, is a stall; a rank not heard from at all for longer than the timeout is unreachable
+// (its host or the network to it is gone: a rank that is merely slow still sends heartbeats from its
+// watchdog thread). docs/ARCHITECTURE.md, "Failure handling".
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tandem {
+
+class StallJudge {
+ public:
+  // `hosts`: each rank's host name, for the reports.
+  StallJudge(std::vector<std::string> hosts, double timeout_s, int64_t now_ns);
+  // A heartbeat from `rank`: it has entered `seq` collectives and is at training `step`.
+  void heard(int rank, uint64_t seq, uint64_t step, int64_t now_ns);
+  // Rank 0's own progress and the time; returns the report that ends the job ("" while all is well).
+  std::string verdict(uint64_t my_seq, uint64_t my_step, int64_t now_ns);
+  // Each rank's last known step (for ranks_behind).
+  const std::vector<unsigned long long>& steps() const { return step_; }
+
+ private:
+  std::string named(const std::vector<int>& ranks) const;
+
+  std::vector<std::string> hosts_;
+  double timeout_s_;
+  int64_t timeout_ns_;
+  std::vector<unsigned long long> seq_, step_, seen_;
+  std::vector<int64_t> behind_since_, heard_at_;
+};
+
+int64_t steady_now_ns();
+
+}  // namespace tandem
