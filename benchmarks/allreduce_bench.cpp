@@ -7,11 +7,15 @@
 // per-message latency that benchmarks/scaling_model.py fits).
 //   mpirun -np 2 build/benchmarks/allreduce_bench [--bucket-mb 25] [--iters 20] [--rounds 7] [--tree]
 //                                                 [--sizes 4096,1048576,...]
+// Started without mpirun, with TF_CONFIG or torchrun's variables per process (as `tandem train`
+// reads them), it measures the Gloo communicator instead, and the raw column is one Gloo ring
+// all-reduce of the whole buffer (Communicator::all_reduce_sum).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +26,7 @@
 
 #include "dist/bucketed_allreduce.h"
 #include "dist/communicator.h"
+#include "dist/launch_env.h"
 
 using namespace tandem;
 
@@ -65,14 +70,17 @@ int main(int argc, char** argv) {
     }
   }
   try {
-    auto comm = make_mpi_communicator(true);
+    std::optional<LaunchEnv> launch;
+    if (!launched_by_mpi()) launch = launch_env_from_environment();
+    auto comm = launch ? make_gloo_communicator(*launch, 300) : make_mpi_communicator(true);
+    const bool mpi = !launch;
     const int n = comm->size();
     auto cpu = make_cpu_backend(1);
     if (comm->rank() == 0)
       std::printf("# %d ranks (%s%s), bucket %.0f MiB, median of %d rounds of %d iterations; busbw = algbw * 2(n-1)/n\n"
                   "%10s %12s %12s %12s %12s %8s\n",
                   n, comm->name().c_str(), tree ? ", tree all-reduce" : "", bucket_mb, rounds, iters, "bytes",
-                  "tandem_us", "tandem_busbw", "mpi_us", "mpi_busbw", "ratio");
+                  "tandem_us", "tandem_busbw", mpi ? "mpi_us" : "gloo_us", mpi ? "mpi_busbw" : "gloo_busbw", "ratio");
     for (size_t bytes : sizes) {
       const size_t floats = bytes / sizeof(float);
       std::vector<float> buf(floats, 1.0f);
@@ -87,10 +95,10 @@ int main(int argc, char** argv) {
       sync.set_tree(tree);
       auto time_it = [&](auto&& fn) {
         fn();  // warm-up
-        MPI_Barrier(MPI_COMM_WORLD);
+        comm->barrier();
         auto t0 = std::chrono::steady_clock::now();
         for (int it = 0; it < iters; ++it) fn();
-        MPI_Barrier(MPI_COMM_WORLD);
+        comm->barrier();
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
       };
       // Alternate the two in rounds and keep each one's median: this VM's speed drifts between
@@ -106,7 +114,10 @@ int main(int argc, char** argv) {
           sync.all_reduce_gradients(*cpu, buf.data(), floats);
         }));
         mpi_t.push_back(time_it([&] {
-          MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(floats), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+          if (mpi)
+            MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(floats), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+          else
+            comm->all_reduce_sum(buf.data(), floats);
         }));
       }
       auto median = [](std::vector<double> v) {

@@ -270,10 +270,14 @@ GlooCommunicator::GlooCommunicator(const LaunchEnv& env, double timeout_s)
   // or rank 0's abort ends every rank.
   set_distributed_job(rank_, [this](int code) {
     if (aborting_.exchange(true)) return;
-    if (rank_ == 0)
-      server_->broadcast_abort(code);
-    else
-      client_->send_abort(code);
+    try {
+      if (rank_ == 0)
+        server_->broadcast_abort(code);
+      else
+        client_->send_abort(code);
+    } catch (const Error&) {
+      // rank 0 is gone already: nothing left to tell
+    }
   });
   if (rank_ == 0) {
     RendezvousServer::Events ev;
@@ -341,7 +345,7 @@ void GlooCommunicator::register_and_check(const LaunchEnv& env, Clock::time_poin
       std::string names;
       for (const auto& k : missing) names += (names.empty() ? "" : ", ") + env.names[std::stoi(k.substr(5))];
       error = std::to_string(missing.size()) + " of " + std::to_string(size_) +
-              " workers never reached the rendezvous at port " + std::to_string(env.rendezvous_port) + " within " +
+              " ranks never reached the rendezvous at port " + std::to_string(env.rendezvous_port) + " within " +
               std::to_string(static_cast<int>(timeout_s_)) + " s (--collective-timeout): " + names;
     }
     for (const auto& k : server_->conflicts())
@@ -476,6 +480,9 @@ void GlooCommunicator::on_lost_rank(int r) {
 }
 
 void GlooCommunicator::on_rank_abort(int r, int code) {
+  // A rank that ends on an error often reports a peer that has died (its connection reset): give
+  // that death half a second to show, so that the report names the rank that is gone.
+  std::this_thread::sleep_for(milliseconds(500));
   if (aborting_.exchange(true)) return;
   std::fprintf(stderr, "[rank 0] tandem: rank %d ended the job (status %d); ending every rank\n", r, code);
   server_->broadcast_abort(code);

@@ -2,7 +2,7 @@
 // tf.distribute.MultiWorkerMirroredStrategy and Kubeflow's TFJob set it) or from torchrun's variables
 // (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, as torchrun and PyTorchJob set them). Either way the
 // job has a rank, a size and one rendezvous address, rank 0's, where every rank registers
-// (dist/rendezvous.h). docs/ARCHITECTURE.md, "Launchers".
+// (dist/rendezvous.h). docs/ARCHITECTURE.md §12.
 #pragma once
 #include <functional>
 #include <optional>

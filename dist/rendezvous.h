@@ -4,7 +4,7 @@
 // configuration and publishes the roster, and Gloo exchanges its transport addresses through it.
 // Afterwards the same connections are the job's control plane: heartbeats for the stall watchdog,
 // the abort that ends every rank, and a rank's death seen at once as its connection closing.
-// docs/ARCHITECTURE.md, "Launchers".
+// docs/ARCHITECTURE.md §12.
 #pragma once
 #include <atomic>
 #include <chrono>

@@ -4,7 +4,7 @@
 // furthest one, with no progress for longer than the timeout while others wait in a collective it has
 // not entered, is a stall; a rank not heard from at all for longer than the timeout is unreachable
 // (its host or the network to it is gone: a rank that is merely slow still sends heartbeats from its
-// watchdog thread). docs/ARCHITECTURE.md, "Failure handling".
+// watchdog thread). docs/ARCHITECTURE.md §7.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -93,7 +93,7 @@ try:
     not_dir = os.path.join(tmp, "a-file")
     open(not_dir, "w").close()
     expect("--resume of a file", ["train", "--resume", not_dir] + quick, 2, "not a directory")
-    expect("unknown communicator", ["train", "--communicator", "gloo"] + quick, 2, "--communicator")
+    expect("unknown communicator", ["train", "--communicator", "pigeon"] + quick, 2, "--communicator")
     # Refused either way: by a build with NCCL for the CPU replicas, by one without for the build
     # (CI's sanitizer build has no CUDA).
     expect("nccl for CPU replicas", ["train", "--communicator", "nccl"] + quick, 2, ("GPU", "no NCCL support"))
@@ -163,6 +163,26 @@ try:
            "type")
     expect("missing data dir", ["train", "--data", os.path.join(tmp, "absent")] + quick[2:], 2,
            "dataset-fashion-mnist")
+
+    # Multi-worker jobs launched without MPI: a bad TF_CONFIG or torchrun variable is exit 2, named.
+    mw = ["train"] + quick + ["--strategy", "multi-worker", "--output", os.path.join(tmp, "mw")]
+    for name, env, needle in [
+            ("TF_CONFIG not JSON", {"TF_CONFIG": "{cluster"}, "TF_CONFIG: not JSON"),
+            ("TF_CONFIG index out of range", {"TF_CONFIG": json.dumps(
+                {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 1}})}, "task.index 1"),
+            ("TF_CONFIG with a ps job", {"TF_CONFIG": json.dumps(
+                {"cluster": {"worker": ["a:1"], "ps": ["b:1"]}, "task": {"type": "worker", "index": 0}})},
+             "parameter servers"),
+            ("TF_CONFIG duplicate address", {"TF_CONFIG": json.dumps(
+                {"cluster": {"worker": ["a:1", "a:1"]}, "task": {"type": "worker", "index": 0}})}, "repeats"),
+            ("torchrun RANK missing", {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", "WORLD_SIZE": "2"},
+             "RANK is not set"),
+            ("torchrun RANK >= WORLD_SIZE", {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", "RANK": "2",
+                                             "WORLD_SIZE": "2"}, "below WORLD_SIZE")]:
+        expect(name, mw, 2, needle, env=env)
+    expect("--communicator mpi under TF_CONFIG", mw + ["--communicator", "mpi"], 2, "needs an MPI launcher",
+           env={"TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker",
+                                                                                        "index": 0}})})
 
     # A real run, then corrupted weights; earlier versions survive later runs.
     out = os.path.join(tmp, "out")

@@ -22,7 +22,7 @@ Where namespaces cannot be made (not root, no CAP_NET_ADMIN), every check report
                the hint, and examples/slurm/train.sbatch submitted with `sbatch --wait` completes with
                the same weights.
 
-usage: cluster_checks.py TANDEM [equivalence|faults|agreement|slurm ...]
+usage: cluster_checks.py TANDEM [equivalence|faults|agreement|slurm|gloo ...]
 """
 import json
 import os
@@ -39,7 +39,7 @@ from testdata import make_dataset  # noqa: E402
 from cluster import Cluster, Refused, run  # noqa: E402
 
 TANDEM = os.path.abspath(sys.argv[1])
-WHICH = sys.argv[2:] or ["equivalence", "faults", "agreement", "slurm"]
+WHICH = sys.argv[2:] or ["equivalence", "faults", "agreement", "slurm", "gloo"]
 failures = []
 
 
@@ -178,6 +178,146 @@ PartitionName=debug Nodes=h[1-2] Default=YES MaxTime=10 State=UP OverSubscribe=Y
     check(f"slurm: the sbatch run equals one process bit for bit (max_abs_diff {diff})", diff == 0, err)
 
 
+def start_workers(cluster, args, envs, hosts, log):
+    """Workers started by hand, without mpirun: rank r on hosts[r] with envs[r] added."""
+    procs = []
+    for r, (host, extra) in enumerate(zip(hosts, envs)):
+        e = dict(os.environ, **extra)
+        procs.append(subprocess.Popen([cluster.inhost, host, TANDEM] + args, stdout=open(f"{log}.{r}.out", "w"),
+                                      stderr=open(f"{log}.{r}.err", "w"), env=e))
+    return procs
+
+
+def wait_workers(procs, log, timeout):
+    """Waits for every worker (killing what is left at the timeout); returns (statuses, seconds, stderr of rank 0
+    and of all, stdout of rank 0)."""
+    start = time.time()
+    for p in procs:
+        try:
+            p.wait(timeout=max(1, timeout - (time.time() - start)))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    took = time.time() - start
+    errs = [open(f"{log}.{r}.err").read() for r in range(len(procs))]
+    return [p.returncode for p in procs], took, errs, open(f"{log}.0.out").read()
+
+
+def tf_configs(addresses, cluster_of=None):
+    cl = {"worker": addresses}
+    return [{"TF_CONFIG": json.dumps({"cluster": cluster_of or cl, "task": {"type": "worker", "index": i}})}
+            for i in range(len(addresses))]
+
+
+def torchrun_vars(master, size):
+    return [{"MASTER_ADDR": master, "MASTER_PORT": "29500", "RANK": str(r), "WORLD_SIZE": str(size),
+             "LOCAL_RANK": str(r % 2)} for r in range(size)]
+
+
+def gloo_check(cluster, tmp, base, out_dir):
+    """Issue 20: jobs launched without mpirun, by TF_CONFIG or torchrun's variables, over Gloo."""
+    hosts4 = ["h1", "h1", "h2", "h2"]
+    addresses = ["h1:2222", "h1:2223", "h2:2222", "h2:2223"]
+    cases = [("TF_CONFIG", "mlp", "adam", ["--batch-invariant", "8"], "max_abs_diff", 0.0),
+             ("TF_CONFIG", "cnn", "sgd", ["--batch-invariant", "8"], "max_abs_diff", 0.0),
+             ("torchrun", "mlp", "adam", ["--batch-invariant", "8"], "max_abs_diff", 0.0),
+             ("torchrun", "mlp", "sgd", [], "max_rel_diff", 1e-4)]
+    singles = {}
+    for launch, model, opt, extra, key, limit in cases:
+        args = base + ["--model", model, "--epochs", "1", "--batch-size", "64", "--optimizer", opt] + extra
+        name = f"gloo {launch} {model}/{opt}{' --batch-invariant 8' if extra else ''}"
+        single = singles.get(" ".join(args))
+        if not single:
+            single = out_dir(name + " single")
+            r = run([TANDEM] + args + ["--output", single])
+            check(f"{name}: one process trains", r.returncode == 0, r.stderr.strip()[-300:])
+            singles[" ".join(args)] = single
+        out = out_dir(name)
+        envs = tf_configs(addresses) if launch == "TF_CONFIG" else torchrun_vars("h1", 4)
+        procs = start_workers(cluster, args + ["--strategy", "multi-worker", "--output", out], envs, hosts4, out)
+        codes, took, errs, out0 = wait_workers(procs, out, 600)
+        check(f"{name}: 4 workers started by hand on 2 hosts train over Gloo, 2 per node ({took:.0f} s)",
+              codes == [0, 0, 0, 0] and f"launched by {launch}" in out0 and "gloo" in out0 and "2 per node" in out0,
+              f"status {codes}: {out0.strip()[:300]} {errs[0].strip()[-300:]}")
+        diff, err = compare(os.path.join(out, "model", "1"), os.path.join(single, "model", "1"), key)
+        check(f"{name}: equals one process ({key} {diff}, limit {limit:g})", diff is not None and diff <= limit, err)
+
+    mlp = base + ["--model", "mlp", "--epochs", "1000", "--batch-size", "8", "--strategy", "multi-worker",
+                  "--collective-timeout", "8"]
+    # A worker that never starts: the others stop at start-up, the missing one named.
+    out = out_dir("gloo missing")
+    procs = start_workers(cluster, mlp + ["--output", out], tf_configs(addresses)[:3], hosts4[:3], out)
+    codes, took, errs, _ = wait_workers(procs, out, 60)
+    check(f"gloo: a worker that never starts stops the others at start-up, named ({took:.0f} s)",
+          all(c not in (0, None) for c in codes) and "never reached the rendezvous" in errs[0] and
+          "worker 3 (h2:2223)" in errs[0] and all("tandem" in e for e in errs) and took < 40,
+          f"status {codes}: {errs[0].strip()[-300:]}")
+    # A worker started with another cluster: every rank stops at start-up, exit 2, the worker named.
+    out = out_dir("gloo other config")
+    envs = tf_configs(addresses)
+    envs[3] = tf_configs(addresses[:3] + ["h2:2224"])[3]
+    procs = start_workers(cluster, mlp + ["--output", out], envs, hosts4, out)
+    codes, took, errs, _ = wait_workers(procs, out, 60)
+    check(f"gloo: a worker with another TF_CONFIG stops every rank at start-up, named ({took:.0f} s)",
+          codes == [2, 2, 2, 2] and "worker 3 (h2:2223) on host h2 was started with another TF_CONFIG" in errs[0]
+          and all("hint:" in e for e in errs), f"status {codes}: {errs[0].strip()[-300:]} | {errs[3].strip()[-200:]}")
+    # kill -9 of a worker on h2 mid-run: every other worker ends within the collective timeout.
+    out = out_dir("gloo kill")
+    procs = start_workers(cluster, mlp + ["--output", out], torchrun_vars("h1", 4), hosts4, out)
+    victim, start = None, time.time()
+    while time.time() - start < 60 and victim is None and all(p.poll() is None for p in procs):
+        time.sleep(0.5)
+        if len(cluster.tandem_pids("h1")) == 2 and len(cluster.tandem_pids("h2")) == 2:
+            time.sleep(2)
+            victim = max(cluster.tandem_pids("h2"))
+            os.kill(victim, signal.SIGKILL)
+    codes, took, errs, _ = wait_workers(procs, out, 60)
+    check(f"gloo: kill -9 of a worker on h2 ends every worker non-zero within --collective-timeout ({took:.0f} s)",
+          victim is not None and all(c != 0 for c in codes) and took <= 8 + 5 and "is gone" in errs[0],
+          f"status {codes}: {errs[0].strip()[-300:]}")
+    time.sleep(1)
+    left = cluster.tandem_pids("h1") + cluster.tandem_pids("h2")
+    check("gloo: no worker left on any host after the kill", not left, f"left: {left}")
+
+    # h2's link down mid-run: the watchdog names the unreachable rank; the same launch resumes and
+    # ends bit-identical to an uninterrupted run.
+    timeout_s = 8
+    args = base + ["--model", "mlp", "--epochs", "6", "--batch-size", "16", "--optimizer", "adam",
+                   "--batch-invariant", "8", "--checkpoint-every", "8"]
+    ref = out_dir("gloo partition reference")
+    r = run([TANDEM] + args + ["--output", ref])
+    check("gloo partition: the uninterrupted reference trains", r.returncode == 0, r.stderr.strip()[-300:])
+    out = out_dir("gloo partition")
+    job = args + ["--strategy", "multi-worker", "--collective-timeout", str(timeout_s), "--resume", out]
+    envs = tf_configs(["h1:2222", "h2:2222"])
+    procs = start_workers(cluster, job, envs, ["h1", "h2"], out)
+    ckpts = os.path.join(out, "checkpoints")
+    start, cut = time.time(), None
+    while time.time() - start < 120 and all(p.poll() is None for p in procs) and cut is None:
+        time.sleep(0.2)
+        if os.path.isdir(ckpts) and len([n for n in os.listdir(ckpts) if n.startswith("ckpt-")]) >= 2:
+            cut = time.time()
+            cluster.link("h2", "down")
+    codes, _, errs, _ = wait_workers(procs, out, timeout_s + 60)
+    took = time.time() - cut if cut else -1
+    check("gloo partition: h2's link went down mid-run", cut is not None, "no checkpoint was committed first")
+    check(f"gloo partition: every worker ends non-zero within --collective-timeout + 30 s ({took:.0f} s)",
+          cut is not None and all(c not in (0, None, -9) for c in codes) and took <= timeout_s + 30, f"status {codes}")
+    check("gloo partition: the watchdog names the unreachable rank and its host",
+          "unreachable: rank(s) 1 (h2) sent no heartbeat" in errs[0], errs[0].strip()[-400:])
+    time.sleep(1)
+    left = cluster.tandem_pids("h1") + cluster.tandem_pids("h2")
+    check("gloo partition: no worker left on any host", not left, f"left: {left}")
+    cluster.link("h2", "up")
+    procs = start_workers(cluster, job, envs, ["h1", "h2"], out + "-again")
+    codes, _, errs, out0 = wait_workers(procs, out + "-again", 600)
+    check("gloo partition: the same launch resumes and finishes", codes == [0, 0] and "resum" in (out0 + errs[0]).lower(),
+          f"status {codes}: " + errs[0].strip()[-300:])
+    diff, err = compare(os.path.join(out, "model", "1"), os.path.join(ref, "model", "1"), "max_abs_diff")
+    check(f"gloo partition: the resumed run equals the uninterrupted one bit for bit (max_abs_diff {diff})",
+          diff == 0, err)
+
+
 tmp = tempfile.mkdtemp(prefix="tandem-cluster-")
 cluster = None
 try:
@@ -305,6 +445,8 @@ try:
               f"status {r.returncode}: " + r.stderr.strip()[-400:])
     if "slurm" in WHICH:
         slurm_check(cluster, tmp, base)
+    if "gloo" in WHICH:
+        gloo_check(cluster, tmp, base, out_dir)
 finally:
     if slurm_daemons:
         for pidfile in slurm_daemons:
