@@ -27,6 +27,7 @@
 #include "dist/bucketed_allreduce.h"
 #include "dist/communicator.h"
 #include "dist/launch_env.h"
+#include "kernels/backends.h"
 
 using namespace tandem;
 

@@ -84,6 +84,10 @@ def busbw(cluster, bench, launcher, sizes, iters):
     return rows
 
 
+def size_label(b):
+    return f"{b >> 20} MiB" if b >= 1 << 20 else f"{b >> 10} KiB"
+
+
 def summary(values):
     return statistics.median(values), min(values), max(values)
 
@@ -98,6 +102,7 @@ def main():
     ap.add_argument("--mlp-samples", type=int, default=12800)
     ap.add_argument("--cnn-samples", type=int, default=1280)
     ap.add_argument("--sizes", default="1048576,4194304,16777216,67108864")
+    ap.add_argument("--models", default="mlp,cnn", help="which training jobs to run")
     ap.add_argument("--json", default="", help="also write the measurements here")
     a = ap.parse_args()
     tandem, bench = os.path.abspath(a.tandem), os.path.abspath(a.allreduce_bench)
@@ -109,6 +114,7 @@ def main():
         print("SKIP: " + str(e))
         return 77
     jobs = [("mlp", (2, 1), a.mlp_samples), ("mlp", (2, 2), a.mlp_samples), ("cnn", (2, 2), a.cnn_samples)]
+    jobs = [j for j in jobs if j[0] in a.models.split(",")]
     sps = {(m, l, lau): [] for m, l, _ in jobs for lau in ("mpi", "gloo")}
     bw = {(s, kind, lau): [] for s in sizes for kind in ("bucketed", "raw") for lau in ("mpi", "gloo")}
     try:
@@ -125,7 +131,7 @@ def main():
                     for kind in ("bucketed", "raw"):
                         bw[(s, kind, lau)].append(r[kind])
                 print(f"round {rnd + 1}: all-reduce {lau}: " +
-                      ", ".join(f"{s >> 20} MiB {r['bucketed']:.2f}/{r['raw']:.2f} GB/s" for s, r in rows.items()),
+                      ", ".join(f"{size_label(s)} {r['bucketed']:.2f}/{r['raw']:.2f} GB/s" for s, r in rows.items()),
                       flush=True)
     finally:
         cluster.down()
@@ -144,7 +150,7 @@ def main():
         for kind in ("bucketed", "raw"):
             m, g = summary(bw[(s, kind, "mpi")]), summary(bw[(s, kind, "gloo")])
             label = "Tandem's bucketed (25 MiB)" if kind == "bucketed" else "one raw call"
-            print(f"| {s >> 20} MiB | {label} | {m[0]:.2f} ({m[1]:.2f}-{m[2]:.2f}) | "
+            print(f"| {size_label(s)} | {label} | {m[0]:.2f} ({m[1]:.2f}-{m[2]:.2f}) | "
                   f"{g[0]:.2f} ({g[1]:.2f}-{g[2]:.2f}) | {g[0] / m[0]:.2f} |")
     if a.json:
         with open(a.json, "w") as f:

@@ -12,6 +12,7 @@
 #include "engine/backend.h"
 #include "engine/replica.h"
 #include "export/loaded_model.h"
+#include "kernels/backends.h"
 
 using namespace tandem;
 using Clock = std::chrono::steady_clock;

@@ -2,12 +2,10 @@
 
 #include <cstdlib>
 #include <filesystem>
-#include <limits>
 #include <system_error>
 
 #include "data/idx.h"
 #include "engine/errors.h"
-#include "engine/rng.h"
 
 namespace tandem {
 namespace {
@@ -63,22 +61,6 @@ Dataset load_split(const std::filesystem::path& dir, const std::string& prefix, 
 
 }  // namespace
 
-Dataset Dataset::slice(int64_t begin, int64_t end) const {
-  if (begin < 0 || end < begin || end > count)
-    throw_invalid("Dataset::slice(" + std::to_string(begin) + ", " + std::to_string(end) + ") is out of range for " +
-                      std::to_string(count) + " samples",
-                  "use 0 <= begin <= end <= count");
-  const int64_t elems = sample_elems();
-  TANDEM_ASSERT(static_cast<int64_t>(images.size()) == count * elems && static_cast<int64_t>(labels.size()) == count);
-  Dataset d;
-  d.sample_shape = sample_shape;
-  d.num_classes = num_classes;
-  d.count = end - begin;
-  d.images.assign(images.begin() + begin * elems, images.begin() + end * elems);
-  d.labels.assign(labels.begin() + begin, labels.begin() + end);
-  return d;
-}
-
 const std::vector<std::string>& fashion_mnist_class_names() {
   static const std::vector<std::string> names = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                                  "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
@@ -117,20 +99,6 @@ std::pair<Dataset, Dataset> split_validation(const Dataset& full, int64_t valida
                   "pass --validation-size N with 0 <= N < " + std::to_string(full.count) +
                       " so that at least one training sample remains");
   return {full.slice(validation_size, full.count), full.slice(0, validation_size)};
-}
-
-std::vector<int32_t> epoch_permutation(int64_t count, uint64_t seed, uint64_t epoch) {
-  if (count < 0 || count > std::numeric_limits<int32_t>::max())
-    throw_invalid("epoch_permutation: sample count " + std::to_string(count) + " is out of range",
-                  "the count must be between 0 and 2^31 - 1");
-  std::vector<int32_t> perm(static_cast<size_t>(count));
-  for (int64_t i = 0; i < count; ++i) perm[static_cast<size_t>(i)] = static_cast<int32_t>(i);
-  CounterRng rng(seed, epoch);
-  for (int64_t i = count - 1; i > 0; --i) {
-    const uint64_t j = rng.below(static_cast<uint64_t>(i) + 1);
-    std::swap(perm[static_cast<size_t>(i)], perm[j]);
-  }
-  return perm;
 }
 
 }  // namespace tandem

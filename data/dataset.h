@@ -1,24 +1,13 @@
-// In-memory labelled image datasets (uint8, as stored), the Fashion-MNIST loader, the validation
-// split and the per-epoch shuffle.
+// The Fashion-MNIST loader and the validation split, into engine/dataset.h's in-memory Dataset.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "engine/tensor.h"
+#include "engine/dataset.h"
 
 namespace tandem {
-
-struct Dataset {
-  std::vector<uint8_t> images;  // count * sample_elems(), NHWC
-  std::vector<uint8_t> labels;  // count
-  Shape sample_shape;           // e.g. (28, 28, 1)
-  int64_t count = 0;
-  int num_classes = 10;
-  int64_t sample_elems() const { return sample_shape.numel(); }
-  Dataset slice(int64_t begin, int64_t end) const;  // samples [begin, end)
-};
 
 struct LabelledData {
   Dataset train, test;
@@ -39,9 +28,5 @@ LabelledData load_fashion_mnist(const std::string& dir);
 // Returns {train, validation}.
 // Throws InvalidArgument if validation_size < 0 or leaves no training samples.
 std::pair<Dataset, Dataset> split_validation(const Dataset& full, int64_t validation_size);
-
-// The order in which epoch `epoch` visits `count` samples: a Fisher-Yates shuffle driven by
-// (seed, epoch) alone, so it is the same on every rank and for every replica count.
-std::vector<int32_t> epoch_permutation(int64_t count, uint64_t seed, uint64_t epoch);
 
 }  // namespace tandem

@@ -4,7 +4,7 @@
 #include "dist/communicator.h"
 #include "dist/nccl_sync.h"
 #include "engine/errors.h"
-#include "kernels/cpu/thread_pool.h"
+#include "engine/fp_env.h"
 
 namespace tandem {
 
@@ -68,13 +68,25 @@ int distributed_rank() {
   return mpi_rank_if_running();
 }
 
-void tree_all_reduce_by_exchange(int rank, int size, float* data, size_t n, std::vector<float>& scratch,
-                                 const TreeExchange& exchange) {
+template <typename T>
+void tree_all_reduce_by_exchange(int rank, int size, T* data, size_t n, std::vector<T>& scratch,
+                                 const TreeExchange<T>& exchange) {
   if (size == 1 || n == 0) return;
   if ((size & (size - 1)) != 0)
     throw_invalid("--batch-invariant needs a power-of-2 number of ranks, this job has " + std::to_string(size),
                   "launch 1, 2, 4, 8, ... ranks");
   enable_flush_to_zero();  // the adds below round like the compute threads' (denormals flushed)
+  if (n * sizeof(T) <= kTreeDoublingBytes) {
+    // Small buffers: recursive doubling, whole buffers, one message per level instead of two. At
+    // distance d both partners form (lower group's sum) + (upper group's sum): the same tree, the
+    // same bits, half the messages.
+    scratch.resize(n);
+    for (int d = 1; d < size; d <<= 1) {
+      exchange(data, n, scratch.data(), n, rank ^ d);
+      for (size_t i = 0; i < n; ++i) data[i] += scratch[i];  // IEEE addition commutes: the same bits on both
+    }
+    return;
+  }
   struct Segment {
     size_t lo, hi;
   };
@@ -117,5 +129,10 @@ std::unique_ptr<GradientSync> make_nccl_gradient_sync(Communicator&, const Model
 }
 std::unique_ptr<LocalReduce> make_nccl_local_reduce(const std::vector<Backend*>&) { no_nccl(); }
 #endif
+
+template void tree_all_reduce_by_exchange<float>(int, int, float*, size_t, std::vector<float>&,
+                                                 const TreeExchange<float>&);
+template void tree_all_reduce_by_exchange<double>(int, int, double*, size_t, std::vector<double>&,
+                                                  const TreeExchange<double>&);
 
 }  // namespace tandem

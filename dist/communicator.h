@@ -85,9 +85,14 @@ void set_distributed_job(int rank, std::function<void(int)> abort);
 // ranks, formed as (lower d ranks' sum) + (upper d ranks' sum): the pairwise tree over ranks, at
 // the bandwidth of a ring (each rank sends 2(p-1)/p of the buffer). With nodes made of consecutive
 // ranks, the first exchanges stay inside a node. `exchange(send, send_n, recv, recv_n, peer)`
-// sends and receives at once; `size` must be a power of 2 (else throws InvalidArgument).
-using TreeExchange = std::function<void(const float*, size_t, float*, size_t, int)>;
-void tree_all_reduce_by_exchange(int rank, int size, float* data, size_t n, std::vector<float>& scratch,
-                                 const TreeExchange& exchange);
+// sends and receives at once; `size` must be a power of 2 (else throws InvalidArgument). Buffers of
+// at most kTreeDoublingBytes go by recursive doubling instead (whole buffers, one message per level,
+// the same tree and bits). Defined for float and double.
+constexpr size_t kTreeDoublingBytes = 16384;
+template <typename T>
+using TreeExchange = std::function<void(const T*, size_t, T*, size_t, int)>;
+template <typename T>
+void tree_all_reduce_by_exchange(int rank, int size, T* data, size_t n, std::vector<T>& scratch,
+                                 const TreeExchange<T>& exchange);
 
 }  // namespace tandem

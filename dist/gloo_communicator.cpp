@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <unistd.h>
 #include <vector>
 
@@ -83,10 +84,7 @@ class GlooCommunicator final : public Communicator {
   void tree_all_reduce_sum(float* data, size_t n) override {
     if (size_ == 1 || n == 0) return;
     Entered entered(*this);
-    tree_all_reduce_by_exchange(rank_, size_, data, n, scratch_,
-                                [this](const float* send, size_t send_n, float* recv, size_t recv_n, int peer) {
-                                  exchange(send, send_n, recv, recv_n, peer);
-                                });
+    guarded("tree all-reduce", [&] { tree_on(world_, data, n, scratch_); });
   }
   void broadcast(void* data, size_t bytes, int root) override { broadcast_on(world_, data, bytes, root); }
   void all_gather(const void* in, size_t bytes, void* out) override {
@@ -114,10 +112,7 @@ class GlooCommunicator final : public Communicator {
   void note_step(uint64_t step) override { step_.store(step, std::memory_order_relaxed); }
   std::string ranks_behind(uint64_t step) override {
     std::lock_guard<std::mutex> lock(heard_mu_);
-    std::string out;
-    for (size_t r = 0; r < heard_step_.size(); ++r)
-      if (heard_step_[r] < step) out += (out.empty() ? "" : ", ") + std::to_string(r);
-    return out;
+    return ranks_before(heard_step_, step);
   }
   void set_abort_hook(std::function<void()> hook) override {
     std::lock_guard<std::mutex> lock(heard_mu_);
@@ -140,11 +135,19 @@ class GlooCommunicator final : public Communicator {
   }
   uint32_t next_tag() { return tag_++; }
 
+  // Sums over the ranks of `ctx`. With a power-of-2 number of ranks: recursive halving and doubling
+  // over Gloo's pairwise sends (the fixed tree of tree_all_reduce_sum), whose latency is a few
+  // messages; Gloo's own ring all-reduce costs ~300 us even for 4 KiB (benchmarks/RESULTS.md).
+  // Otherwise Gloo's ring. Either way every rank ends with the same bits.
   template <typename T>
   void reduce(const std::shared_ptr<gloo::Context>& ctx, T* data, size_t n) {
     if (!ctx || ctx->size == 1 || n == 0) return;
     Entered entered(*this);
     guarded("all-reduce", [&] {
+      if ((ctx->size & (ctx->size - 1)) == 0) {
+        tree_on(ctx, data, n, scratch<T>());
+        return;
+      }
       gloo::AllreduceOptions opts(ctx);
       opts.setOutput(data, n);
       opts.setReduceFunction(
@@ -152,6 +155,21 @@ class GlooCommunicator final : public Communicator {
       opts.setTag(next_tag());
       gloo::allreduce(opts);
     });
+  }
+  template <typename T>
+  std::vector<T>& scratch() {
+    if constexpr (std::is_same_v<T, float>)
+      return scratch_;
+    else
+      return scratch_double_;
+  }
+  template <typename T>
+  void tree_on(const std::shared_ptr<gloo::Context>& ctx, T* data, size_t n, std::vector<T>& scratch) {
+    tree_all_reduce_by_exchange<T>(
+        ctx->rank, ctx->size, data, n, scratch,
+        [&](const T* send, size_t send_n, T* recv, size_t recv_n, int peer) {
+          exchange(*ctx, send, send_n * sizeof(T), recv, recv_n * sizeof(T), peer);
+        });
   }
   void broadcast_on(const std::shared_ptr<gloo::Context>& ctx, void* data, size_t bytes, int root) {
     if (!ctx || ctx->size == 1 || bytes == 0) return;
@@ -164,22 +182,21 @@ class GlooCommunicator final : public Communicator {
       gloo::broadcast(opts);
     });
   }
-  // Sends `send_n` floats to `peer` while receiving `recv_n` from it (the tree's pairs).
-  void exchange(const float* send, size_t send_n, float* recv, size_t recv_n, int peer) {
-    guarded("tree exchange", [&] {
-      const uint64_t slot = (uint64_t(0x7d) << 56) | tree_slot_++;
-      std::unique_ptr<gloo::transport::UnboundBuffer> out, in;
-      if (send_n) {
-        out = world_->createUnboundBuffer(const_cast<float*>(send), send_n * sizeof(float));
-        out->send(peer, slot);
-      }
-      if (recv_n) {
-        in = world_->createUnboundBuffer(recv, recv_n * sizeof(float));
-        in->recv(peer, slot);
-        in->waitRecv(op_timeout_);
-      }
-      if (out) out->waitSend(op_timeout_);
-    });
+  // Sends `send_bytes` to `peer` while receiving `recv_bytes` from it (the tree's pairs).
+  void exchange(gloo::Context& ctx, const void* send, size_t send_bytes, void* recv, size_t recv_bytes, int peer) {
+    // Slots count per context: the members of a group run the same exchanges on it in the same order.
+    const uint64_t slot = (uint64_t(0x7d) << 56) | tree_slots_[&ctx]++;
+    std::unique_ptr<gloo::transport::UnboundBuffer> out, in;
+    if (send_bytes) {
+      out = ctx.createUnboundBuffer(const_cast<void*>(send), send_bytes);
+      out->send(peer, slot);
+    }
+    if (recv_bytes) {
+      in = ctx.createUnboundBuffer(recv, recv_bytes);
+      in->recv(peer, slot);
+      if (!in->waitRecv(op_timeout_)) throw gloo::IoException("receive aborted");
+    }
+    if (out && !out->waitSend(op_timeout_)) throw gloo::IoException("send aborted");
   }
 
   struct Entered {
@@ -192,6 +209,7 @@ class GlooCommunicator final : public Communicator {
   void watchdog_loop();
   void on_lost_rank(int rank);
   void on_rank_abort(int rank, int code);
+  void tell_others(int code);
 
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1, nodes_ = 1;
   double timeout_s_;
@@ -204,8 +222,9 @@ class GlooCommunicator final : public Communicator {
   std::shared_ptr<gloo::Context> world_, node_, cross_;
   std::mutex op_mu_;
   uint32_t tag_ = 1;
-  uint64_t tree_slot_ = 0;
+  std::map<const gloo::Context*, uint64_t> tree_slots_;
   std::vector<float> scratch_;
+  std::vector<double> scratch_double_;
 
   std::atomic<uint64_t> seq_{0}, step_{0};
   std::thread watchdog_;
@@ -269,15 +288,7 @@ GlooCommunicator::GlooCommunicator(const LaunchEnv& env, double timeout_s)
   // The control plane from here on (the connection carries no more store requests): a rank's death
   // or rank 0's abort ends every rank.
   set_distributed_job(rank_, [this](int code) {
-    if (aborting_.exchange(true)) return;
-    try {
-      if (rank_ == 0)
-        server_->broadcast_abort(code);
-      else
-        client_->send_abort(code);
-    } catch (const Error&) {
-      // rank 0 is gone already: nothing left to tell
-    }
+    if (!aborting_.exchange(true)) tell_others(code);
   });
   if (rank_ == 0) {
     RendezvousServer::Events ev;
@@ -490,6 +501,18 @@ void GlooCommunicator::on_rank_abort(int r, int code) {
   end_process(code);
 }
 
+// Rank 0 tells every rank to end; another rank asks rank 0 to (it relays the abort).
+void GlooCommunicator::tell_others(int code) {
+  try {
+    if (rank_ == 0)
+      server_->broadcast_abort(code);
+    else
+      client_->send_abort(code);
+  } catch (const Error&) {
+    // rank 0 is gone already: nothing left to tell
+  }
+}
+
 void GlooCommunicator::abort(int code) {
   std::function<void()> hook;
   {
@@ -498,13 +521,7 @@ void GlooCommunicator::abort(int code) {
   }
   if (hook) hook();
   aborting_ = true;
-  try {
-    if (rank_ == 0)
-      server_->broadcast_abort(code);
-    else
-      client_->send_abort(code);
-  } catch (const Error&) {
-  }
+  tell_others(code);
   std::this_thread::sleep_for(milliseconds(100));
   end_process(code);
 }

@@ -152,7 +152,7 @@ class MpiCommunicator final : public Communicator {
   void tree_all_reduce_sum(float* data, size_t n) override {
     if (size_ == 1 || n == 0) return;
     Entered entered(*this);
-    tree_all_reduce_by_exchange(rank_, size_, data, n, scratch_,
+    tree_all_reduce_by_exchange<float>(rank_, size_, data, n, scratch_,
                                 [this](const float* send, size_t send_n, float* recv, size_t recv_n, int peer) {
                                   exchange(send, send_n, recv, recv_n, peer);
                                 });
@@ -183,10 +183,7 @@ class MpiCommunicator final : public Communicator {
   void start_watchdog(double timeout_s) override;
   std::string ranks_behind(uint64_t step) override {
     std::lock_guard<std::mutex> lock(heard_mu_);
-    std::string out;
-    for (size_t r = 0; r < heard_step_.size(); ++r)
-      if (heard_step_[r] < step) out += (out.empty() ? "" : ", ") + std::to_string(r);
-    return out;
+    return ranks_before(heard_step_, step);
   }
   void set_abort_hook(std::function<void()> hook) override {
     std::lock_guard<std::mutex> lock(heard_mu_);

@@ -6,8 +6,8 @@
 #include <cstring>
 #include <map>
 
+#include "engine/checksum.h"
 #include "engine/errors.h"
-#include "export/weights_file.h"  // crc32c
 
 namespace tandem {
 namespace {

@@ -11,6 +11,13 @@ int64_t steady_now_ns() {
       .count();
 }
 
+std::string ranks_before(const std::vector<unsigned long long>& steps, uint64_t step) {
+  std::string out;
+  for (size_t r = 0; r < steps.size(); ++r)
+    if (steps[r] < step) out += (out.empty() ? "" : ", ") + std::to_string(r);
+  return out;
+}
+
 StallJudge::StallJudge(std::vector<std::string> hosts, double timeout_s, int64_t now_ns)
     : hosts_(std::move(hosts)),
       timeout_s_(timeout_s),

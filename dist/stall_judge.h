@@ -35,4 +35,8 @@ class StallJudge {
 
 int64_t steady_now_ns();
 
+// The ranks whose last known step (`steps`, as StallJudge::steps gives them) is before `step`,
+// listed "1, 3" (Communicator::ranks_behind).
+std::string ranks_before(const std::vector<unsigned long long>& steps, uint64_t step);
+
 }  // namespace tandem

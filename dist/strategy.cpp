@@ -1,9 +1,9 @@
 #include "dist/strategy.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <optional>
-#include <cstdio>
 #include <thread>
 #include <utility>
 
@@ -12,6 +12,7 @@
 #include "dist/nccl_sync.h"
 #include "dist/rank_agreement.h"
 #include "engine/errors.h"
+#include "kernels/backends.h"
 #ifdef TANDEM_HAVE_CUDA
 #include "kernels/cuda/cuda_backend.h"
 #endif
@@ -126,6 +127,7 @@ std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec) {
   if (spec.communicator == "nccl" && !s->gpu_) throw_invalid("--communicator nccl needs GPU replicas", "use --device gpu");
   for (const auto& d : devices) s->backends_.push_back(make_replica_backend(d, threads_each, spec.precision));
   for (auto& b : s->backends_) s->backend_ptrs_.push_back(b.get());
+  if (s->central_storage()) s->host_ = make_cpu_backend(1);
   // NCCL where the replicas are GPUs and it is built in; MPI (host buffers) otherwise, and for
   // batch invariance (its tree all-reduce). Mirrored CPU replicas and central storage sum on the host.
   const bool nccl = s->gpu_ && nccl_available() && spec.communicator != "mpi" && spec.communicator != "gloo" &&

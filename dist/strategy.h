@@ -57,6 +57,8 @@ class Strategy {
   void connect(const Model& model, nlohmann::json config, const std::vector<InputDigest>& inputs);
   GradientSync* sync() const { return sync_.get(); }
   LocalReduce* local_reduce() const { return local_reduce_.get(); }
+  // Central storage: the one-thread CPU backend that holds the weights and runs the update (else null).
+  Backend* host_backend() const { return host_.get(); }
 
  private:
   friend std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec);
@@ -70,6 +72,7 @@ class Strategy {
   std::string collectives_;
   std::unique_ptr<GradientSync> sync_;
   std::unique_ptr<LocalReduce> local_reduce_;
+  std::unique_ptr<Backend> host_;
 };
 
 // Throws Error(InvalidArgument) naming the flag for a description that cannot run.

@@ -171,9 +171,4 @@ class Backend {
   virtual void adam_update(const AdamParams& p, float* w, const float* g, float* m, float* v, size_t n) = 0;
 };
 
-std::unique_ptr<Backend> make_cpu_backend(int threads);
-// Throws Error(Device) when CUDA support is absent or no such GPU exists.
-std::unique_ptr<Backend> make_backend(const Device& device, int threads);
-bool cuda_available();  // compiled in and at least one GPU usable
-
 }  // namespace tandem

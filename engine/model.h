@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "engine/layer.h"
-#include "export/weights_file.h"
+#include "engine/named_tensor.h"
 
 namespace tandem {
 

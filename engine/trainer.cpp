@@ -82,7 +82,10 @@ Trainer::Trainer(const Model& model, std::vector<Backend*> backends, const Train
       optimizers_.push_back(std::make_unique<Optimizer>(opt_config_, *b, model.trainable_floats()));
   }
   if (options_.central_storage) {
-    host_ = make_cpu_backend(1);
+    if (!options_.host_backend || options_.host_backend->device().kind != DeviceKind::Cpu)
+      throw_invalid("central storage needs a host (CPU) backend for the weights and the update",
+                    "set TrainOptions::host_backend (the strategy provides one)");
+    host_ = options_.host_backend;
     host_params_ = init;
     host_grads_.assign(model.trainable_floats(), 0.f);
     host_optimizer_ = std::make_unique<Optimizer>(opt_config_, *host_, model.trainable_floats());

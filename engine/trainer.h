@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "data/dataset.h"
+#include "engine/dataset.h"
 #include "engine/callback.h"
 #include "engine/optimizer.h"
 #include "engine/replica.h"
@@ -54,6 +54,7 @@ struct TrainOptions {
   // Central storage: the weights and optimizer live on the host; replica gradients are summed
   // there, the update is applied there and the weights are copied back to every replica.
   bool central_storage = false;
+  Backend* host_backend = nullptr;  // central storage: the host backend that holds them (required)
   int64_t check_replicas_every = 0;  // steps; 0 = only at the end of fit (when > 0 was asked)
   bool check_replicas = false;
   // CUDA Graphs: capture a full-batch training step once and replay it (one GPU replica, one
@@ -154,7 +155,7 @@ class Trainer {
   std::vector<std::unique_ptr<Replica>> replicas_;
   std::vector<std::unique_ptr<Optimizer>> optimizers_;
   // Central storage (and staging for device replicas): host arenas and the host optimizer.
-  std::unique_ptr<Backend> host_;
+  Backend* host_ = nullptr;  // central storage (TrainOptions::host_backend)
   std::vector<float> host_params_, host_grads_;
   std::vector<std::vector<float>> staged_;  // replicas' buffers downloaded for a host sum
   bool all_host_ = true;                    // every local replica's memory is host memory

@@ -24,9 +24,7 @@
 // outside the header and the data regions is zero padding, that the file ends exactly where the last
 // region ends (no trailing bytes), and every tensor's CRC. So any single flipped bit anywhere in the
 // file, and any truncation, is reported as Error(Data) instead of silently loading wrong weights.
-//
-// CRC32C is the Castagnoli CRC (reflected polynomial 0x82F63B78, init and xorout 0xFFFFFFFF), computed
-// slice-by-8; crc32c("123456789") == 0xE3069283.
+// CRC32C: engine/checksum.h.
 #include "export/weights_file.h"
 
 #include <fcntl.h>
@@ -61,27 +59,6 @@ constexpr uint64_t kTableCrcBytes = 4;
 // Smallest table entry: name_len, a 1-byte name, dtype, rank 0, offset, byte_size, crc.
 constexpr uint64_t kMinEntryBytes = 2 + 1 + 1 + 1 + 8 + 8 + 4;
 constexpr const char* kCorruptHint = "the file is damaged; re-export the model or restore it from a backup";
-
-// ---- CRC32C ----------------------------------------------------------------------------------
-
-struct Crc32cTables {
-  uint32_t t[8][256]{};
-};
-
-constexpr Crc32cTables make_crc32c_tables() {
-  Crc32cTables tables;
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
-    tables.t[0][i] = c;
-  }
-  for (int s = 1; s < 8; ++s)
-    for (uint32_t i = 0; i < 256; ++i)
-      tables.t[s][i] = (tables.t[s - 1][i] >> 8) ^ tables.t[0][tables.t[s - 1][i] & 0xff];
-  return tables;
-}
-
-constexpr Crc32cTables kCrc32c = make_crc32c_tables();
 
 inline uint32_t load_le32(const unsigned char* p) {
   return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
@@ -293,22 +270,6 @@ std::vector<uint64_t> check_tensors_for_writing(const std::string& path, const s
 }
 
 }  // namespace
-
-uint32_t crc32c(const void* data, size_t size, uint32_t crc) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  const auto& t = kCrc32c.t;
-  crc = ~crc;
-  while (size >= 8) {
-    const uint32_t lo = crc ^ load_le32(p);
-    const uint32_t hi = load_le32(p + 4);
-    crc = t[7][lo & 0xff] ^ t[6][(lo >> 8) & 0xff] ^ t[5][(lo >> 16) & 0xff] ^ t[4][lo >> 24] ^ t[3][hi & 0xff] ^
-          t[2][(hi >> 8) & 0xff] ^ t[1][(hi >> 16) & 0xff] ^ t[0][hi >> 24];
-    p += 8;
-    size -= 8;
-  }
-  while (size-- > 0) crc = (crc >> 8) ^ t[0][(crc ^ *p++) & 0xff];
-  return ~crc;
-}
 
 void write_weights_file(const std::string& path, const std::vector<NamedTensor>& tensors) {
   const std::vector<uint64_t> sizes = check_tensors_for_writing(path, tensors);
@@ -534,38 +495,5 @@ std::vector<NamedTensor> read_weights_file(const std::string& path) {
   return tensors;
 }
 
-// Digest: FNV-1a 64 (offset basis 0xcbf29ce484222325, prime 0x100000001b3) over this byte stream,
-// every integer as 8 bytes little-endian:
-//   tensor count; then per tensor, in order: name byte length, name bytes, rank, each dim (int64),
-//   value count, the values as little-endian float32 bytes.
-// Printed as 16 lowercase hex digits. Bit-level: -0.0 != 0.0 and NaN payloads count.
-std::string weights_digest(const std::vector<NamedTensor>& tensors) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  auto mix = [&h](const void* data, size_t size) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    for (size_t i = 0; i < size; ++i) {
-      h ^= p[i];
-      h *= 0x100000001b3ull;
-    }
-  };
-  auto mix_u64 = [&mix](uint64_t v) {
-    unsigned char b[8];
-    for (int i = 0; i < 8; ++i) b[i] = static_cast<unsigned char>(v >> (8 * i));
-    mix(b, 8);
-  };
-  mix_u64(tensors.size());
-  for (const NamedTensor& t : tensors) {
-    mix_u64(t.name.size());
-    mix(t.name.data(), t.name.size());
-    mix_u64(t.shape.rank());
-    for (int64_t d : t.shape.dims) mix_u64(static_cast<uint64_t>(d));
-    mix_u64(t.values.size());
-    mix(t.values.data(), t.values.size() * sizeof(float));
-  }
-  static const char kHex[] = "0123456789abcdef";
-  std::string out(16, '0');
-  for (int i = 0; i < 16; ++i) out[15 - i] = kHex[(h >> (4 * i)) & 0xf];
-  return out;
-}
 
 }  // namespace tandem

@@ -5,25 +5,15 @@
 #include <string>
 #include <vector>
 
-#include "engine/tensor.h"
+#include "engine/checksum.h"
+#include "engine/named_tensor.h"
 
 namespace tandem {
-
-struct NamedTensor {
-  std::string name;  // e.g. "dense_1/kernel"
-  Shape shape;
-  std::vector<float> values;  // float32, shape.numel() values
-};
-
-uint32_t crc32c(const void* data, size_t size, uint32_t crc = 0);
 
 // Writes `path` in full, flushes and fsyncs it. Does not rename: callers commit atomically.
 void write_weights_file(const std::string& path, const std::vector<NamedTensor>& tensors);
 // Throws Error(Io) if unreadable, Error(Data) naming the file (and the tensor) for bad magic, an
 // unknown format version, a truncated file, inconsistent tables or a checksum mismatch.
 std::vector<NamedTensor> read_weights_file(const std::string& path);
-
-// One digest of all tensors (names, shapes and bytes): equal digests mean bit-identical weights.
-std::string weights_digest(const std::vector<NamedTensor>& tensors);
 
 }  // namespace tandem

@@ -10,6 +10,7 @@
 
 #include "engine/errors.h"
 #include "export/loaded_model.h"
+#include "kernels/backends.h"
 
 namespace tandem::serve {
 

@@ -29,6 +29,7 @@
 #include "engine/rng.h"
 #include "engine/trainer.h"
 #include "gpu_support.h"
+#include "kernels/backends.h"
 #include "test_support.h"
 
 using namespace tandem;

@@ -11,6 +11,7 @@
 #include "engine/errors.h"
 #include "engine/rng.h"
 #include "engine/trainer.h"
+#include "kernels/backends.h"
 #include "test_support.h"
 
 using namespace tandem;

@@ -6,6 +6,7 @@
 
 #include "engine/backend.h"
 #include "engine/rng.h"
+#include "kernels/backends.h"
 #include "test_support.h"
 
 using namespace tandem;

@@ -128,7 +128,7 @@ TEST_CASE("TF_CONFIG: every malformed value is one error naming the field", "[cp
   CHECK_THAT(msg(R"({"cluster": {"worker": ["a:1"]}, "tsak": {}, )" + task + "}"), Catch::Contains("unknown key 'tsak'"));
 }
 
-TEST_CASE("torchrun's variables: rank, size, master; each bad one named", "[cpu][dist]") {
+TEST_CASE("torchrun's variables: rank, size and master, and each bad one named", "[cpu][dist]") {
   LaunchEnv e = tandem::parse_torchrun_env(
       vars({{"MASTER_ADDR", "10.0.0.1"}, {"MASTER_PORT", "29500"}, {"RANK", "3"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "1"}}));
   CHECK(e.source == "torchrun");
@@ -168,7 +168,10 @@ TEST_CASE("torchrun's variables: rank, size, master; each bad one named", "[cpu]
 #ifdef TANDEM_HAVE_GLOO
 TEST_CASE("a four-rank Gloo job on loopback: every collective, the tree's bits, node groups", "[cpu][dist]") {
   const int size = 4, port = free_port();
-  const size_t n = 1001;  // not a multiple of the ranks: uneven segments in the tree
+  // Not multiples of the ranks: uneven segments. The small one goes by recursive doubling, the large
+  // one by halving and doubling (kTreeDoublingBytes).
+  const size_t n = GENERATE(size_t(1001), size_t(50001));
+  REQUIRE((n * sizeof(float) <= tandem::kTreeDoublingBytes) == (n == 1001));
   auto value = [](int rank, size_t i) { return std::ldexp(float((i * 2654435761u + rank * 40503u) % 1000) - 500.f, -7) * 1.1f; };
   std::vector<std::vector<float>> sums(size), trees(size), gathered(size), bcast(size);
   std::vector<std::vector<double>> dsums(size);

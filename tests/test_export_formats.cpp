@@ -22,6 +22,7 @@
 #include "export/raw_bytes.h"
 #include "export/savedmodel_writer.h"
 #include "export_fixtures.h"
+#include "kernels/backends.h"
 #include "onnx/onnx.pb.h"
 #include "temp_dir.h"
 #include "tensorflow/core/protobuf/saved_model.pb.h"

@@ -20,6 +20,7 @@
 #include "export/tflite_quantize.h"
 #include "export/tflite_writer.h"
 #include "export_fixtures.h"
+#include "kernels/backends.h"
 #include "temp_dir.h"
 #include "test_support.h"
 

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "engine/replica.h"
+#include "kernels/backends.h"
 #include "test_support.h"
 
 using namespace tandem;

@@ -13,6 +13,7 @@
 
 #include "engine/errors.h"
 #include "export/loaded_model.h"
+#include "kernels/backends.h"
 #include "serve/batching.h"
 #include "serve/config.h"
 #include "serve/grpc_api.h"

@@ -9,6 +9,7 @@
 #include "engine/model.h"
 #include "engine/rng.h"
 #include "engine/trainer.h"
+#include "kernels/backends.h"
 
 namespace tandem::test {
 
@@ -57,7 +58,13 @@ inline Trained train_cpu_replicas(const Model& m, int replicas, int threads, con
     owned.push_back(make_cpu_backend(threads));
     backends.push_back(owned.back().get());
   }
-  Trainer t(m, backends, options, optimizer);
+  TrainOptions o = options;
+  std::unique_ptr<Backend> host;
+  if (o.central_storage) {
+    host = make_cpu_backend(1);
+    o.host_backend = host.get();
+  }
+  Trainer t(m, backends, o, optimizer);
   t.fit(data, nullptr, {});
   Trained out;
   const auto digests = t.replica_digests();

@@ -3,6 +3,7 @@
 
 #include "engine/errors.h"
 #include "engine/trainer.h"
+#include "kernels/backends.h"
 #include "tools/cli.h"
 
 namespace tandem::cli {

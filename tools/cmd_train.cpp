@@ -4,9 +4,9 @@
 #include <cstdio>
 
 #include "dist/strategy.h"
+#include "engine/checksum.h"
 #include "engine/errors.h"
 #include "engine/trainer.h"
-#include "export/weights_file.h"  // crc32c
 #include "tools/cli.h"
 #include "tools/train_args.h"
 #include "tools/train_run.h"
@@ -54,7 +54,9 @@ Command add_train(CLI::App& root) {
     config["epochs"] = a.epochs;
     strategy->connect(model, config, strategy->communicator() ? input_digests(data) : std::vector<InputDigest>{});
 
-    Trainer trainer(model, strategy->backends(), train_options(a), opt, strategy->sync());
+    TrainOptions options = train_options(a);
+    options.host_backend = strategy->host_backend();
+    Trainer trainer(model, strategy->backends(), options, opt, strategy->sync());
     if (strategy->local_reduce()) trainer.set_local_reduce(strategy->local_reduce());
     if (a.strategy.batch_invariant > 0 && chief)
       std::printf("batch-invariant: %d leaves of %lld samples, gradients summed in one fixed tree\n",

@@ -13,8 +13,10 @@
 #include <limits>
 
 #include "engine/errors.h"
+#include "engine/fp_env.h"
 #include "engine/rng.h"
 #include "kernels/cpu/onednn_ops.h"
+#include "kernels/backends.h"
 
 extern "C" void openblas_set_num_threads(int num_threads);
 

@@ -2,19 +2,9 @@
 
 #include <algorithm>
 
-#if defined(__SSE__) || defined(__x86_64__)
-#include <xmmintrin.h>
-#endif
+#include "engine/fp_env.h"
 
 namespace tandem {
-
-// Denormal floats (e.g. Adam moments of weights whose gradient is always zero decaying towards 0)
-// are up to 100x slower on x86; flush them to zero, as TensorFlow and PyTorch do.
-void enable_flush_to_zero() {
-#if defined(__SSE__) || defined(__x86_64__)
-  _mm_setcsr(_mm_getcsr() | 0x8040);  // FTZ | DAZ
-#endif
-}
 
 ThreadPool::ThreadPool(int threads) : threads_(std::max(1, threads)) {
   for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });

@@ -10,9 +10,6 @@
 
 namespace tandem {
 
-// Sets flush-to-zero and denormals-are-zero for the calling thread.
-void enable_flush_to_zero();
-
 class ThreadPool {
  public:
   explicit ThreadPool(int threads);

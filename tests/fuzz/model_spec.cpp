@@ -5,6 +5,7 @@
 #include "engine/model.h"
 #include "engine/replica.h"
 #include "fuzz_target.h"
+#include "kernels/backends.h"
 
 TANDEM_FUZZ_TARGET(model_spec) {
   const std::string path = tandem::fuzz::scratch_file("spec.json", {reinterpret_cast<const char*>(data), size});

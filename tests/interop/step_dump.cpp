@@ -10,6 +10,7 @@
 #include "engine/errors.h"
 #include "engine/rng.h"
 #include "engine/trainer.h"
+#include "kernels/backends.h"
 
 using namespace tandem;
 namespace fs = std::filesystem;

@@ -13,7 +13,7 @@
 
 #include "engine/errors.h"
 #include "engine/trainer.h"
-#include "export/weights_file.h"  // crc32c
+#include "engine/checksum.h"
 #include "tensorflow/core/util/event.pb.h"
 #include "tools/callbacks/host_name.h"
 
