@@ -274,7 +274,8 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
   if (graphs) replicas_[0]->backend().drop_step_graphs();
   using clock = std::chrono::steady_clock;
   std::vector<EpochLog> logs;
-  if (epoch_step_ >= steps) throw_invalid("the checkpoint's position in the epoch is past its end", "resume with the same data and batch size");
+  // A checkpoint from the epoch's last batch (epoch_step_ == steps) resumes at its end: validation and the log.
+  if (epoch_step_ > steps) throw_invalid("the checkpoint's position in the epoch is past its end", "resume with the same data and batch size");
 
   while (epoch_ < options_.epochs && !stop_training) {  // a callback may stop it before the first epoch
     epoch_start_ = clock::now();

@@ -1,6 +1,7 @@
 // Model specs (parsing, validation, shapes, parameter counts, summary) and training behaviour
 // (determinism, global-batch equivalence, learning on synthetic data).
 #include <catch2/catch.hpp>
+#include <cstring>
 
 #include "engine/errors.h"
 #include "engine/trainer.h"
@@ -177,4 +178,48 @@ TEST_CASE("training learns a separable problem and predict returns probabilities
   Trainer t2(m, {backend.get()}, o, opt);
   auto logs2 = t2.fit(d, &d, {});
   CHECK(logs2.back().loss == Approx(logs.back().loss).epsilon(1e-4));
+}
+
+namespace {
+// Takes the trainer's state after global step `at` (as BackupAndRestore's --checkpoint-every does).
+struct StateAt : Callback {
+  Trainer* trainer = nullptr;
+  int64_t at = 0;
+  TrainerState state;
+  bool taken = false;
+  void on_batch_end(const BatchLog& log) override {
+    if (log.global_step == at) {
+      state = trainer->state();
+      taken = true;
+    }
+  }
+};
+}  // namespace
+
+TEST_CASE("a checkpoint from an epoch's last batch resumes to the uninterrupted weights", "[cpu][training]") {
+  const Model m = test::model_from(R"({"input_shape": [6, 6, 1], "layers": [{"type": "Flatten"},
+    {"type": "Dense", "units": 8, "activation": "relu"}, {"type": "Dense", "units": 3, "activation": "softmax"}]})");
+  const Dataset data = test::synthetic_dataset(64, 6, 6, 1, 3, 4);
+  TrainOptions o;
+  o.epochs = 3;
+  o.batch_size = 16;  // 4 steps per epoch
+  o.seed = 9;
+  auto b1 = make_cpu_backend(1), b2 = make_cpu_backend(1);
+  for (int64_t at : {4, 6}) {  // the end of epoch 1, and mid-epoch 2
+    Trainer whole(m, {b1.get()}, o, test::test_optimizer("adam"));
+    StateAt cp;
+    cp.trainer = &whole;
+    cp.at = at;
+    const auto logs = whole.fit(data, &data, {&cp});
+    REQUIRE(cp.taken);
+    CHECK(cp.state.epoch_step == (at == 4 ? 4 : 2));
+    Trainer resumed(m, {b2.get()}, o, test::test_optimizer("adam"));
+    resumed.restore(cp.state);
+    const auto rest = resumed.fit(data, &data, {});
+    REQUIRE(rest.size() == (at == 4 ? 3u : 2u));  // the resumed epoch's end is logged too
+    CHECK(rest.back().val_loss == logs.back().val_loss);
+    const std::vector<float> a = resumed.weights(), b = whole.weights();
+    REQUIRE(a.size() == b.size());
+    CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+  }
 }
