@@ -11,7 +11,7 @@
 
 #include "engine/backend.h"
 #include "engine/replica.h"
-#include "export/loaded_model.h"
+#include "storage/loaded_model.h"
 #include "kernels/backends.h"
 
 using namespace tandem;

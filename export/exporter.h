@@ -27,7 +27,7 @@
 
 #include "engine/model.h"
 #include "export/tflite_quantize.h"
-#include "export/weights_file.h"
+#include "storage/weights_file.h"
 
 namespace tandem {
 

@@ -7,7 +7,7 @@
 #include "engine/errors.h"
 #include "export/exporter.h"
 #include "export/protobuf_io.h"
-#include "export/raw_bytes.h"
+#include "storage/raw_bytes.h"
 #include "onnx/onnx.pb.h"
 
 namespace tandem::onnx {

@@ -6,7 +6,7 @@
 #include "engine/errors.h"
 #include "export/exporter.h"
 #include "export/protobuf_io.h"
-#include "export/raw_bytes.h"
+#include "storage/raw_bytes.h"
 #include "tensorflow/core/protobuf/saved_model.pb.h"
 
 namespace tandem::savedmodel {

@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "engine/model.h"
-#include "export/weights_file.h"
+#include "storage/weights_file.h"
 
 namespace tandem::savedmodel {
 

@@ -6,9 +6,9 @@
 #include <set>
 
 #include "engine/errors.h"
-#include "export/atomic_file.h"
+#include "storage/atomic_file.h"
 #include "export/exporter.h"
-#include "export/raw_bytes.h"
+#include "storage/raw_bytes.h"
 
 namespace tandem::tfjs {
 

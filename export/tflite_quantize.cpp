@@ -8,7 +8,7 @@
 #include <limits>
 
 #include "engine/errors.h"
-#include "export/raw_bytes.h"
+#include "storage/raw_bytes.h"
 
 namespace tandem::tfl {
 

@@ -7,7 +7,7 @@
 #include <filesystem>
 
 #include "engine/errors.h"
-#include "export/model_dir.h"
+#include "storage/model_dir.h"
 #include "serve/log.h"
 
 namespace tandem::serve {

@@ -9,7 +9,7 @@
 #include <filesystem>
 
 #include "engine/errors.h"
-#include "export/loaded_model.h"
+#include "storage/loaded_model.h"
 #include "kernels/backends.h"
 
 namespace tandem::serve {

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "engine/model.h"
-#include "export/model_dir.h"
+#include "storage/model_dir.h"
 #include "temp_dir.h"
 
 namespace tandem::test {

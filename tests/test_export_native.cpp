@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "engine/errors.h"
-#include "export/model_dir.h"
-#include "export/weights_file.h"
+#include "storage/model_dir.h"
+#include "storage/weights_file.h"
 #include "temp_dir.h"
 
 namespace fs = std::filesystem;

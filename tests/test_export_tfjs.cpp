@@ -12,7 +12,7 @@
 #include "engine/errors.h"
 #include "engine/model.h"
 #include "export/exporter.h"
-#include "export/raw_bytes.h"
+#include "storage/raw_bytes.h"
 #include "export/tfjs_writer.h"
 #include "export_fixtures.h"
 #include "temp_dir.h"

@@ -12,7 +12,7 @@
 #include <thread>
 
 #include "engine/errors.h"
-#include "export/loaded_model.h"
+#include "storage/loaded_model.h"
 #include "kernels/backends.h"
 #include "serve/batching.h"
 #include "serve/config.h"

@@ -9,8 +9,8 @@
 #include "data/dataset.h"
 #include "engine/backend.h"
 #include "engine/model.h"
-#include "export/loaded_model.h"
-#include "export/model_dir.h"
+#include "storage/loaded_model.h"
+#include "storage/model_dir.h"
 
 namespace tandem::cli {
 

@@ -8,7 +8,7 @@
 #include "data/dataset.h"
 #include "engine/errors.h"
 #include "export/exporter.h"
-#include "export/loaded_model.h"
+#include "storage/loaded_model.h"
 #include "tools/cli.h"
 
 namespace tandem::cli {

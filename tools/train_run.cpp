@@ -7,9 +7,9 @@
 #include <filesystem>
 
 #include "engine/errors.h"
-#include "export/atomic_file.h"
-#include "export/loaded_model.h"
-#include "export/model_dir.h"
+#include "storage/atomic_file.h"
+#include "storage/loaded_model.h"
+#include "storage/model_dir.h"
 #include "tools/callbacks/csv_logger.h"            // defines: CSVLogger (--csv-log)
 #include "tools/callbacks/early_stopping.h"        // defines: EarlyStopping (--early-stopping)
 #include "tools/callbacks/model_checkpoint.h"      // defines: ModelCheckpoint (--save-best)

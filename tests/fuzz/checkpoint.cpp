@@ -1,7 +1,7 @@
 // A training checkpoint as `tandem train --resume` reads it: checkpoints/latest, and
 // ckpt-<step>/state.json and tensors.tdw. The input is a multi-file bundle (fuzz_target.h), the
 // checksums of the .tdw files made right (with_weights_crcs).
-#include "export/checkpoint.h"
+#include "storage/checkpoint.h"
 #include "fuzz_target.h"
 
 TANDEM_FUZZ_TARGET(checkpoint) {

@@ -9,9 +9,9 @@
 #include <typeinfo>
 
 #include "engine/errors.h"
-#include "export/loaded_model.h"
-#include "export/model_dir.h"
-#include "export/weights_file.h"
+#include "storage/loaded_model.h"
+#include "storage/model_dir.h"
+#include "storage/weights_file.h"
 #include "fuzz_target.h"
 
 namespace tandem::fuzz {
@@ -153,7 +153,7 @@ void store_le(std::string& b, size_t at, T v) {
 }  // namespace
 
 std::string with_weights_crcs(std::string b) {
-  // Layout (export/weights_file.cpp): magic[8] version u32, count u32, table_bytes u64, the table,
+  // Layout (storage/weights_file.cpp): magic[8] version u32, count u32, table_bytes u64, the table,
   // then u32 crc32c of everything before it. Entry: u16 name_len, name, u8 dtype, u8 rank,
   // u64 dims[rank], u64 offset, u64 byte_size, u32 data crc32c.
   uint32_t count = 0;

@@ -2,7 +2,7 @@
 // spec, input shape, class names, the weights' names and shapes) and weights.tdw, through
 // load_model (files verified, the Model built, the weights fitted to it). A bundle (fuzz_target.h),
 // the weights' checksums made right (with_weights_crcs).
-#include "export/loaded_model.h"
+#include "storage/loaded_model.h"
 #include "fuzz_target.h"
 
 TANDEM_FUZZ_TARGET(model_version) {

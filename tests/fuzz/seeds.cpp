@@ -7,7 +7,7 @@
 
 #include "data/idx.h"
 #include "engine/model.h"
-#include "export/checkpoint.h"
+#include "storage/checkpoint.h"
 #include "export/exporter.h"
 #include "fuzz_target.h"
 #ifdef TANDEM_HAVE_SERVE

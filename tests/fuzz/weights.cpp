@@ -1,6 +1,6 @@
 // The native weights file (weights.tdw: named float32 tensors with CRC32C): the input is the file,
 // its checksums made right (with_weights_crcs) so that the checks behind them are reached.
-#include "export/weights_file.h"
+#include "storage/weights_file.h"
 #include "fuzz_target.h"
 
 TANDEM_FUZZ_TARGET(weights) {

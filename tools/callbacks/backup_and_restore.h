@@ -8,7 +8,7 @@
 
 #include "dist/communicator.h"
 #include "engine/callback.h"
-#include "export/checkpoint.h"
+#include "storage/checkpoint.h"
 
 namespace tandem {
 

@@ -8,7 +8,7 @@
 
 #include "engine/errors.h"
 #include "engine/trainer.h"
-#include "export/atomic_file.h"
+#include "storage/atomic_file.h"
 
 namespace tandem {
 

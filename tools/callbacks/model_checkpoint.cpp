@@ -3,8 +3,8 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "export/loaded_model.h"
-#include "export/model_dir.h"
+#include "storage/loaded_model.h"
+#include "storage/model_dir.h"
 
 namespace tandem {
 

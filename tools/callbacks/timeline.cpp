@@ -13,7 +13,7 @@
 
 #include "engine/errors.h"
 #include "engine/trace.h"
-#include "export/atomic_file.h"
+#include "storage/atomic_file.h"
 #include "tools/callbacks/host_name.h"
 
 namespace tandem {

@@ -1,4 +1,4 @@
-#include "export/loaded_model.h"
+#include "storage/loaded_model.h"
 
 #include "engine/errors.h"
 

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "export/weights_file.h"
+#include "storage/weights_file.h"
 
 namespace tandem {
 

@@ -1,4 +1,4 @@
-#include "export/checkpoint.h"
+#include "storage/checkpoint.h"
 
 #include <unistd.h>
 
@@ -11,9 +11,9 @@
 #include <utility>
 
 #include "engine/errors.h"
-#include "export/atomic_file.h"
-#include "export/posix_file.h"
-#include "export/weights_file.h"
+#include "storage/atomic_file.h"
+#include "storage/posix_file.h"
+#include "storage/weights_file.h"
 
 namespace tandem {
 

@@ -5,7 +5,7 @@
 // renames the old version aside (".tmp-<version>-old-<pid>-<random>"), renames the new one in and
 // then deletes the old one. Version names are canonical positive decimal integers: "1", "42", but not
 // "0", "01", "+1" or "1a" — so two directories never denote the same version.
-#include "export/model_dir.h"
+#include "storage/model_dir.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -17,7 +17,7 @@
 #include <limits>
 
 #include "engine/errors.h"
-#include "export/posix_file.h"
+#include "storage/posix_file.h"
 
 namespace tandem {
 namespace {

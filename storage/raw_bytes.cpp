@@ -1,4 +1,4 @@
-#include "export/raw_bytes.h"
+#include "storage/raw_bytes.h"
 
 #include <cstring>
 

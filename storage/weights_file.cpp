@@ -25,7 +25,7 @@
 // region ends (no trailing bytes), and every tensor's CRC. So any single flipped bit anywhere in the
 // file, and any truncation, is reported as Error(Data) instead of silently loading wrong weights.
 // CRC32C: engine/checksum.h.
-#include "export/weights_file.h"
+#include "storage/weights_file.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -39,8 +39,8 @@
 #include <unordered_set>
 
 #include "engine/errors.h"
-#include "export/posix_file.h"
-#include "export/raw_bytes.h"
+#include "storage/posix_file.h"
+#include "storage/raw_bytes.h"
 
 namespace tandem {
 namespace {

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "engine/model.h"
-#include "export/model_dir.h"
+#include "storage/model_dir.h"
 
 namespace tandem {
 
