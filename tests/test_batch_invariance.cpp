@@ -160,6 +160,60 @@ TEST_CASE("BatchNormalization's moving statistics are averaged over replicas, wh
   CHECK(!std::equal(two.begin() + static_cast<std::ptrdiff_t>(t), two.end(), init.begin() + static_cast<std::ptrdiff_t>(t)));
 }
 
+TEST_CASE("BatchNormalization's moving statistics after a step are the mean of the replicas' own",
+          "[cpu][replicas]") {
+  // One step of two replicas on a batch of 64 against one replica on each half alone: the moving
+  // statistics must be the mean of the two halves' (copying replica 0's everywhere would also keep
+  // the replicas identical, and would fail here).
+  Model m = test::model_from(R"({"input_shape": [6, 6, 1], "layers": [
+    {"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"},
+    {"type": "BatchNormalization", "momentum": 0.5},
+    {"type": "Flatten"}, {"type": "Dense", "units": 3, "activation": "softmax"}]})");
+  const Dataset data = test::synthetic_dataset(64, 6, 6, 1, 3, 21);
+  TrainOptions o;
+  o.epochs = 1;
+  o.batch_size = 64;
+  o.seed = 3;
+  auto stats_of = [&](int replicas, const Dataset& d, int64_t batch) {
+    TrainOptions oo = o;
+    oo.batch_size = batch;
+    std::vector<std::unique_ptr<Backend>> owned;
+    std::vector<Backend*> backends;
+    for (int i = 0; i < replicas; ++i) {
+      owned.push_back(make_cpu_backend(1));
+      backends.push_back(owned.back().get());
+    }
+    Trainer t(m, backends, oo, test::test_optimizer("sgd"));
+    t.set_weights(m.initial_weights(5));
+    t.fit(d, nullptr, {});
+    const std::vector<float> w = t.weights();
+    return std::vector<float>(w.begin() + static_cast<std::ptrdiff_t>(m.trainable_floats()), w.end());
+  };
+  // The halves each replica sees: the epoch's shuffled order, split in two.
+  const std::vector<int32_t> order = epoch_permutation(64, o.seed, 0);
+  auto half = [&](int h) {
+    Dataset d = data;
+    d.count = 32;
+    d.images.clear();
+    d.labels.clear();
+    for (int i = 32 * h; i < 32 * (h + 1); ++i) {
+      const auto* img = data.images.data() + static_cast<size_t>(order[i]) * 36;
+      d.images.insert(d.images.end(), img, img + 36);
+      d.labels.push_back(data.labels[static_cast<size_t>(order[i])]);
+    }
+    return d;
+  };
+  const auto both = stats_of(2, data, 64), first = stats_of(1, half(0), 32), second = stats_of(1, half(1), 32);
+  REQUIRE(both.size() == first.size());
+  REQUIRE(!both.empty());
+  double apart = 0;
+  for (size_t i = 0; i < both.size(); ++i) {
+    apart = std::max(apart, double(std::fabs(first[i] - second[i])));
+    CHECK(both[i] == Approx(0.5 * (double(first[i]) + double(second[i]))).margin(1e-5));
+  }
+  CHECK(apart > 1e-3);  // the halves' statistics differ, so the mean is not either one
+}
+
 TEST_CASE("batch invariance: leaves that are not a power of 2 or do not split are refused",
           "[cpu][replicas][invariance]") {
   Model m = test::model_from(kInvariantCnn);
