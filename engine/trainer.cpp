@@ -33,33 +33,6 @@ void TrainOptions::validate(int replicas) const {
                   "choose a --batch-size that is a multiple of " + std::to_string(leaves));
 }
 
-// A dataset made resident in one backend's memory: aliased on the CPU, uploaded once elsewhere.
-struct Trainer::Resident {
-  Resident(Backend& b, const Dataset& d) : backend(b) {
-    data.images = d.images.data();
-    data.labels = d.labels.data();
-    data.count = d.count;
-    data.sample_elems = d.sample_elems();
-    data.num_classes = d.num_classes;
-    if (b.device().kind == DeviceKind::Cpu) return;
-    images = b.allocate(d.images.size());
-    labels = b.allocate(d.labels.size());
-    b.upload(images, d.images.data(), d.images.size());
-    b.upload(labels, d.labels.data(), d.labels.size());
-    data.images = static_cast<const uint8_t*>(images);
-    data.labels = static_cast<const uint8_t*>(labels);
-  }
-  ~Resident() {
-    if (images) backend.deallocate(images);
-    if (labels) backend.deallocate(labels);
-  }
-  Resident(const Resident&) = delete;
-  Resident& operator=(const Resident&) = delete;
-  Backend& backend;
-  ResidentData data;
-  void* images = nullptr;
-  void* labels = nullptr;
-};
 
 Trainer::Trainer(const Model& model, std::vector<Backend*> backends, const TrainOptions& options,
                  const OptimizerConfig& optimizer, GradientSync* sync)
@@ -253,8 +226,8 @@ std::vector<EpochLog> Trainer::fit(const Dataset& train, const Dataset* validati
                       "' outputs " + std::to_string(model_.num_classes()),
                   "give the last layer \"units\": " + std::to_string(train.num_classes));
   if (train.count == 0) throw_invalid("the training set is empty");
-  std::vector<std::unique_ptr<Resident>> data;
-  for (Backend* b : backends_) data.push_back(std::make_unique<Resident>(*b, train));
+  std::vector<std::unique_ptr<ResidentDataset>> data;
+  for (Backend* b : backends_) data.push_back(std::make_unique<ResidentDataset>(*b, train));
 
   const int64_t B = options_.batch_size;
   const int64_t steps = (train.count + B - 1) / B;
@@ -452,58 +425,16 @@ EvalResult Trainer::evaluate(const Dataset& data) {
   if (data.sample_shape != model_.input_shape())
     throw_invalid("the data's samples have shape " + data.sample_shape.str() + " but the model expects " +
                   model_.input_shape().str());
-  Replica& rep = *replicas_[0];
-  Backend& be = rep.backend();
-  Resident rd(be, data);
   // Evaluation batches are dealt round-robin over processes; the sums are combined.
-  const int64_t B = rep.max_batch();
-  const int world = sync_ ? sync_->world_size() : 1, rank = sync_ ? sync_->rank() : 0;
-  std::vector<int32_t> index(static_cast<size_t>(B));
-  rep.reset_metrics();
-  int64_t batch_no = 0;
-  for (int64_t begin = 0; begin < data.count; begin += B, ++batch_no) {
-    if (batch_no % world != rank) continue;
-    int64_t rows = std::min(B, data.count - begin);
-    for (int64_t i = 0; i < rows; ++i) index[i] = static_cast<int32_t>(begin + i);
-    rep.load_batch(rd.data, index.data(), rows, options_.one_hot);
-    StepContext ctx;
-    ctx.backend = &be;
-    ctx.batch = rows;
-    rep.forward(ctx);
-    rep.loss(rows, 1.f, options_.one_hot, false);
-  }
   double sums[2];
-  rep.read_metrics(&sums[0], &sums[1]);
+  evaluation_sums(*replicas_[0], data, options_.one_hot, sync_ ? sync_->world_size() : 1, sync_ ? sync_->rank() : 0,
+                  sums);
   if (sync_) sync_->all_reduce_metrics(sums, 2);
-  EvalResult r;
-  r.samples = data.count;
-  r.loss = data.count ? sums[0] / double(data.count) : 0;
-  r.accuracy = data.count ? sums[1] / double(data.count) : 0;
-  return r;
+  return eval_result(sums, data.count);
 }
 
 std::vector<float> Trainer::predict(const Dataset& data, int64_t count) {
-  count = std::min(count, data.count);
-  Replica& rep = *replicas_[0];
-  Backend& be = rep.backend();
-  const int classes = model_.num_classes();
-  std::vector<float> out(static_cast<size_t>(count) * classes);
-  Dataset part = data.slice(0, count);
-  Resident rd(be, part);
-  const int64_t B = rep.max_batch();
-  std::vector<int32_t> index(static_cast<size_t>(B));
-  for (int64_t begin = 0; begin < count; begin += B) {
-    int64_t rows = std::min(B, count - begin);
-    for (int64_t i = 0; i < rows; ++i) index[i] = static_cast<int32_t>(begin + i);
-    rep.load_batch(rd.data, index.data(), rows, false);
-    StepContext ctx;
-    ctx.backend = &be;
-    ctx.batch = rows;
-    ctx.want_probs = true;
-    const float* probs = rep.forward(ctx);
-    be.download(out.data() + begin * classes, probs, sizeof(float) * rows * classes);
-  }
-  return out;
+  return predicted_probabilities(*replicas_[0], data, count);
 }
 
 std::vector<float> Trainer::weights() { return replicas_[0]->weights(); }

@@ -10,8 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/dataset.h"
 #include "engine/callback.h"
+#include "engine/dataset.h"
+#include "engine/inference.h"
 #include "engine/optimizer.h"
 #include "engine/replica.h"
 
@@ -79,11 +80,6 @@ struct EpochLog {
   double learning_rate = 0;
 };
 
-struct EvalResult {
-  double loss = 0, accuracy = 0;
-  int64_t samples = 0;
-};
-
 // The state after one optimizer step, the same on every process: the epoch's running metrics over
 // all replicas (summed over processes).
 struct BatchLog {
@@ -144,7 +140,6 @@ class Trainer {
   const std::vector<EpochLog>& history() const { return history_; }
 
  private:
-  struct Resident;
 
   const Model& model_;
   std::vector<Backend*> backends_;

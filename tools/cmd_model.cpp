@@ -2,7 +2,7 @@
 #include <cstdio>
 
 #include "engine/errors.h"
-#include "engine/trainer.h"
+#include "engine/inference.h"
 #include "kernels/backends.h"
 #include "tools/cli.h"
 
@@ -26,15 +26,10 @@ void add_common(CLI::App* c, ModelArgs& a) {
   c->add_option("--threads", a.threads, "CPU threads (default: all cores)");
 }
 
-// A trainer set up for inference on a loaded model.
-std::unique_ptr<Trainer> inference_trainer(const LoadedModel& m, Backend& backend) {
+// A loaded model's weights on `backend`, for evaluation and prediction.
+std::unique_ptr<Inference> inference_on(const LoadedModel& m, Backend& backend) {
   backend.set_inference_only(true);  // the kernels tandem serve runs, so their answers agree
-  TrainOptions o;
-  o.batch_size = 256;
-  o.epochs = 0;
-  auto t = std::make_unique<Trainer>(m.model, std::vector<Backend*>{&backend}, o, OptimizerConfig{});
-  t->set_weights(m.arena);
-  return t;
+  return std::make_unique<Inference>(m.model, backend, m.arena);
 }
 
 std::vector<std::string> class_names_of(const LoadedModel& m) {
@@ -56,8 +51,7 @@ Command add_evaluate(CLI::App& root) {
                    LoadedModel m = load_model(a->dir);
                    auto backend = make_backend(Device::parse(a->device), a->threads ? a->threads : default_threads());
                    LabelledData data = load_fashion_mnist(resolve_data_dir(a->data));
-                   auto trainer = inference_trainer(m, *backend);
-                   EvalResult r = trainer->evaluate(data.test);
+                   EvalResult r = inference_on(m, *backend)->evaluate(data.test);
                    if (a->json_out)
                      std::printf("%s\n", json{{"test_loss", r.loss}, {"test_accuracy", r.accuracy}, {"samples", r.samples}}
                                              .dump(2)
@@ -80,9 +74,8 @@ Command add_predict(CLI::App& root) {
                    LoadedModel m = load_model(a->dir);
                    auto backend = make_backend(Device::parse(a->device), a->threads ? a->threads : default_threads());
                    LabelledData data = load_fashion_mnist(resolve_data_dir(a->data));
-                   auto trainer = inference_trainer(m, *backend);
                    const int64_t n = std::min(a->count, data.test.count);
-                   std::vector<float> probs = trainer->predict(data.test, n);
+                   std::vector<float> probs = inference_on(m, *backend)->predict(data.test, n);
                    const int k = m.model.num_classes();
                    const auto names = class_names_of(m);
                    json out = json::array();
