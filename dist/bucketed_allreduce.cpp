@@ -57,19 +57,25 @@ BucketedAllReduce::~BucketedAllReduce() {
 
 namespace {
 // Fault injection for the watchdog test: TANDEM_TEST_STALL="RANK:STEP" makes that rank hang
-// before that step, as a rank stuck in I/O or a deadlock would.
-bool should_stall(int rank, uint64_t step) {
-  const char* v = std::getenv("TANDEM_TEST_STALL");
-  if (!v) return false;
-  int r = -1;
-  unsigned long long s = 0;
-  return std::sscanf(v, "%d:%llu", &r, &s) == 2 && r == rank && s == step;
+// before that step, as a rank stuck in I/O or a deadlock would. Read once, not on every step.
+struct StallAt {
+  int rank = -1;
+  unsigned long long step = 0;
+  StallAt() {
+    const char* v = std::getenv("TANDEM_TEST_STALL");
+    if (!v || std::sscanf(v, "%d:%llu", &rank, &step) != 2) rank = -1;
+  }
+};
+const StallAt& stall_at() {
+  static const StallAt s;
+  return s;
 }
 }  // namespace
 
 void BucketedAllReduce::begin_step(Backend& backend, float* grads, size_t n, uint64_t step) {
   if (comm_.size() == 1) return;
-  while (should_stall(comm_.rank(), step)) std::this_thread::sleep_for(std::chrono::seconds(1));
+  if (stall_at().rank == comm_.rank() && stall_at().step == step)
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   comm_.note_step(step);  // names the step in a stall report
   host_memory_ = backend.device().kind == DeviceKind::Cpu;
   grads_ = grads;
