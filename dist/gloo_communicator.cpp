@@ -11,6 +11,7 @@
 #include <gloo/rendezvous/prefix_store.h>
 #include <gloo/rendezvous/store.h>
 #include <gloo/transport/tcp/device.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -24,7 +25,6 @@
 #include <string>
 #include <thread>
 #include <type_traits>
-#include <unistd.h>
 #include <vector>
 
 #include "dist/communicator.h"
@@ -128,8 +128,8 @@ class GlooCommunicator final : public Communicator {
     try {
       f();
     } catch (const gloo::Exception& e) {
-      throw Error(ErrorKind::Communication, std::string("gloo ") + what + " failed on rank " + std::to_string(rank_) +
-                                                ": " + e.what(),
+      throw Error(ErrorKind::Communication,
+                  std::string("gloo ") + what + " failed on rank " + std::to_string(rank_) + ": " + e.what(),
                   "another worker may have ended or its network is down; check every worker's output");
     }
   }
@@ -150,8 +150,7 @@ class GlooCommunicator final : public Communicator {
       }
       gloo::AllreduceOptions opts(ctx);
       opts.setOutput(data, n);
-      opts.setReduceFunction(
-          static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<T>));
+      opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<T>));
       opts.setTag(next_tag());
       gloo::allreduce(opts);
     });
@@ -165,11 +164,10 @@ class GlooCommunicator final : public Communicator {
   }
   template <typename T>
   void tree_on(const std::shared_ptr<gloo::Context>& ctx, T* data, size_t n, std::vector<T>& scratch) {
-    tree_all_reduce_by_exchange<T>(
-        ctx->rank, ctx->size, data, n, scratch,
-        [&](const T* send, size_t send_n, T* recv, size_t recv_n, int peer) {
-          exchange(*ctx, send, send_n * sizeof(T), recv, recv_n * sizeof(T), peer);
-        });
+    tree_all_reduce_by_exchange<T>(ctx->rank, ctx->size, data, n, scratch,
+                                   [&](const T* send, size_t send_n, T* recv, size_t recv_n, int peer) {
+                                     exchange(*ctx, send, send_n * sizeof(T), recv, recv_n * sizeof(T), peer);
+                                   });
   }
   void broadcast_on(const std::shared_ptr<gloo::Context>& ctx, void* data, size_t bytes, int root) {
     if (!ctx || ctx->size == 1 || bytes == 0) return;
@@ -247,10 +245,9 @@ GlooCommunicator::GlooCommunicator(const LaunchEnv& env, double timeout_s)
   const auto deadline = Clock::now() + milliseconds(static_cast<int64_t>(timeout_s * 1000));
   if (rank_ == 0)
     server_ = std::make_unique<RendezvousServer>(
-        env.rendezvous_port,
-        env.source == "TF_CONFIG" ? "TF_CONFIG " + env.names[0] : std::string("MASTER_PORT"));
-  client_ = std::make_unique<RendezvousClient>(env.rendezvous_host, env.rendezvous_port,
-                                               "rank 0, " + env.names[0], deadline);
+        env.rendezvous_port, env.source == "TF_CONFIG" ? "TF_CONFIG " + env.names[0] : std::string("MASTER_PORT"));
+  client_ =
+      std::make_unique<RendezvousClient>(env.rendezvous_host, env.rendezvous_port, "rank 0, " + env.names[0], deadline);
   register_and_check(env, deadline);
 
   // Gloo listens on the interface that reaches rank 0, and exchanges its addresses through the store.
@@ -340,7 +337,7 @@ std::shared_ptr<gloo::Context> GlooCommunicator::connect(const std::string& pref
 // Every rank registers under its rank; rank 0 waits for all of them (bounded), compares what each
 // was started with, and publishes the roster (each rank's host) or the error every rank then reports.
 void GlooCommunicator::register_and_check(const LaunchEnv& env, Clock::time_point deadline) {
-  const nlohmann::json me = {{"rank", rank_},          {"size", size_},         {"source", env.source},
+  const nlohmann::json me = {{"rank", rank_},          {"size", size_},       {"source", env.source},
                              {"cluster", env.cluster}, {"host", this_host()}, {"pid", static_cast<long>(::getpid())}};
   const std::string key = "rank/" + std::to_string(rank_);
   if (!client_->create(key, me.dump()))
@@ -370,8 +367,9 @@ void GlooCommunicator::register_and_check(const LaunchEnv& env, Clock::time_poin
       const auto other = nlohmann::json::parse(r == 0 ? me.dump() : server_->value("rank/" + std::to_string(r)));
       hosts.push_back(other.value("host", std::string("?")));
       if (other.value("cluster", std::string()) != env.cluster || other.value("source", std::string()) != env.source) {
-        error = env.names[r] + " on host " + hosts.back() + " was started with another " + other.value("source", std::string()) +
-                " than rank 0: '" + other.value("cluster", std::string()) + "' where rank 0 has '" + env.cluster + "'";
+        error = env.names[r] + " on host " + hosts.back() + " was started with another " +
+                other.value("source", std::string()) + " than rank 0: '" + other.value("cluster", std::string()) +
+                "' where rank 0 has '" + env.cluster + "'";
         kind = "invalid";
       }
     }
@@ -486,7 +484,8 @@ void GlooCommunicator::on_lost_rank(int r) {
   std::fprintf(stderr,
                "tandem: communication error: rank %d (%s, %s) is gone: its connection to rank 0 closed mid-job (the "
                "process ended or was killed); ending every rank\n  hint: check that rank's output and its host\n",
-               r, names_[static_cast<size_t>(r)].c_str(), hosts_.empty() ? "?" : hosts_[static_cast<size_t>(r)].c_str());
+               r, names_[static_cast<size_t>(r)].c_str(),
+               hosts_.empty() ? "?" : hosts_[static_cast<size_t>(r)].c_str());
   abort(3);
 }
 

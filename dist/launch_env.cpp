@@ -71,7 +71,8 @@ LaunchEnv parse_tf_config(const std::string& text) {
     if (job == "evaluator")
       throw_invalid("TF_CONFIG: cluster.evaluator is not supported; Tandem evaluates on the chief during training",
                     "drop the evaluator job and run `tandem evaluate` on the saved model instead");
-    if (job != "chief" && job != "worker") bad_tf("unknown job 'cluster." + job + "' (Tandem runs 'chief' and 'worker')");
+    if (job != "chief" && job != "worker")
+      bad_tf("unknown job 'cluster." + job + "' (Tandem runs 'chief' and 'worker')");
     if (!it->is_array()) bad_tf("cluster." + job + " must be a list of \"host:port\" strings");
   }
   const nlohmann::json none = nlohmann::json::array();
@@ -138,8 +139,7 @@ LaunchEnv parse_torchrun_env(const std::function<const char*(const char*)>& get)
       parse_count("RANK", get("RANK"), 0, env.size - 1, "a rank below WORLD_SIZE=" + std::to_string(env.size)));
   env.rendezvous_port = static_cast<int>(parse_count("MASTER_PORT", get("MASTER_PORT"), 1, 65535, "a port (1..65535)"));
   env.rendezvous_host = get("MASTER_ADDR");
-  if (env.rendezvous_host.empty())
-    throw_invalid("MASTER_ADDR is empty", "set it to rank 0's host name or address");
+  if (env.rendezvous_host.empty()) throw_invalid("MASTER_ADDR is empty", "set it to rank 0's host name or address");
   if (const char* local = get("LOCAL_RANK"))
     parse_count("LOCAL_RANK", local, 0, env.size - 1, "a rank below WORLD_SIZE");
   env.cluster = "WORLD_SIZE=" + std::to_string(env.size) + " MASTER_ADDR=" + env.rendezvous_host +

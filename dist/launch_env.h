@@ -12,7 +12,7 @@
 namespace tandem {
 
 struct LaunchEnv {
-  std::string source;        // "TF_CONFIG" or "torchrun"
+  std::string source;  // "TF_CONFIG" or "torchrun"
   int rank = 0;
   int size = 1;
   std::string rendezvous_host;  // rank 0's address: TF_CONFIG's chief (else worker 0), MASTER_ADDR

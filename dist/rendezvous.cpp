@@ -388,10 +388,10 @@ std::string RendezvousClient::get(const std::string& key, std::chrono::milliseco
   char op = 0;
   std::string value = request('G', pack<int64_t>(timeout.count()) + key, &op);
   if (op != 'V')
-    throw Error(ErrorKind::Communication,
-                "the rendezvous at " + peer_ + " had no '" + key + "' after " +
-                    std::to_string(timeout.count() / 1000) + " s",
-                "a worker did not start or could not connect; check every worker's output");
+    throw Error(
+        ErrorKind::Communication,
+        "the rendezvous at " + peer_ + " had no '" + key + "' after " + std::to_string(timeout.count() / 1000) + " s",
+        "a worker did not start or could not connect; check every worker's output");
   return value;
 }
 

@@ -30,7 +30,8 @@ class RendezvousServer {
   RendezvousServer& operator=(const RendezvousServer&) = delete;
 
   // Waits until every key exists or the deadline passes; returns the keys still missing.
-  std::vector<std::string> wait_keys(const std::vector<std::string>& keys, std::chrono::steady_clock::time_point deadline);
+  std::vector<std::string> wait_keys(const std::vector<std::string>& keys,
+                                     std::chrono::steady_clock::time_point deadline);
   std::string value(const std::string& key);  // "" if absent
   void set(const std::string& key, const std::string& value);
   // Keys whose registration came twice ("rank/3"), for the roster check.

@@ -10,8 +10,8 @@
 #include <cstring>
 #include <functional>
 #include <map>
-#include <stdexcept>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -91,7 +91,8 @@ TEST_CASE("TF_CONFIG: every malformed value is one error naming the field", "[cp
   CHECK_THAT(msg("[1]"), Catch::Contains("must be a JSON object"));
   CHECK_THAT(msg("{" + task + "}"), Catch::Contains("'cluster' is missing"));
   CHECK_THAT(msg(R"({"cluster": {"worker": ["a:1"]}})"), Catch::Contains("'task' is missing"));
-  CHECK_THAT(msg(R"({"cluster": {"worker": ["a:1"]}, "task": {"index": 0}})"), Catch::Contains("'task.type' is missing"));
+  CHECK_THAT(msg(R"({"cluster": {"worker": ["a:1"]}, "task": {"index": 0}})"),
+             Catch::Contains("'task.type' is missing"));
   CHECK_THAT(msg(R"({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker"}})"),
              Catch::Contains("'task.index' is missing"));
   CHECK_THAT(msg(R"({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}})"),
@@ -106,7 +107,8 @@ TEST_CASE("TF_CONFIG: every malformed value is one error naming the field", "[cp
              Catch::Contains("cluster.worker[1] repeats the address 'a:1' of cluster.worker[0]"));
   CHECK_THAT(msg(R"({"cluster": {"chief": ["a:1"], "worker": ["a:1"]}, )" + task + "}"),
              Catch::Contains("cluster.worker[0] repeats the address 'a:1' of cluster.chief[0]"));
-  CHECK_THAT(msg(R"({"cluster": {"worker": ["a"]}, )" + task + "}"), Catch::Contains("cluster.worker[0] is 'a', not host:port"));
+  CHECK_THAT(msg(R"({"cluster": {"worker": ["a"]}, )" + task + "}"),
+             Catch::Contains("cluster.worker[0] is 'a', not host:port"));
   CHECK_THAT(msg(R"({"cluster": {"worker": ["a:0"]}, )" + task + "}"), Catch::Contains("not a number in 1..65535"));
   CHECK_THAT(msg(R"({"cluster": {"worker": ["a:65536"]}, )" + task + "}"), Catch::Contains("not a number in 1..65535"));
   CHECK_THAT(msg(R"({"cluster": {"worker": ["a:99999999999999999999"]}, )" + task + "}"),
@@ -125,12 +127,16 @@ TEST_CASE("TF_CONFIG: every malformed value is one error naming the field", "[cp
   CHECK_THAT(msg(R"({"cluster": {"worker": ["a:1"]}, "task": {"type": "boss", "index": 0}})"),
              Catch::Contains("task.type is 'boss'"));
   CHECK_THAT(msg(R"({"cluster": {"master": ["a:1"]}, )" + task + "}"), Catch::Contains("unknown job 'cluster.master'"));
-  CHECK_THAT(msg(R"({"cluster": {"worker": ["a:1"]}, "tsak": {}, )" + task + "}"), Catch::Contains("unknown key 'tsak'"));
+  CHECK_THAT(msg(R"({"cluster": {"worker": ["a:1"]}, "tsak": {}, )" + task + "}"),
+             Catch::Contains("unknown key 'tsak'"));
 }
 
 TEST_CASE("torchrun's variables: rank, size and master, and each bad one named", "[cpu][dist]") {
-  LaunchEnv e = tandem::parse_torchrun_env(
-      vars({{"MASTER_ADDR", "10.0.0.1"}, {"MASTER_PORT", "29500"}, {"RANK", "3"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "1"}}));
+  LaunchEnv e = tandem::parse_torchrun_env(vars({{"MASTER_ADDR", "10.0.0.1"},
+                                                 {"MASTER_PORT", "29500"},
+                                                 {"RANK", "3"},
+                                                 {"WORLD_SIZE", "4"},
+                                                 {"LOCAL_RANK", "1"}}));
   CHECK(e.source == "torchrun");
   CHECK(e.rank == 3);
   CHECK(e.size == 4);
@@ -139,9 +145,7 @@ TEST_CASE("torchrun's variables: rank, size and master, and each bad one named",
   CHECK_FALSE(tandem::torchrun_env_present(vars({{"PATH", "/bin"}})));
   CHECK(tandem::torchrun_env_present(vars({{"RANK", "0"}})));
 
-  auto msg = [](std::map<std::string, std::string> m) {
-    return invalid([&] { tandem::parse_torchrun_env(vars(m)); });
-  };
+  auto msg = [](std::map<std::string, std::string> m) { return invalid([&] { tandem::parse_torchrun_env(vars(m)); }); };
   const std::map<std::string, std::string> good = {
       {"MASTER_ADDR", "h1"}, {"MASTER_PORT", "29500"}, {"RANK", "0"}, {"WORLD_SIZE", "2"}};
   for (const char* v : {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"}) {
@@ -172,7 +176,9 @@ TEST_CASE("a four-rank Gloo job on loopback: every collective, the tree's bits, 
   // one by halving and doubling (kTreeDoublingBytes).
   const size_t n = GENERATE(size_t(1001), size_t(50001));
   REQUIRE((n * sizeof(float) <= tandem::kTreeDoublingBytes) == (n == 1001));
-  auto value = [](int rank, size_t i) { return std::ldexp(float((i * 2654435761u + rank * 40503u) % 1000) - 500.f, -7) * 1.1f; };
+  auto value = [](int rank, size_t i) {
+    return std::ldexp(float((i * 2654435761u + rank * 40503u) % 1000) - 500.f, -7) * 1.1f;
+  };
   std::vector<std::vector<float>> sums(size), trees(size), gathered(size), bcast(size);
   std::vector<std::vector<double>> dsums(size);
   std::vector<int> local(size), local_size(size), nodes(size);
@@ -251,7 +257,8 @@ TEST_CASE("the rendezvous: a missing worker is named, a taken port and a duplica
   // The port is taken: one error naming the field.
   tandem::RendezvousServer holder(port, "test");
   const std::string taken = invalid([&] { tandem::make_gloo_communicator(env, 1); });
-  CHECK_THAT(taken, Catch::Contains("TF_CONFIG chief 0") && Catch::Contains("cannot listen on port " + std::to_string(port)));
+  CHECK_THAT(taken,
+             Catch::Contains("TF_CONFIG chief 0") && Catch::Contains("cannot listen on port " + std::to_string(port)));
   // A second registration under one key is refused, and recorded for rank 0's check.
   tandem::RendezvousClient a("127.0.0.1", port, "test", std::chrono::steady_clock::now() + std::chrono::seconds(5));
   tandem::RendezvousClient b("127.0.0.1", port, "test", std::chrono::steady_clock::now() + std::chrono::seconds(5));

@@ -108,12 +108,13 @@ TEST_CASE("optimizers: whole arenas over several steps equal Keras's rules", "[c
   decayed.schedule = {"exponential", 0.5, 3};
   OptimizerConfig stepped = adam_other;
   stepped.schedule = {"step", 0.1, 2};
-  const std::vector<std::pair<std::string, OptimizerConfig>> cases = {
-      {"sgd", sgd(0, false)},          {"sgd momentum", sgd(0.9, false)},
-      {"sgd nesterov", sgd(0.9, true)}, {"adam", adam},
-      {"adam beta1 0.8 beta2 0.95", adam_other},
-      {"sgd nesterov, exponential decay", decayed},
-      {"adam, step decay", stepped}};
+  const std::vector<std::pair<std::string, OptimizerConfig>> cases = {{"sgd", sgd(0, false)},
+                                                                      {"sgd momentum", sgd(0.9, false)},
+                                                                      {"sgd nesterov", sgd(0.9, true)},
+                                                                      {"adam", adam},
+                                                                      {"adam beta1 0.8 beta2 0.95", adam_other},
+                                                                      {"sgd nesterov, exponential decay", decayed},
+                                                                      {"adam, step decay", stepped}};
   for (const auto& [name, config] : cases)
     for (int threads : {1, 3}) {
       INFO(name << ", " << threads << " thread(s)");
@@ -121,8 +122,7 @@ TEST_CASE("optimizers: whole arenas over several steps equal Keras's rules", "[c
     }
 }
 
-TEST_CASE("optimizers: the reference is not blind (a swapped beta1/beta2 is caught after step 1)",
-          "[cpu][optimizer]") {
+TEST_CASE("optimizers: the reference is not blind (a swapped beta1/beta2 is caught after step 1)", "[cpu][optimizer]") {
   OptimizerConfig right;
   right.name = "adam";
   right.lr = 0.01;
