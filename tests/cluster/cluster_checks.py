@@ -221,11 +221,11 @@ def gloo_check(cluster, tmp, base, out_dir):
     cases = [("TF_CONFIG", "mlp", "adam", ["--batch-invariant", "8"], "max_abs_diff", 0.0),
              ("TF_CONFIG", "cnn", "sgd", ["--batch-invariant", "8"], "max_abs_diff", 0.0),
              ("torchrun", "mlp", "adam", ["--batch-invariant", "8"], "max_abs_diff", 0.0),
-             ("torchrun", "mlp", "sgd", [], "max_rel_diff", 1e-4)]
+             ("torchrun", "mlp", "sgd", ["--check-replicas", "3"], "max_rel_diff", 1e-4)]
     singles = {}
     for launch, model, opt, extra, key, limit in cases:
         args = base + ["--model", model, "--epochs", "1", "--batch-size", "64", "--optimizer", opt] + extra
-        name = f"gloo {launch} {model}/{opt}{' --batch-invariant 8' if extra else ''}"
+        name = f"gloo {launch} {model}/{opt} {' '.join(extra)}".rstrip()
         single = singles.get(" ".join(args))
         if not single:
             single = out_dir(name + " single")
