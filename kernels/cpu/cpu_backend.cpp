@@ -14,6 +14,7 @@
 
 #include "engine/errors.h"
 #include "engine/fp_env.h"
+#include "engine/optimizer_math.h"
 #include "engine/rng.h"
 #include "kernels/cpu/onednn_ops.h"
 #include "kernels/backends.h"
@@ -649,37 +650,29 @@ void CpuBackend::gather_batch(const uint8_t* images, const uint8_t* labels, cons
 }
 
 void CpuBackend::sgd_update(const SgdParams& p, float* w, const float* g, float* velocity, size_t n) {
+  namespace om = optimizer_math;
   written(w, sizeof(float) * n);
   pool_.parallel_for(
       static_cast<int64_t>(n),
       [&](int64_t b, int64_t e, int) {
         if (p.momentum == 0.f) {
-          for (int64_t i = b; i < e; ++i) w[i] -= p.lr * g[i];
+          for (int64_t i = b; i < e; ++i) om::sgd(p.lr, w[i], g[i]);
           return;
         }
-        for (int64_t i = b; i < e; ++i) {
-          float v = p.momentum * velocity[i] - p.lr * g[i];
-          velocity[i] = v;
-          w[i] += p.nesterov ? p.momentum * v - p.lr * g[i] : v;
-        }
+        for (int64_t i = b; i < e; ++i) om::sgd_momentum(p.lr, p.momentum, p.nesterov, w[i], g[i], velocity[i]);
       },
       kElementwiseChunk);
 }
 
 void CpuBackend::adam_update(const AdamParams& p, float* w, const float* g, float* m, float* v, size_t n) {
+  namespace om = optimizer_math;
   written(w, sizeof(float) * n);
-  const double b1t = 1.0 - std::pow(double(p.beta1), double(p.step));
-  const double b2t = 1.0 - std::pow(double(p.beta2), double(p.step));
-  const float alpha = static_cast<float>(p.lr * std::sqrt(b2t) / b1t);
+  const float alpha = om::adam_step_size(p.lr, p.beta1, p.beta2, p.step);
+  const float one_b1 = 1.f - p.beta1, one_b2 = 1.f - p.beta2;
   pool_.parallel_for(
       static_cast<int64_t>(n),
       [&](int64_t b, int64_t e, int) {
-        for (int64_t i = b; i < e; ++i) {
-          float gi = g[i];
-          m[i] += (gi - m[i]) * (1.f - p.beta1);
-          v[i] += (gi * gi - v[i]) * (1.f - p.beta2);
-          w[i] -= alpha * m[i] / (std::sqrt(v[i]) + p.epsilon);
-        }
+        for (int64_t i = b; i < e; ++i) om::adam(alpha, one_b1, one_b2, p.epsilon, w[i], g[i], m[i], v[i]);
       },
       kElementwiseChunk);
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/errors.h"
+#include "engine/optimizer_math.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.cuh"
@@ -1217,10 +1218,8 @@ void CudaBackend::sgd_update(const SgdParams& p, float* w, const float* g, float
 }
 void CudaBackend::adam_update(const AdamParams& p, float* w, const float* g, float* m, float* v, size_t n) {
   bind();
-  // The same bias-corrected step size as the CPU, computed the same way on the host.
-  const double b1t = 1.0 - std::pow(double(p.beta1), double(p.step));
-  const double b2t = 1.0 - std::pow(double(p.beta2), double(p.step));
-  const float alpha = static_cast<float>(p.lr * std::sqrt(b2t) / b1t);
+  // The same bias-corrected step size as the CPU (engine/optimizer_math.h).
+  const float alpha = optimizer_math::adam_step_size(p.lr, p.beta1, p.beta2, p.step);
   const void* dev = recording() ? record(&alpha, sizeof(alpha)) : nullptr;
   if (replaying()) return;
   cuda_kernels::adam_update(stream_, p, alpha, w, g, m, v, n, static_cast<const float*>(dev));

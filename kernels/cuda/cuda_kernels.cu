@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "engine/rng.h"
+#include "engine/optimizer_math.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.cuh"
 
@@ -459,30 +460,20 @@ __global__ void gather_labels_kernel(const uint8_t* labels, const int32_t* index
 // lr_dev / alpha_dev, when set (a CUDA graph step), hold this replay's value.
 __global__ void sgd_plain_kernel(float lr, float* w, const float* g, int64_t n, const float* lr_dev) {
   if (lr_dev) lr = *lr_dev;
-  for (int64_t i = global_index(); i < n; i += global_stride()) w[i] = __fsub_rn(w[i], __fmul_rn(lr, g[i]));
+  for (int64_t i = global_index(); i < n; i += global_stride()) optimizer_math::sgd(lr, w[i], g[i]);
 }
 __global__ void sgd_momentum_kernel(float lr, float momentum, bool nesterov, float* w, const float* g, float* vel,
                                     int64_t n, const float* lr_dev) {
   if (lr_dev) lr = *lr_dev;
-  for (int64_t i = global_index(); i < n; i += global_stride()) {
-    const float lg = __fmul_rn(lr, g[i]);
-    const float v = __fsub_rn(__fmul_rn(momentum, vel[i]), lg);
-    vel[i] = v;
-    w[i] = __fadd_rn(w[i], nesterov ? __fsub_rn(__fmul_rn(momentum, v), lg) : v);
-  }
+  for (int64_t i = global_index(); i < n; i += global_stride())
+    optimizer_math::sgd_momentum(lr, momentum, nesterov, w[i], g[i], vel[i]);
 }
 __global__ void adam_kernel(float alpha, float beta1, float beta2, float epsilon, float* w, const float* g, float* m,
                             float* v, int64_t n, const float* alpha_dev) {
   if (alpha_dev) alpha = *alpha_dev;
   const float one_b1 = __fsub_rn(1.f, beta1), one_b2 = __fsub_rn(1.f, beta2);
-  for (int64_t i = global_index(); i < n; i += global_stride()) {
-    const float gi = g[i];
-    const float mi = __fadd_rn(m[i], __fmul_rn(__fsub_rn(gi, m[i]), one_b1));
-    const float vi = __fadd_rn(v[i], __fmul_rn(__fsub_rn(__fmul_rn(gi, gi), v[i]), one_b2));
-    m[i] = mi;
-    v[i] = vi;
-    w[i] = __fsub_rn(w[i], __fdiv_rn(__fmul_rn(alpha, mi), __fadd_rn(__fsqrt_rn(vi), epsilon)));
-  }
+  for (int64_t i = global_index(); i < n; i += global_stride())
+    optimizer_math::adam(alpha, one_b1, one_b2, epsilon, w[i], g[i], m[i], v[i]);
 }
 
 // ---- layout helpers -----------------------------------------------------------------------------
