@@ -24,7 +24,7 @@
 #ifdef TANDEM_HAVE_MPI
 #include <mpi.h>
 
-#include "dist/bucketed_allreduce.h"
+#include "dist/host_gradient_sync.h"
 #include "dist/communicator.h"
 #include "dist/launch_env.h"
 #include "kernels/backends.h"
@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
         buckets.push_back({begin, end});
         end = begin;
       }
-      BucketedAllReduce sync(*comm, buckets, true, 300);
+      HostGradientSync sync(*comm, buckets, true, 300);
       sync.set_tree(tree);
       auto time_it = [&](auto&& fn) {
         fn();  // warm-up

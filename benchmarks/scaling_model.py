@@ -8,7 +8,7 @@ times, then used to predict the efficiency of data-parallel training on H100 clu
 Prints markdown tables; exits 1 when a prediction misses its measured step time by more than 15%.
 
 The step (one rank):  forward + backward + optimizer + the part of the all-reduce that backward
-does not hide. Gradients travel in buckets planned as dist/bucketed_allreduce.cpp plans them
+does not hide. Gradients travel in buckets planned as dist/host_gradient_sync.cpp plans them
 (contiguous, from the last layer back, closed once a bucket holds --bucket-mb); a bucket can leave
 when backward has finished its first layer, backward's time is split over the layers by their
 backward FLOPs, and one communication thread sends the buckets one after the other. Without
@@ -89,7 +89,7 @@ def layer_table(spec):
 
 
 def plan_buckets(layers, bucket_bytes):
-    """Buckets as dist/bucketed_allreduce.cpp plans them: [(bytes, index of its first layer)], last
+    """Buckets as dist/host_gradient_sync.cpp plans them: [(bytes, index of its first layer)], last
     layer first."""
     with_params = [i for i, l in enumerate(layers) if l["params"]]
     floats = max(1, bucket_bytes // 4)

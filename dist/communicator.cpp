@@ -2,7 +2,7 @@
 #include <mutex>
 
 #include "dist/communicator.h"
-#include "dist/nccl_sync.h"
+#include "dist/nccl_gradient_sync.h"
 #include "engine/errors.h"
 #include "engine/fp_env.h"
 

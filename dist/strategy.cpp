@@ -7,9 +7,9 @@
 #include <thread>
 #include <utility>
 
-#include "dist/bucketed_allreduce.h"
+#include "dist/host_gradient_sync.h"
 #include "dist/launch_env.h"
-#include "dist/nccl_sync.h"
+#include "dist/nccl_gradient_sync.h"
 #include "dist/rank_agreement.h"
 #include "engine/errors.h"
 #include "kernels/backends.h"
@@ -156,7 +156,7 @@ void Strategy::connect(const Model& model, nlohmann::json config, const std::vec
       sync_ = make_nccl_gradient_sync(*comm_, model, *backends_[0], bucket_bytes, spec_.overlap,
                                       spec_.collective_timeout);
     } else {
-      auto bucketed = std::make_unique<BucketedAllReduce>(*comm_, model, bucket_bytes, spec_.overlap,
+      auto bucketed = std::make_unique<HostGradientSync>(*comm_, model, bucket_bytes, spec_.overlap,
                                                           spec_.collective_timeout);
       bucketed->set_tree(spec_.batch_invariant > 0);
       sync_ = std::move(bucketed);

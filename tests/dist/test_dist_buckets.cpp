@@ -1,4 +1,4 @@
-// Gradient buckets (dist/bucketed_allreduce.h): planning (buckets tile the trainable arena exactly,
+// Gradient buckets (dist/host_gradient_sync.h): planning (buckets tile the trainable arena exactly,
 // last layer first, split only where a layer's parameters begin, each at least the bucket size
 // except the one that reaches the first layer), and the hand-off to the communication thread,
 // on ranks that are threads of this process (tests/fake_communicator.h).
@@ -10,7 +10,7 @@
 #include <thread>
 #include <vector>
 
-#include "dist/bucketed_allreduce.h"
+#include "dist/host_gradient_sync.h"
 #include "engine/model.h"
 #include "fake_communicator.h"
 #include "kernels/backends.h"
@@ -71,7 +71,7 @@ bool bucketed_sums_are_exact(int ranks, bool overlap, bool tree, int steps) {
     threads.emplace_back([&, r] {
       test::FakeCommunicator comm(hub, r);
       auto cpu = make_cpu_backend(1);
-      BucketedAllReduce sync(comm, buckets, overlap, 60);
+      HostGradientSync sync(comm, buckets, overlap, 60);
       sync.set_tree(tree);
       std::vector<float> g(n);
       try {

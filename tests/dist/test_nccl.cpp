@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "dist/communicator.h"
-#include "dist/nccl_sync.h"
+#include "dist/nccl_gradient_sync.h"
 #include "engine/rng.h"
 #include "engine/trainer.h"
 #include "gpu_support.h"

@@ -1,5 +1,6 @@
-// Gradient buckets: contiguous slices of the gradient arena, last layer first, all-reduced while
-// backward continues (a communication thread), always in the same order on every rank.
+// The host gradient sync: gradients summed over ranks by the host communicator (MPI or Gloo), bucket
+// by bucket (dist/buckets.h) on a communication thread while backward continues, in the same order
+// on every rank. Its GPU counterpart is dist/nccl_gradient_sync.h.
 #pragma once
 #include <condition_variable>
 #include <cstddef>
@@ -9,27 +10,20 @@
 #include <thread>
 #include <vector>
 
+#include "dist/buckets.h"
 #include "dist/communicator.h"
 #include "engine/model.h"
 #include "engine/trainer.h"
 
 namespace tandem {
 
-struct Bucket {
-  size_t begin = 0, end = 0;  // float offsets in the gradient arena
-};
-
-// Splits [0, trainable_floats) at layer boundaries into buckets of at least `bucket_bytes`,
-// from the last layer backwards (the order in which backward produces them).
-std::vector<Bucket> plan_buckets(const Model& model, size_t bucket_bytes);
-
-class BucketedAllReduce final : public GradientSync {
+class HostGradientSync final : public GradientSync {
  public:
   // `timeout_s`: the communicator's stall watchdog (--collective-timeout).
-  BucketedAllReduce(Communicator& comm, const Model& model, size_t bucket_bytes, bool overlap, double timeout_s);
+  HostGradientSync(Communicator& comm, const Model& model, size_t bucket_bytes, bool overlap, double timeout_s);
   // Explicit buckets (benchmarks).
-  BucketedAllReduce(Communicator& comm, std::vector<Bucket> buckets, bool overlap, double timeout_s);
-  ~BucketedAllReduce() override;
+  HostGradientSync(Communicator& comm, std::vector<Bucket> buckets, bool overlap, double timeout_s);
+  ~HostGradientSync() override;
 
   int world_size() const override { return comm_.size(); }
   int rank() const override { return comm_.rank(); }

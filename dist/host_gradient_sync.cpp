@@ -1,4 +1,4 @@
-#include "dist/bucketed_allreduce.h"
+#include "dist/host_gradient_sync.h"
 
 #include <algorithm>
 #include <chrono>
@@ -12,41 +12,17 @@
 
 namespace tandem {
 
-std::vector<Bucket> plan_buckets(const Model& model, size_t bucket_bytes) {
-  // Offsets where a layer's trainable parameters start, in arena order.
-  std::vector<size_t> starts;
-  int last_layer = -1;
-  for (const auto& p : model.params())
-    if (p.spec.trainable && p.layer != last_layer) {
-      starts.push_back(p.offset);
-      last_layer = p.layer;
-    }
-  std::sort(starts.begin(), starts.end());
-  std::vector<Bucket> out;
-  const size_t floats = std::max<size_t>(1, bucket_bytes / sizeof(float));
-  size_t end = model.trainable_floats();
-  for (size_t i = starts.size(); i-- > 0;) {
-    if (end - starts[i] >= floats || i == 0) {
-      out.push_back({i == 0 ? 0 : starts[i], end});
-      end = i == 0 ? 0 : starts[i];
-    }
-  }
-  if (out.empty() || out.back().begin != 0) out.push_back({0, end});
-  out.erase(std::remove_if(out.begin(), out.end(), [](const Bucket& b) { return b.begin == b.end; }), out.end());
-  return out;
-}
+HostGradientSync::HostGradientSync(Communicator& comm, const Model& model, size_t bucket_bytes, bool overlap,
+                                   double timeout_s)
+    : HostGradientSync(comm, plan_buckets(model, bucket_bytes), overlap, timeout_s) {}
 
-BucketedAllReduce::BucketedAllReduce(Communicator& comm, const Model& model, size_t bucket_bytes, bool overlap,
-                                     double timeout_s)
-    : BucketedAllReduce(comm, plan_buckets(model, bucket_bytes), overlap, timeout_s) {}
-
-BucketedAllReduce::BucketedAllReduce(Communicator& comm, std::vector<Bucket> buckets, bool overlap, double timeout_s)
+HostGradientSync::HostGradientSync(Communicator& comm, std::vector<Bucket> buckets, bool overlap, double timeout_s)
     : comm_(comm), buckets_(std::move(buckets)), overlap_(overlap), handoff_us_(buckets_.size(), -1) {
   comm_.start_watchdog(timeout_s);
   if (overlap_ && comm_.size() > 1) thread_ = std::thread([this] { comm_loop(); });
 }
 
-BucketedAllReduce::~BucketedAllReduce() {
+HostGradientSync::~HostGradientSync() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -72,7 +48,7 @@ const StallAt& stall_at() {
 }
 }  // namespace
 
-void BucketedAllReduce::begin_step(Backend& backend, float* grads, size_t n, uint64_t step) {
+void HostGradientSync::begin_step(Backend& backend, float* grads, size_t n, uint64_t step) {
   if (comm_.size() == 1) return;
   if (stall_at().rank == comm_.rank() && stall_at().step == step)
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
@@ -85,7 +61,7 @@ void BucketedAllReduce::begin_step(Backend& backend, float* grads, size_t n, uin
   (void)n;
 }
 
-void BucketedAllReduce::reduce_bucket(size_t i, int64_t handed_off_us) {
+void HostGradientSync::reduce_bucket(size_t i, int64_t handed_off_us) {
   const Bucket& b = buckets_[i];
   const bool traced = trace::enabled();
   const int64_t from = handed_off_us >= 0 ? handed_off_us : traced ? trace::now_us() : 0;
@@ -94,14 +70,14 @@ void BucketedAllReduce::reduce_bucket(size_t i, int64_t handed_off_us) {
   if (traced) trace::record("allreduce bucket", from, trace::now_us(), static_cast<int64_t>(i));
 }
 
-void BucketedAllReduce::sum_over_ranks(float* data, size_t n) {
+void HostGradientSync::sum_over_ranks(float* data, size_t n) {
   if (tree_)
     comm_.tree_all_reduce_sum(data, n);
   else
     comm_.all_reduce_sum(data, n);
 }
 
-void BucketedAllReduce::layer_done(size_t first_final_offset) {
+void HostGradientSync::layer_done(size_t first_final_offset) {
   if (!active_) return;
   std::lock_guard<std::mutex> lock(mu_);
   bool added = false;
@@ -114,7 +90,7 @@ void BucketedAllReduce::layer_done(size_t first_final_offset) {
   if (added) cv_.notify_one();
 }
 
-void BucketedAllReduce::comm_loop() {
+void HostGradientSync::comm_loop() {
   trace::name_thread("allreduce");
   for (;;) {
     size_t i;
@@ -141,7 +117,7 @@ void BucketedAllReduce::comm_loop() {
   }
 }
 
-void BucketedAllReduce::all_reduce_gradients(Backend& backend, float* grads, size_t n) {
+void HostGradientSync::all_reduce_gradients(Backend& backend, float* grads, size_t n) {
   if (comm_.size() == 1) return;
   if (active_) {
     std::unique_lock<std::mutex> lock(mu_);
@@ -179,7 +155,7 @@ void BucketedAllReduce::all_reduce_gradients(Backend& backend, float* grads, siz
   backend.upload(grads, staging_.data(), n * sizeof(float));
 }
 
-void BucketedAllReduce::all_reduce_state(Backend& backend, float* state, size_t n) {
+void HostGradientSync::all_reduce_state(Backend& backend, float* state, size_t n) {
   if (comm_.size() == 1 || n == 0) return;
   if (backend.device().kind == DeviceKind::Cpu) {
     sum_over_ranks(state, n);
@@ -192,11 +168,11 @@ void BucketedAllReduce::all_reduce_state(Backend& backend, float* state, size_t 
   backend.upload(state, staging_.data(), n * sizeof(float));
 }
 
-void BucketedAllReduce::all_reduce_metrics(double* values, int count) {
+void HostGradientSync::all_reduce_metrics(double* values, int count) {
   comm_.all_reduce_sum(values, static_cast<size_t>(count));
 }
 
-void BucketedAllReduce::require_agreement(const std::string& what, const std::string& value) {
+void HostGradientSync::require_agreement(const std::string& what, const std::string& value) {
   require_same_on_all_ranks(comm_, what, value);
 }
 

@@ -1,6 +1,6 @@
 // NCCL gradient all-reduce: multi-worker (one GPU per rank) and mirrored (several GPUs, one
-// process). See dist/nccl_sync.h.
-#include "dist/nccl_sync.h"
+// process). See dist/nccl_gradient_sync.h.
+#include "dist/nccl_gradient_sync.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>

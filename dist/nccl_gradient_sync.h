@@ -1,10 +1,11 @@
-// NCCL collectives for GPU replicas (docs/ARCHITECTURE.md §7). Declared everywhere; built only with CUDA and
-// NCCL (dist/nccl_*.cpp), elsewhere the factories throw and nccl_available() is false.
+// The NCCL gradient sync, the GPU counterpart of dist/host_gradient_sync.h (docs/ARCHITECTURE.md
+// §7). Declared everywhere; built only with CUDA and NCCL (dist/nccl_*.cpp), elsewhere the
+// factories throw and nccl_available() is false.
 #pragma once
 #include <memory>
 #include <vector>
 
-#include "dist/bucketed_allreduce.h"
+#include "dist/buckets.h"
 #include "dist/communicator.h"
 #include "engine/trainer.h"
 
@@ -12,7 +13,7 @@ namespace tandem {
 
 bool nccl_available();
 
-// multi-worker on GPUs, one rank per GPU. The ncclUniqueId travels over `comm` (MPI), which also
+// multi-worker on GPUs, one rank per GPU. The ncclUniqueId travels over `comm` (MPI or Gloo), which also
 // carries the metrics and the start-up agreement. Gradient buckets are all-reduced on a
 // communication stream as backward finishes them, each ordered after the compute stream's work by
 // an event; the compute stream waits for the last one, so a step never blocks the host. With
