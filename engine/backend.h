@@ -86,6 +86,12 @@ class Backend {
   // Forgets every captured step: captures hold the addresses of the buffers they ran on, so the
   // owner of those buffers drops them before freeing (Trainer::fit does, at its start and end).
   virtual void drop_step_graphs() noexcept {}
+  // Steps captured and steps replayed since the backend was made (a captured step is launched
+  // once as it is captured; replays are the launches after that).
+  struct StepGraphCounts {
+    int64_t captured = 0, replayed = 0;
+  };
+  virtual StepGraphCounts step_graph_counts() const { return {}; }
 
   // --- batch invariance (--batch-invariant) ---------------------------------------------
   // On: every op's bits depend only on its shapes and inputs, never on the thread count or on

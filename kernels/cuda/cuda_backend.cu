@@ -248,6 +248,7 @@ class CudaBackend final : public Backend {
   void synchronize() override;
   bool begin_step_graph(uint64_t key) override;
   void end_step_graph() override;
+  StepGraphCounts step_graph_counts() const override { return graph_counts_; }
   void abandon_step_graph() noexcept override;
   void drop_step_graphs() noexcept override;
   // Batch invariance: cuDNN's heuristic ranking instead of a timed search, which can choose
@@ -357,6 +358,7 @@ class CudaBackend final : public Backend {
     int seen = 0;
     bool failed = false;
   };
+  StepGraphCounts graph_counts_;
   static constexpr size_t kRecordBytes = size_t(4) << 20;
   bool replaying() const { return mode_ == GraphMode::Replay; }
   bool recording() const { return mode_ != GraphMode::Eager; }
@@ -1295,11 +1297,14 @@ void CudaBackend::end_step_graph() {
       cuda_detail::throw_cuda(e, "cudaGraphInstantiate(&g.exec, graph, 0)", __FILE__, __LINE__);
     }
     g.recorded = record_cursor_;
+    ++graph_counts_.captured;
   } else if (record_cursor_ != g.recorded) {
     throw Error(ErrorKind::Internal,
                 "a replayed CUDA graph step recorded " + std::to_string(record_cursor_) + " bytes of per-step data, " +
                     "its capture " + std::to_string(g.recorded),
                 "train with --cuda-graphs off");
+  } else {
+    ++graph_counts_.replayed;
   }
   TANDEM_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
   TANDEM_CUDA_CHECK(cudaEventRecord(graph_done_, stream_));

@@ -55,8 +55,17 @@ TEST_CASE("cuda graphs: replayed steps train exactly as eager ones", "[gpu][grap
   adam.lr = 0.01;
   for (const OptimizerConfig& opt : {sgd, adam}) {
     INFO("optimizer " << opt.name);
+    const auto before = gpu->step_graph_counts();
     const auto eager = train(*gpu, m, opt, false);
+    const auto after_eager = gpu->step_graph_counts();
+    CHECK(after_eager.captured == before.captured);  // --cuda-graphs off: nothing captured or replayed
+    CHECK(after_eager.replayed == before.replayed);
     const auto graphs = train(*gpu, m, opt, true);
+    const auto after_graphs = gpu->step_graph_counts();
+    // The full batches were captured once and replayed 16 times (the short last batch of each
+    // epoch has a graph of its own, captured in epoch 2 and replayed in epoch 3).
+    CHECK(after_graphs.captured - after_eager.captured >= 1);
+    CHECK(after_graphs.replayed - after_eager.replayed >= 16);
     REQUIRE(eager.size() == graphs.size());
     size_t differing = 0;
     for (size_t i = 0; i < eager.size(); ++i) differing += eager[i] != graphs[i];
