@@ -61,6 +61,13 @@ class ClientStore final : public gloo::rendezvous::Store {
   milliseconds timeout_;
 };
 
+// The start-up error for a rank whose launch describes another cluster than rank 0's.
+std::string other_configuration(const std::string& who, const std::string& source, const std::string& theirs,
+                                const std::string& rank0s) {
+  return who + " was started with another " + source + " than rank 0: '" + theirs + "' where rank 0 has '" + rank0s +
+         "'";
+}
+
 [[noreturn]] void end_process(int code) {
   std::fflush(stdout);
   std::fflush(stderr);
@@ -364,12 +371,11 @@ void GlooCommunicator::register_and_check(const LaunchEnv& env, Clock::time_poin
       }
     std::vector<std::string> hosts;
     for (int r = 0; r < size_ && error.empty(); ++r) {
-      const auto other = nlohmann::json::parse(r == 0 ? me.dump() : server_->value("rank/" + std::to_string(r)));
+      const auto other = r == 0 ? me : nlohmann::json::parse(server_->value("rank/" + std::to_string(r)));
       hosts.push_back(other.value("host", std::string("?")));
       if (other.value("cluster", std::string()) != env.cluster || other.value("source", std::string()) != env.source) {
-        error = env.names[r] + " on host " + hosts.back() + " was started with another " +
-                other.value("source", std::string()) + " than rank 0: '" + other.value("cluster", std::string()) +
-                "' where rank 0 has '" + env.cluster + "'";
+        error = other_configuration(env.names[r] + " on host " + hosts.back(), other.value("source", std::string()),
+                                    other.value("cluster", std::string()), env.cluster);
         kind = "invalid";
       }
     }
@@ -388,8 +394,8 @@ void GlooCommunicator::register_and_check(const LaunchEnv& env, Clock::time_poin
     client_->set("seen/" + std::to_string(rank_), "");
     if (!roster.contains("error") && roster.value("cluster", std::string()) != env.cluster)
       roster = {{"kind", "invalid"},
-                {"error", env.names[rank_] + " was started with another " + env.source + " than rank 0: '" +
-                              env.cluster + "' where rank 0 has '" + roster.value("cluster", std::string()) + "'"}};
+                {"error", other_configuration(env.names[rank_], env.source, env.cluster,
+                                              roster.value("cluster", std::string()))}};
   }
   if (roster.contains("error")) {
     const std::string hint =
@@ -443,9 +449,7 @@ void GlooCommunicator::start_watchdog(double timeout_s) {
 // least once a second; rank 0 judges them (StallJudge) and ends the job on a stall.
 void GlooCommunicator::watchdog_loop() {
   const auto period = milliseconds(20);
-  const int64_t keepalive_ns = std::min<int64_t>(1000000000, static_cast<int64_t>(timeout_s_ * 1e9 / 4));
-  uint64_t sent_seq = 0, sent_step = 0;
-  int64_t sent_at = 0;
+  HeartbeatSchedule heartbeat(timeout_s_);
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(watchdog_mu_);
@@ -454,15 +458,13 @@ void GlooCommunicator::watchdog_loop() {
     const int64_t now = steady_now_ns();
     const uint64_t my_seq = seq_.load(std::memory_order_relaxed), my_step = step_.load(std::memory_order_relaxed);
     if (rank_ != 0) {
-      if (my_seq != sent_seq || my_step != sent_step || now - sent_at >= keepalive_ns) {
+      if (heartbeat.due(my_seq, my_step, now)) {
         try {
           client_->heartbeat(my_seq, my_step);
         } catch (const Error&) {
           return;  // rank 0 is gone: the reader thread reports it
         }
-        sent_seq = my_seq;
-        sent_step = my_step;
-        sent_at = now;
+        heartbeat.sent(my_seq, my_step, now);
       }
       continue;
     }
@@ -495,9 +497,7 @@ void GlooCommunicator::on_rank_abort(int r, int code) {
   std::this_thread::sleep_for(milliseconds(500));
   if (aborting_.exchange(true)) return;
   std::fprintf(stderr, "[rank 0] tandem: rank %d ended the job (status %d); ending every rank\n", r, code);
-  server_->broadcast_abort(code);
-  std::this_thread::sleep_for(milliseconds(100));
-  end_process(code);
+  abort(code);
 }
 
 // Rank 0 tells every rank to end; another rank asks rank 0 to (it relays the abort).

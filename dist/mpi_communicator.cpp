@@ -319,9 +319,7 @@ void MpiCommunicator::watchdog_loop(double timeout_s) {
   const int64_t grace_ns = timeout_ns + int64_t(10) * 1000000000;
   unsigned long long out[2] = {0, 0};
   MPI_Request send = MPI_REQUEST_NULL;
-  uint64_t sent_seq = 0, sent_step = 0;
-  const int64_t keepalive_ns = std::min<int64_t>(1000000000, timeout_ns / 4);
-  int64_t sent_at = 0;
+  HeartbeatSchedule heartbeat(timeout_s);
   StallJudge judge(hosts_, timeout_s, now_ns());
   for (;;) {
     {
@@ -334,13 +332,11 @@ void MpiCommunicator::watchdog_loop(double timeout_s) {
     if (rank_ != 0) {
       int done = 1;
       if (send != MPI_REQUEST_NULL) MPI_Test(&send, &done, MPI_STATUS_IGNORE);
-      if (done && (my_seq != sent_seq || my_step != sent_step || now - sent_at >= keepalive_ns)) {
+      if (done && heartbeat.due(my_seq, my_step, now)) {
         out[0] = my_seq;
         out[1] = my_step;
         MPI_Isend(out, 2, MPI_UNSIGNED_LONG_LONG, 0, kTag, ctl_, &send);
-        sent_seq = my_seq;
-        sent_step = my_step;
-        sent_at = now;
+        heartbeat.sent(my_seq, my_step, now);
       }
       const int64_t since = waiting_since_ns_.load(std::memory_order_relaxed);
       if (since != 0 && now - since > grace_ns) {

@@ -209,18 +209,10 @@ void RendezvousServer::serve(std::shared_ptr<Conn> c) {
       c->rank = unpack<int32_t>(payload);
       said_bye_[c->rank] = false;
     } else if (op == 'H') {
-      Events ev;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        ev = events_;
-      }
+      const Events ev = events();
       if (ev.heartbeat) ev.heartbeat(c->rank, unpack<uint64_t>(payload), unpack<uint64_t>(payload, 8));
     } else if (op == 'A') {
-      Events ev;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        ev = events_;
-      }
+      const Events ev = events();
       if (ev.abort) ev.abort(c->rank, unpack<int32_t>(payload));
     } else if (op == 'B') {
       {
@@ -274,9 +266,14 @@ std::vector<std::string> RendezvousServer::conflicts() {
   return conflicts_;
 }
 
-void RendezvousServer::set_events(Events events) {
+RendezvousServer::Events RendezvousServer::events() {
   std::lock_guard<std::mutex> lock(mu_);
-  events_ = std::move(events);
+  return events_;
+}
+
+void RendezvousServer::set_events(Events handlers) {
+  std::lock_guard<std::mutex> lock(mu_);
+  events_ = std::move(handlers);
 }
 
 void RendezvousServer::broadcast_abort(int code) {

@@ -45,7 +45,7 @@ class RendezvousServer {
     std::function<void(int)> lost;
     std::function<void(int, int)> abort;
   };
-  void set_events(Events events);
+  void set_events(Events handlers);
   // Tells every connected rank to end with `code`.
   void broadcast_abort(int code);
   // Waits (bounded) until every rank in 1..size-1 that registered for control has said goodbye.
@@ -56,6 +56,7 @@ class RendezvousServer {
   void accept_loop();
   void serve(std::shared_ptr<Conn> c);
   void ping_loop();
+  Events events();  // a copy, taken under the lock, to call outside it
 
   int listen_fd_ = -1;
   std::mutex mu_;

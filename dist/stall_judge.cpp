@@ -1,5 +1,6 @@
 #include "dist/stall_judge.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <utility>
@@ -10,6 +11,9 @@ int64_t steady_now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
+
+HeartbeatSchedule::HeartbeatSchedule(double timeout_s)
+    : keepalive_ns_(std::min<int64_t>(1000000000, static_cast<int64_t>(timeout_s * 1e9) / 4)) {}
 
 std::string ranks_before(const std::vector<unsigned long long>& steps, uint64_t step) {
   std::string out;

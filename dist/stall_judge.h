@@ -33,6 +33,27 @@ class StallJudge {
   std::vector<int64_t> behind_since_, heard_at_;
 };
 
+// When a rank's watchdog sends its progress to rank 0: whenever it changes, and at least every
+// min(1 s, timeout / 4) as a heartbeat, so that rank 0 hears a live rank several times within the
+// timeout whatever it is doing.
+class HeartbeatSchedule {
+ public:
+  explicit HeartbeatSchedule(double timeout_s);
+  bool due(uint64_t seq, uint64_t step, int64_t now_ns) const {
+    return seq != seq_ || step != step_ || now_ns - sent_at_ >= keepalive_ns_;
+  }
+  void sent(uint64_t seq, uint64_t step, int64_t now_ns) {
+    seq_ = seq;
+    step_ = step;
+    sent_at_ = now_ns;
+  }
+
+ private:
+  int64_t keepalive_ns_;
+  uint64_t seq_ = 0, step_ = 0;
+  int64_t sent_at_ = 0;
+};
+
 int64_t steady_now_ns();
 
 // The ranks whose last known step (`steps`, as StallJudge::steps gives them) is before `step`,
