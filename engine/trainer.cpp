@@ -33,7 +33,6 @@ void TrainOptions::validate(int replicas) const {
                   "choose a --batch-size that is a multiple of " + std::to_string(leaves));
 }
 
-
 Trainer::Trainer(const Model& model, std::vector<Backend*> backends, const TrainOptions& options,
                  const OptimizerConfig& optimizer, GradientSync* sync)
     : model_(model), backends_(std::move(backends)), options_(options), opt_config_(optimizer), sync_(sync) {
@@ -55,10 +54,11 @@ Trainer::Trainer(const Model& model, std::vector<Backend*> backends, const Train
       optimizers_.push_back(std::make_unique<Optimizer>(opt_config_, *b, model.trainable_floats()));
   }
   if (options_.central_storage) {
-    if (!options_.host_backend || options_.host_backend->device().kind != DeviceKind::Cpu)
-      throw_invalid("central storage needs a host (CPU) backend for the weights and the update",
-                    "set TrainOptions::host_backend (the strategy provides one)");
-    host_ = options_.host_backend;
+    if (options_.central_storage->device().kind != DeviceKind::Cpu)
+      throw_invalid("central storage keeps the weights and the update on the host, not on " +
+                        options_.central_storage->device().str(),
+                    "give TrainOptions::central_storage a CPU backend (the strategy provides one)");
+    host_ = options_.central_storage;
     host_params_ = init;
     host_grads_.assign(model.trainable_floats(), 0.f);
     host_optimizer_ = std::make_unique<Optimizer>(opt_config_, *host_, model.trainable_floats());

@@ -52,10 +52,10 @@ struct TrainOptions {
   int64_t batch_size = 32;  // global
   uint64_t seed = 42;
   bool one_hot = false;
-  // Central storage: the weights and optimizer live on the host; replica gradients are summed
-  // there, the update is applied there and the weights are copied back to every replica.
-  bool central_storage = false;
-  Backend* host_backend = nullptr;  // central storage: the host backend that holds them (required)
+  // Central storage: the weights and optimizer live on this host (CPU) backend; replica gradients
+  // are summed there, the update is applied there and the weights are copied back to every
+  // replica. Null: off. (Strategy::host_backend() provides it for --strategy central-storage.)
+  Backend* central_storage = nullptr;
   int64_t check_replicas_every = 0;  // steps; 0 = only at the end of fit (when > 0 was asked)
   bool check_replicas = false;
   // CUDA Graphs: capture a full-batch training step once and replay it (one GPU replica, one
@@ -150,7 +150,7 @@ class Trainer {
   std::vector<std::unique_ptr<Replica>> replicas_;
   std::vector<std::unique_ptr<Optimizer>> optimizers_;
   // Central storage (and staging for device replicas): host arenas and the host optimizer.
-  Backend* host_ = nullptr;  // central storage (TrainOptions::host_backend)
+  Backend* host_ = nullptr;  // TrainOptions::central_storage
   std::vector<float> host_params_, host_grads_;
   std::vector<std::vector<float>> staged_;  // replicas' buffers downloaded for a host sum
   bool all_host_ = true;                    // every local replica's memory is host memory

@@ -50,8 +50,9 @@ struct Trained {
   std::vector<float> weights;
   bool replicas_agree = false;
 };
+// `central_storage`: the weights and the update on a one-thread host backend of their own.
 inline Trained train_cpu_replicas(const Model& m, int replicas, int threads, const TrainOptions& options,
-                                  const OptimizerConfig& optimizer, const Dataset& data) {
+                                  const OptimizerConfig& optimizer, const Dataset& data, bool central_storage = false) {
   std::vector<std::unique_ptr<Backend>> owned;
   std::vector<Backend*> backends;
   for (int i = 0; i < replicas; ++i) {
@@ -60,9 +61,9 @@ inline Trained train_cpu_replicas(const Model& m, int replicas, int threads, con
   }
   TrainOptions o = options;
   std::unique_ptr<Backend> host;
-  if (o.central_storage) {
+  if (central_storage) {
     host = make_cpu_backend(1);
-    o.host_backend = host.get();
+    o.central_storage = host.get();
   }
   Trainer t(m, backends, o, optimizer);
   t.fit(data, nullptr, {});

@@ -55,7 +55,7 @@ Command add_train(CLI::App& root) {
     strategy->connect(model, config, strategy->communicator() ? input_digests(data) : std::vector<InputDigest>{});
 
     TrainOptions options = train_options(a);
-    options.host_backend = strategy->host_backend();
+    options.central_storage = strategy->host_backend();  // null unless --strategy central-storage
     Trainer trainer(model, strategy->backends(), options, opt, strategy->sync());
     if (strategy->local_reduce()) trainer.set_local_reduce(strategy->local_reduce());
     if (a.strategy.batch_invariant > 0 && chief)

@@ -205,7 +205,6 @@ TrainOptions train_options(const TrainArgs& a) {
   o.batch_size = a.batch_size;
   o.seed = a.seed;
   o.one_hot = a.one_hot;
-  o.central_storage = a.strategy.name == "central-storage";
   o.leaves = a.strategy.batch_invariant;
   o.check_replicas = a.check_replicas >= 0;
   o.check_replicas_every = std::max<int64_t>(0, a.check_replicas);

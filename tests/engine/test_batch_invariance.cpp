@@ -123,10 +123,10 @@ std::vector<float> train_invariant(const Model& m, int replicas, int threads, in
   o.batch_size = 128;
   o.seed = 5;
   o.leaves = leaves;
-  o.central_storage = central_storage;
   const OptimizerConfig opt = test::test_optimizer(optimizer);
   // 296 images: two full batches and a last one of 40 (10 per leaf of 4).
-  test::Trained t = test::train_cpu_replicas(m, replicas, threads, o, opt, test::synthetic_dataset(296, 12, 12, 1, 4, 9));
+  test::Trained t = test::train_cpu_replicas(m, replicas, threads, o, opt, test::synthetic_dataset(296, 12, 12, 1, 4, 9),
+                                             central_storage);
   REQUIRE(t.replicas_agree);
   return t.weights;
 }
