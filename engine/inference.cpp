@@ -7,6 +7,9 @@
 namespace tandem {
 
 void evaluation_sums(Replica& rep, const Dataset& data, bool one_hot, int world, int rank, double sums[2]) {
+  if (data.sample_shape != rep.model().input_shape())
+    throw_invalid("the data's samples have shape " + data.sample_shape.str() + " but the model expects " +
+                  rep.model().input_shape().str());
   Backend& be = rep.backend();
   ResidentDataset rd(be, data);
   const int64_t B = rep.max_batch();
@@ -59,14 +62,11 @@ std::vector<float> predicted_probabilities(Replica& rep, const Dataset& data, in
 }
 
 Inference::Inference(const Model& model, Backend& backend, const std::vector<float>& weights, int64_t batch)
-    : model_(model), replica_(model, backend, batch) {
+    : replica_(model, backend, batch) {
   replica_.set_weights(weights);
 }
 
 EvalResult Inference::evaluate(const Dataset& data, bool one_hot) {
-  if (data.sample_shape != model_.input_shape())
-    throw_invalid("the data's samples have shape " + data.sample_shape.str() + " but the model expects " +
-                  model_.input_shape().str());
   double sums[2];
   evaluation_sums(replica_, data, one_hot, 1, 0, sums);
   return eval_result(sums, data.count);

@@ -47,7 +47,8 @@ class ResidentDataset {
 };
 
 // The loss and correct-prediction sums of `rep` over the batches of `data` this process takes
-// (batch i when i % world == rank), into sums[0] and sums[1].
+// (batch i when i % world == rank), into sums[0] and sums[1]. Throws InvalidArgument when the
+// data's samples are not the model's input shape.
 void evaluation_sums(Replica& rep, const Dataset& data, bool one_hot, int world, int rank, double sums[2]);
 // Mean loss and accuracy from the sums over all `count` samples.
 EvalResult eval_result(const double sums[2], int64_t count);
@@ -62,7 +63,6 @@ class Inference {
   std::vector<float> predict(const Dataset& data, int64_t count);
 
  private:
-  const Model& model_;
   Replica replica_;
 };
 

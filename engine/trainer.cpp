@@ -422,9 +422,6 @@ void Trainer::restore(const TrainerState& st) {
 }
 
 EvalResult Trainer::evaluate(const Dataset& data) {
-  if (data.sample_shape != model_.input_shape())
-    throw_invalid("the data's samples have shape " + data.sample_shape.str() + " but the model expects " +
-                  model_.input_shape().str());
   // Evaluation batches are dealt round-robin over processes; the sums are combined.
   double sums[2];
   evaluation_sums(*replicas_[0], data, options_.one_hot, sync_ ? sync_->world_size() : 1, sync_ ? sync_->rank() : 0,
