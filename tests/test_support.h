@@ -1,5 +1,6 @@
 // Small helpers shared by the engine tests: synthetic datasets and model construction.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -73,6 +74,31 @@ inline Trained train_cpu_replicas(const Model& m, int replicas, int threads, con
   for (const auto& d : digests) out.replicas_agree = out.replicas_agree && d == digests[0];
   out.weights = t.weights();
   return out;
+}
+
+// The geometry of a Conv2D layer, "same" padding as TensorFlow pads it (the odd extra row or
+// column at the end) or "valid".
+inline ConvGeometry conv_geometry(int n, int h, int w, int c, int kh, int kw, int k, int sh, int sw, bool same) {
+  ConvGeometry g;
+  g.n = n;
+  g.h = h;
+  g.w = w;
+  g.c = c;
+  g.kh = kh;
+  g.kw = kw;
+  g.k = k;
+  g.sh = sh;
+  g.sw = sw;
+  if (same) {  // as TensorFlow: the odd extra padding row/column goes at the end
+    g.oh = (h + sh - 1) / sh;
+    g.ow = (w + sw - 1) / sw;
+    g.pad_top = std::max((g.oh - 1) * sh + kh - h, 0) / 2;
+    g.pad_left = std::max((g.ow - 1) * sw + kw - w, 0) / 2;
+  } else {
+    g.oh = (h - kh) / sh + 1;
+    g.ow = (w - kw) / sw + 1;
+  }
+  return g;
 }
 
 inline Model model_from(const std::string& json_text) {

@@ -36,6 +36,7 @@ namespace tandem::conformance {
 
 using test::gpu_count;
 using test::gpu_or_skip;
+using test::conv_geometry;
 using test::make_gpu_backend;
 
 // ---- seeds, skipping, backends -------------------------------------------------------------------
@@ -216,29 +217,6 @@ inline double rel_norm_error(const std::vector<float>& ref, const std::vector<fl
 inline Tol sum_tol(int64_t k) { return Tol{2e-6 * std::sqrt(double(std::max<int64_t>(k, 1))) + 1e-6, 2e-5}; }
 
 // ---- convolution and pooling ----------------------------------------------------------------------
-
-inline ConvGeometry conv_geometry(int n, int h, int w, int c, int kh, int kw, int k, int sh, int sw, bool same) {
-  ConvGeometry g;
-  g.n = n;
-  g.h = h;
-  g.w = w;
-  g.c = c;
-  g.kh = kh;
-  g.kw = kw;
-  g.k = k;
-  g.sh = sh;
-  g.sw = sw;
-  if (same) {  // as TensorFlow: the odd extra padding row/column goes at the end
-    g.oh = (h + sh - 1) / sh;
-    g.ow = (w + sw - 1) / sw;
-    g.pad_top = std::max((g.oh - 1) * sh + kh - h, 0) / 2;
-    g.pad_left = std::max((g.ow - 1) * sw + kw - w, 0) / 2;
-  } else {
-    g.oh = (h - kh) / sh + 1;
-    g.ow = (w - kw) / sw + 1;
-  }
-  return g;
-}
 
 inline std::string describe(const ConvGeometry& g) {
   char buf[200];

@@ -15,21 +15,6 @@ namespace {
 
 std::vector<float> random_vec(size_t n, uint64_t seed) { return test::random_floats(n, seed); }
 
-ConvGeometry geometry(int n, int h, int w, int c, int kh, int kw, int k, int sh, int sw, bool same) {
-  ConvGeometry g;
-  g.n = n; g.h = h; g.w = w; g.c = c; g.kh = kh; g.kw = kw; g.k = k; g.sh = sh; g.sw = sw;
-  if (same) {
-    g.oh = (h + sh - 1) / sh;
-    g.ow = (w + sw - 1) / sw;
-    g.pad_top = std::max((g.oh - 1) * sh + kh - h, 0) / 2;
-    g.pad_left = std::max((g.ow - 1) * sw + kw - w, 0) / 2;
-  } else {
-    g.oh = (h - kh) / sh + 1;
-    g.ow = (w - kw) / sw + 1;
-  }
-  return g;
-}
-
 float& at4(std::vector<float>& v, int a, int b, int c, int d, int B, int C, int D) {
   return v[((size_t(a) * B + b) * C + c) * D + d];
 }
@@ -68,7 +53,7 @@ TEST_CASE("cpu conv2d forward and both backward passes match the definition", "[
   for (Case cs : {Case{2, 7, 7, 3, 3, 3, 4, 1, 1, true}, Case{3, 8, 6, 2, 3, 2, 5, 2, 2, true},
                   Case{2, 9, 9, 1, 7, 7, 3, 1, 1, true}, Case{2, 6, 5, 4, 2, 3, 3, 2, 1, false},
                   Case{2, 5, 5, 3, 1, 1, 6, 1, 1, false}}) {
-    ConvGeometry g = geometry(cs.n, cs.h, cs.w, cs.c, cs.kh, cs.kw, cs.k, cs.sh, cs.sw, cs.same);
+    ConvGeometry g = test::conv_geometry(cs.n, cs.h, cs.w, cs.c, cs.kh, cs.kw, cs.k, cs.sh, cs.sw, cs.same);
     INFO("conv " << cs.kh << "x" << cs.kw << " stride " << cs.sh << "," << cs.sw << (cs.same ? " same" : " valid"));
     auto x = random_vec(size_t(g.n) * g.h * g.w * g.c, 1);
     auto w = random_vec(size_t(g.kh) * g.kw * g.c * g.k, 2);
