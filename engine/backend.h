@@ -19,6 +19,8 @@ struct ConvGeometry {
   int sh = 1, sw = 1;              // strides
   int pad_top = 0, pad_left = 0;
   int oh = 0, ow = 0;  // output
+  // A 1x1 stride-1 unpadded convolution: a GEMM over the pixels, which both backends run as one.
+  bool pointwise() const { return kh == 1 && kw == 1 && sh == 1 && sw == 1 && pad_top == 0 && pad_left == 0; }
 };
 
 struct PoolGeometry {

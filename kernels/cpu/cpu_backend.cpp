@@ -236,10 +236,6 @@ int CpuBackend::conv_chunk(const ConvGeometry& g) const {
   return static_cast<int>(std::min<size_t>(chunk, static_cast<size_t>(g.n)));
 }
 
-static bool conv_is_pointwise(const ConvGeometry& g) {
-  return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pad_top == 0 && g.pad_left == 0;
-}
-
 void CpuBackend::im2col(const ConvGeometry& g, const float* x, int samples, float* col) {
   const int64_t rows = int64_t(samples) * g.oh * g.ow;
   const int64_t kk = int64_t(g.kh) * g.kw * g.c;
@@ -298,7 +294,7 @@ void CpuBackend::col2im(const ConvGeometry& g, const float* col, int samples, fl
 
 void CpuBackend::conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y) {
   const int kk = g.kh * g.kw * g.c;
-  if (conv_is_pointwise(g)) {
+  if (g.pointwise()) {
     gemm(false, false, g.n * g.h * g.w, g.k, g.c, 1.f, x, g.c, w, g.k, 0.f, y, g.k);
     return;
   }
@@ -316,7 +312,7 @@ void CpuBackend::conv2d_bias_relu_forward(const ConvGeometry& g, const float* x,
                                           bool relu, float* y) {
 #ifdef TANDEM_HAVE_DNNL
   // Forward-only backends (served and predicting models) only: see set_inference_only.
-  if (inference_only_ && !invariant_ && !conv_is_pointwise(g)) {
+  if (inference_only_ && !invariant_ && !g.pointwise()) {
     onednn().conv_forward(g, x, w, bias, relu, y, pool_.size());
     return;
   }
@@ -342,7 +338,7 @@ void CpuBackend::conv2d_bias_relu_forward(const ConvGeometry& g, const float* x,
 
 void CpuBackend::conv2d_backward_data(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   const int kk = g.kh * g.kw * g.c;
-  if (conv_is_pointwise(g)) {
+  if (g.pointwise()) {
     gemm(false, true, g.n * g.h * g.w, g.c, g.k, 1.f, dy, g.k, w, g.k, 0.f, dx, g.c);
     return;
   }
@@ -358,7 +354,7 @@ void CpuBackend::conv2d_backward_data(const ConvGeometry& g, const float* dy, co
 
 void CpuBackend::conv2d_backward_filter(const ConvGeometry& g, const float* x, const float* dy, float* dw) {
   const int kk = g.kh * g.kw * g.c;
-  if (conv_is_pointwise(g)) {
+  if (g.pointwise()) {
     gemm(true, false, g.c, g.k, g.n * g.h * g.w, 1.f, x, g.c, dy, g.k, 0.f, dw, g.k);
     return;
   }

@@ -189,10 +189,6 @@ ConvKey conv_key(const ConvGeometry& g) {
   return {g.n, g.h, g.w, g.c, g.kh, g.kw, g.k, g.sh, g.sw, g.pad_top, g.pad_left, g.oh, g.ow};
 }
 
-bool conv_is_pointwise(const ConvGeometry& g) {
-  return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pad_top == 0 && g.pad_left == 0;
-}
-
 enum class AlgoState { Unsearched, Cudnn, Im2col };
 
 struct AlgoChoice {
@@ -681,7 +677,7 @@ int CudaBackend::im2col_chunk(const ConvGeometry& g) const {
 
 void CudaBackend::conv_forward_im2col(const ConvGeometry& g, const float* x, const float* w, float* y) {
   const int kk = g.kh * g.kw * g.c;
-  if (conv_is_pointwise(g)) {
+  if (g.pointwise()) {
     gemm(false, false, g.n * g.h * g.w, g.k, g.c, 1.f, x, g.c, w, g.k, 0.f, y, g.k);
     return;
   }
@@ -696,7 +692,7 @@ void CudaBackend::conv_forward_im2col(const ConvGeometry& g, const float* x, con
 
 void CudaBackend::conv_backward_data_im2col(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   const int kk = g.kh * g.kw * g.c;
-  if (conv_is_pointwise(g)) {
+  if (g.pointwise()) {
     gemm(false, true, g.n * g.h * g.w, g.c, g.k, 1.f, dy, g.k, w, g.k, 0.f, dx, g.c);
     return;
   }
@@ -711,7 +707,7 @@ void CudaBackend::conv_backward_data_im2col(const ConvGeometry& g, const float* 
 
 void CudaBackend::conv_backward_filter_im2col(const ConvGeometry& g, const float* x, const float* dy, float* dw) {
   const int kk = g.kh * g.kw * g.c;
-  if (conv_is_pointwise(g)) {
+  if (g.pointwise()) {
     gemm(true, false, g.c, g.k, g.n * g.h * g.w, 1.f, x, g.c, dy, g.k, 0.f, dw, g.k);
     return;
   }
